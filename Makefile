@@ -1,0 +1,72 @@
+# anogan-inspect: every target that needs the environment depends on `install`, which does
+# nothing when .venv is already current with pyproject.toml.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel on this machine; a GPU user sets e.g. TORCH_SPEC="torch==2.13.0" with
+# TORCH_INDEX=https://download.pytorch.org/whl/cu128 (or any torch >= 2.4).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+BUNDLE ?= bundles/default
+DATA_TRAIN ?= data/mnist_train.csv.gz
+DATA_TEST ?= data/mnist_test.csv.gz
+NORMAL ?= 7,8
+ANOMALY ?= 2
+PORT ?= 50051
+STEPS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install train evaluate demo test clean proto proto-check serve smoke bench bench-quick lint
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q $(PIP_TORCH_FLAGS) "$(TORCH_SPEC)"
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+# The default bundle is committed; if it is missing it is trained on first use (minutes).
+$(BUNDLE)/manifest.json: | $(VENV)/.installed
+	$(VENV)/bin/anogan-train train --data $(DATA_TRAIN) --normal-labels $(NORMAL) --out $(BUNDLE)
+
+train: install
+	$(VENV)/bin/anogan-train train --data $(DATA_TRAIN) --normal-labels $(NORMAL) --out $(BUNDLE)
+
+evaluate: install $(BUNDLE)/manifest.json
+	$(VENV)/bin/anogan-train evaluate --bundle $(BUNDLE) --data $(DATA_TEST) \
+		--normal-labels $(NORMAL) --anomaly-labels $(ANOMALY) $(if $(STEPS),--steps $(STEPS),)
+
+demo: install $(BUNDLE)/manifest.json
+	$(PY) -m clients.demo --bundle $(BUNDLE) --data $(DATA_TEST) \
+		--normal-labels $(NORMAL) --anomaly-labels $(ANOMALY)
+
+proto: install
+	$(PY) proto/generate.py
+
+proto-check: install
+	$(PY) proto/generate.py --check
+
+serve: install $(BUNDLE)/manifest.json
+	$(VENV)/bin/anogan-serve --bundle $(BUNDLE) --port $(PORT)
+
+smoke: install $(BUNDLE)/manifest.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" clients/smoke.sh --start-server $(BUNDLE)
+
+test: install proto-check
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install $(BUNDLE)/manifest.json
+	$(PY) -m bench --bundle $(BUNDLE)
+
+bench-quick: install $(BUNDLE)/manifest.json
+	$(PY) -m bench --bundle $(BUNDLE) --quick
+
+clean:
+	rm -rf $(VENV) runs reports gen .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

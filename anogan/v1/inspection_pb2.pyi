@@ -1,0 +1,278 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODE_UNSPECIFIED: _ClassVar[Mode]
+    MODE_FAST: _ClassVar[Mode]
+    MODE_SEARCH: _ClassVar[Mode]
+    MODE_CASCADE: _ClassVar[Mode]
+
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    VERDICT_PASS: _ClassVar[Verdict]
+    VERDICT_FAIL: _ClassVar[Verdict]
+
+class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STAGE_UNSPECIFIED: _ClassVar[Stage]
+    STAGE_FAST: _ClassVar[Stage]
+    STAGE_SEARCH: _ClassVar[Stage]
+
+class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATA_TYPE_UNSPECIFIED: _ClassVar[DataType]
+    DATA_TYPE_UINT8: _ClassVar[DataType]
+    DATA_TYPE_UINT16: _ClassVar[DataType]
+    DATA_TYPE_FLOAT32: _ClassVar[DataType]
+MODE_UNSPECIFIED: Mode
+MODE_FAST: Mode
+MODE_SEARCH: Mode
+MODE_CASCADE: Mode
+VERDICT_UNSPECIFIED: Verdict
+VERDICT_PASS: Verdict
+VERDICT_FAIL: Verdict
+STAGE_UNSPECIFIED: Stage
+STAGE_FAST: Stage
+STAGE_SEARCH: Stage
+DATA_TYPE_UNSPECIFIED: DataType
+DATA_TYPE_UINT8: DataType
+DATA_TYPE_UINT16: DataType
+DATA_TYPE_FLOAT32: DataType
+
+class InspectionConfig(_message.Message):
+    __slots__ = ("model", "mode", "search_steps", "provisional_results", "return_residual_map")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PROVISIONAL_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_RESIDUAL_MAP_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    mode: Mode
+    search_steps: int
+    provisional_results: bool
+    return_residual_map: bool
+    def __init__(self, model: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., search_steps: _Optional[int] = ..., provisional_results: _Optional[bool] = ..., return_residual_map: _Optional[bool] = ...) -> None: ...
+
+class RawImage(_message.Message):
+    __slots__ = ("data", "data_type", "height", "width", "channels")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DATA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    data_type: DataType
+    height: int
+    width: int
+    channels: int
+    def __init__(self, data: _Optional[bytes] = ..., data_type: _Optional[_Union[DataType, str]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ...) -> None: ...
+
+class EncodedImage(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("frame_id", "sequence", "capture_time", "raw", "encoded", "mode")
+    FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    ENCODED_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    frame_id: str
+    sequence: int
+    capture_time: _timestamp_pb2.Timestamp
+    raw: RawImage
+    encoded: EncodedImage
+    mode: Mode
+    def __init__(self, frame_id: _Optional[str] = ..., sequence: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., encoded: _Optional[_Union[EncodedImage, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
+
+class StreamInspectRequest(_message.Message):
+    __slots__ = ("config", "frame")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    config: InspectionConfig
+    frame: Frame
+    def __init__(self, config: _Optional[_Union[InspectionConfig, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ...) -> None: ...
+
+class StreamInspectResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: InspectionResult
+    def __init__(self, result: _Optional[_Union[InspectionResult, _Mapping]] = ...) -> None: ...
+
+class InspectRequest(_message.Message):
+    __slots__ = ("config", "frame")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    config: InspectionConfig
+    frame: Frame
+    def __init__(self, config: _Optional[_Union[InspectionConfig, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ...) -> None: ...
+
+class InspectResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: InspectionResult
+    def __init__(self, result: _Optional[_Union[InspectionResult, _Mapping]] = ...) -> None: ...
+
+class ResidualMap(_message.Message):
+    __slots__ = ("data", "height", "width")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    height: int
+    width: int
+    def __init__(self, data: _Optional[bytes] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
+
+class InspectionResult(_message.Message):
+    __slots__ = ("frame_id", "sequence", "capture_time", "final", "verdict", "score", "residual_score", "feature_score", "threshold", "stage", "search_steps", "model", "model_version", "queue_time", "compute_time", "residual_map", "error", "mode")
+    FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_TIME_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_MAP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    frame_id: str
+    sequence: int
+    capture_time: _timestamp_pb2.Timestamp
+    final: bool
+    verdict: Verdict
+    score: float
+    residual_score: float
+    feature_score: float
+    threshold: float
+    stage: Stage
+    search_steps: int
+    model: str
+    model_version: str
+    queue_time: _duration_pb2.Duration
+    compute_time: _duration_pb2.Duration
+    residual_map: ResidualMap
+    error: _status_pb2.Status
+    mode: Mode
+    def __init__(self, frame_id: _Optional[str] = ..., sequence: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., final: _Optional[bool] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., score: _Optional[float] = ..., residual_score: _Optional[float] = ..., feature_score: _Optional[float] = ..., threshold: _Optional[float] = ..., stage: _Optional[_Union[Stage, str]] = ..., search_steps: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., queue_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., compute_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., residual_map: _Optional[_Union[ResidualMap, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("name", "version", "format_version", "channels", "height", "width", "latent_dim", "threshold", "default_search_steps", "search_learning_rate", "has_encoder", "modes", "default_mode", "device", "create_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    LATENT_DIM_FIELD_NUMBER: _ClassVar[int]
+    LAMBDA_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_SEARCH_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    HAS_ENCODER_FIELD_NUMBER: _ClassVar[int]
+    MODES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    format_version: int
+    channels: int
+    height: int
+    width: int
+    latent_dim: int
+    threshold: float
+    default_search_steps: int
+    search_learning_rate: float
+    has_encoder: bool
+    modes: _containers.RepeatedScalarFieldContainer[Mode]
+    default_mode: Mode
+    device: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format_version: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., latent_dim: _Optional[int] = ..., threshold: _Optional[float] = ..., default_search_steps: _Optional[int] = ..., search_learning_rate: _Optional[float] = ..., has_encoder: _Optional[bool] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., default_mode: _Optional[_Union[Mode, str]] = ..., device: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., **kwargs) -> None: ...
+
+class GetServerStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetServerStatsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelStats]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ...) -> None: ...
+
+class ModelStats(_message.Message):
+    __slots__ = ("model", "search_batches", "search_slot_steps", "max_search_batch", "active_slots", "slot_capacity", "queued_searches", "searches_completed", "searches_cancelled", "fast_batches", "fast_frames", "max_fast_batch", "invalid_frames")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_SLOT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEARCH_BATCH_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_SEARCHES_FIELD_NUMBER: _ClassVar[int]
+    SEARCHES_COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    SEARCHES_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    FAST_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    FAST_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAST_BATCH_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    search_batches: int
+    search_slot_steps: int
+    max_search_batch: int
+    active_slots: int
+    slot_capacity: int
+    queued_searches: int
+    searches_completed: int
+    searches_cancelled: int
+    fast_batches: int
+    fast_frames: int
+    max_fast_batch: int
+    invalid_frames: int
+    def __init__(self, model: _Optional[str] = ..., search_batches: _Optional[int] = ..., search_slot_steps: _Optional[int] = ..., max_search_batch: _Optional[int] = ..., active_slots: _Optional[int] = ..., slot_capacity: _Optional[int] = ..., queued_searches: _Optional[int] = ..., searches_completed: _Optional[int] = ..., searches_cancelled: _Optional[int] = ..., fast_batches: _Optional[int] = ..., fast_frames: _Optional[int] = ..., max_fast_batch: _Optional[int] = ..., invalid_frames: _Optional[int] = ...) -> None: ...

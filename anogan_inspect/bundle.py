@@ -1,0 +1,158 @@
+"""The bundle: a directory with torch and ONNX exports of G, f and E, and a manifest.
+
+Reading, verifying (sha256 of every file, ONNX-vs-torch parity) and loading; the trainer's
+``export`` module writes bundles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from anogan_inspect.search import ScoringModels, SearchConfig
+
+FORMAT = "anogan-inspect-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+# Fixed input/output names of the three networks, in torch and ONNX.
+SIGNATURES = {
+    "generator": ("z", "image"),
+    "features": ("image", "features"),
+    "encoder": ("image", "z"),
+}
+PARITY_TOLERANCE = 1e-4
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served: missing, malformed, tampered or out of parity."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A bundle directory and its parsed manifest."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def channels(self) -> int:
+        return self.manifest["geometry"]["channels"]
+
+    @property
+    def image_size(self) -> int:
+        return self.manifest["geometry"]["height"]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.manifest["latent_dim"]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"]["value"])
+
+    @property
+    def search_config(self) -> SearchConfig:
+        return SearchConfig.from_dict(self.manifest["search"])
+
+    @property
+    def has_encoder(self) -> bool:
+        return "encoder" in self.manifest["networks"]
+
+    def file(self, network: str, kind: str) -> Path:
+        """Path of a network's 'torch' or 'onnx' artifact."""
+        return self.path / self.manifest["networks"][network][kind]
+
+
+def read_bundle(path: Path | str) -> Bundle:
+    """Parse a bundle's manifest; BundleError when it is missing or not this format."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: no {MANIFEST} (is this a bundle directory?)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{manifest_path}: not valid JSON ({err})") from err
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{manifest_path}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    return Bundle(path, manifest)
+
+
+def verify_checksums(bundle: Bundle) -> None:
+    """Check every file listed in the manifest against its sha256; BundleError names them."""
+    problems = []
+    for name, entry in bundle.manifest["files"].items():
+        file = bundle.path / name
+        if not file.is_file():
+            problems.append(f"{name} is missing")
+        elif sha256_file(file) != entry["sha256"]:
+            problems.append(f"{name} does not match its sha256")
+    if problems:
+        raise BundleError(f"{bundle.path}: " + "; ".join(problems))
+
+
+def load_torch_models(bundle: Bundle, device: torch.device | str = "cpu") -> ScoringModels:
+    """The exported torch programs, frozen, on the device (no trainer classes needed)."""
+    nets = {}
+    for network in ("generator", "features", "encoder"):
+        if network not in bundle.manifest["networks"]:
+            continue
+        module = torch.export.load(str(bundle.file(network, "torch"))).module()
+        module.requires_grad_(False)
+        nets[network] = module.to(device)
+    return ScoringModels(nets["generator"], nets["features"], bundle.latent_dim,
+                         nets.get("encoder")).prepare()
+
+
+def example_input(bundle_or_shape, network: str, batch: int = 3, seed: int = 0) -> torch.Tensor:
+    """A random input for a network: z ~ N(0, 1) for G, images in [-1, 1] for f and E."""
+    gen = torch.Generator().manual_seed(seed)
+    if network == "generator":
+        return torch.randn(batch, bundle_or_shape.latent_dim, generator=gen)
+    return torch.rand(batch, *bundle_or_shape.image_shape, generator=gen) * 2 - 1
+
+
+def check_parity(bundle: Bundle, models: ScoringModels, tolerance: float = PARITY_TOLERANCE,
+                 ) -> dict[str, float]:
+    """ONNX Runtime (CPU) vs the torch programs on random inputs; BundleError above tolerance."""
+    from anogan_inspect.onnxrt import make_session, max_parity_error
+
+    errors = {}
+    device = next(iter(_parameters(models.generator)), torch.zeros(0)).device
+    for network in bundle.manifest["networks"]:
+        session = make_session(bundle.file(network, "onnx"), "cpu", intra_op_threads=1)
+        example = example_input(bundle, network).to(device)
+        fn = getattr(models, network)
+        errors[network] = max_parity_error(session, lambda t, fn=fn: fn(t).cpu(), example)
+        if errors[network] > tolerance:
+            raise BundleError(f"{bundle.path}: {network} ONNX and torch differ by "
+                              f"{errors[network]:.2e} (tolerance {tolerance:.0e})")
+    return errors
+
+
+def _parameters(module):
+    return module.parameters() if isinstance(module, torch.nn.Module) else []

@@ -1,0 +1,41 @@
+"""ONNX Runtime sessions with explicit providers, and the torch-vs-ORT parity check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def providers_for(device: str) -> list[str]:
+    """CUDA only when asked for and present (asking for it without a GPU logs loud errors)."""
+    import onnxruntime as ort
+
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(path: Path | str, device: str = "cpu", intra_op_threads: int = 0):
+    """An InferenceSession with full graph optimisation and explicit providers."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads  # 0: one per physical core
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers_for(device))
+
+
+def max_parity_error(session, torch_fn: Callable[[torch.Tensor], torch.Tensor],
+                     example: torch.Tensor) -> float:
+    """Largest |ORT - torch| on one example input (relative to the output's scale)."""
+    input_name = session.get_inputs()[0].name
+    (ort_out,) = session.run(None, {input_name: example.cpu().numpy()})
+    with torch.no_grad():
+        torch_out = torch_fn(example).detach().cpu().numpy()
+    scale = max(1.0, float(np.abs(torch_out).max()))
+    return float(np.abs(ort_out - torch_out).max()) / scale

@@ -1,0 +1,303 @@
+"""AnoGAN latent search: one implementation, used by the trainer and the server's engine.
+
+For an image x, find the z whose G(z) reproduces it, by Adam on z with the networks frozen
+and in eval mode:
+
+    loss(z) = (1 - λ)·Σ|x - G(z)| + λ·Σ|f(x) - f(G(z))|
+
+and keep each image's best loss (and z) as its anomaly score.
+
+The work is organised as a :class:`SlotTable`: a fixed-capacity table of searches on one
+device, kept compact (active slots are rows ``[0, n)``), so one step runs G and f once on
+every active slot and backpropagates to z only. Each slot has its own Adam moments, step
+count and budget, so slots at different steps share every pass, and a finished slot is
+replaced by a waiting image at the next step (continuous batching). Each slot's loss
+depends on its own z alone (eval mode), so a batch gives each image the score it would get
+alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+Network = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Latent-search options; the bundle's manifest records the defaults it was calibrated with."""
+
+    steps: int = 100
+    lr: float = 0.01
+    lam: float = 0.1  # weight of the feature distance (λ)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    # Early stopping: a slot stops after `patience` steps without a relative improvement of
+    # `min_delta` in its best loss (0 disables).
+    patience: int = 0
+    min_delta: float = 1e-4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SearchConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class ScoringModels:
+    """The frozen networks a search needs: G, f and (optionally) the encoder E."""
+
+    generator: Network
+    features: Network
+    latent_dim: int
+    encoder: Network | None = None
+
+    def prepare(self) -> ScoringModels:
+        """Eval mode and frozen parameters, so backward computes input gradients only."""
+        for net in (self.generator, self.features, self.encoder):
+            if isinstance(net, torch.nn.Module):
+                set_eval(net)
+                net.requires_grad_(False)
+        return self
+
+
+def set_eval(module: torch.nn.Module) -> None:
+    """Eval mode for eager modules; exported programs are already traced in eval mode."""
+    try:
+        module.eval()
+    except NotImplementedError:  # torch.export modules refuse .eval(); they were exported eval
+        pass
+
+
+def score_parts(
+    models: ScoringModels, x: torch.Tensor, fx: torch.Tensor, z: torch.Tensor, lam: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image (loss, residual Σ|x-G(z)|, feature distance Σ|f(x)-f(G(z))|)."""
+    reconstruction = models.generator(z)
+    residual = (x - reconstruction).abs().flatten(1).sum(1)
+    feature = (fx - models.features(reconstruction)).abs().flatten(1).sum(1)
+    return (1.0 - lam) * residual + lam * feature, residual, feature
+
+
+@dataclass
+class SlotResult:
+    """A finished search: best score, its parts and z, and the steps it ran."""
+
+    tag: Any
+    score: float
+    residual: float
+    feature: float
+    z: np.ndarray
+    steps: int
+
+
+class SlotTable:
+    """A compact, fixed-capacity table of latent searches on one device.
+
+    Rows ``[0, n)`` are active. :meth:`admit` appends searches, :meth:`step` advances every
+    active search by one Adam step and returns those that finished, :meth:`remove` drops
+    searches (e.g. of a cancelled stream). Finished and removed rows are filled by moving
+    the last active rows down, so the active block stays contiguous and needs no gathers.
+    """
+
+    def __init__(self, models: ScoringModels, cfg: SearchConfig, capacity: int,
+                 image_shape: tuple[int, int, int], device: torch.device | str = "cpu"):
+        self.models, self.cfg, self.capacity = models, cfg, capacity
+        self.device = torch.device(device)
+        with torch.no_grad():
+            probe = torch.zeros(1, *image_shape, device=self.device)
+            feature_dim = models.features(probe).flatten(1).shape[1]
+        new = lambda *shape: torch.zeros(capacity, *shape, device=self.device)  # noqa: E731
+        latent = models.latent_dim
+        self.x, self.fx = new(*image_shape), new(feature_dim)
+        self.z, self.m, self.v, self.best_z = new(latent), new(latent), new(latent), new(latent)
+        self.best_loss, self.best_residual, self.best_feature = new(), new(), new()
+        self.step_count, self.budget, self.since_best = new(), new(), new()
+        self.tags: list[Any] = []
+
+    @property
+    def n(self) -> int:
+        """Active searches."""
+        return len(self.tags)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.n
+
+    def admit(self, x: torch.Tensor, z0: torch.Tensor, budgets: Iterable[int],
+              tags: Iterable[Any]) -> None:
+        """Start searches for images x (k, C, H, W) from z0 (k, latent); f(x) computed once."""
+        tags, budgets = list(tags), list(budgets)
+        k = len(tags)
+        if k > self.free:
+            raise ValueError(f"{k} searches do not fit in {self.free} free slots")
+        if k == 0:
+            return
+        rows = slice(self.n, self.n + k)
+        x = x.to(self.device, torch.float32)
+        with torch.no_grad():
+            self.fx[rows] = self.models.features(x).flatten(1)
+        self.x[rows] = x
+        self.z[rows] = z0.to(self.device, torch.float32).reshape(k, -1)
+        self.best_z[rows] = self.z[rows]
+        for buf in (self.m, self.v, self.step_count, self.since_best):
+            buf[rows] = 0.0
+        self.best_loss[rows] = float("inf")
+        self.budget[rows] = torch.tensor(budgets, dtype=torch.float32, device=self.device)
+        self.tags.extend(tags)
+
+    def step(self) -> list[SlotResult]:
+        """One Adam step on every active search; returns (and frees) the finished ones."""
+        n = self.n
+        if n == 0:
+            return []
+        cfg = self.cfg
+        z = self.z[:n].clone().requires_grad_(True)
+        loss, residual, feature = score_parts(self.models, self.x[:n], self.fx[:n], z, cfg.lam)
+        (grad,) = torch.autograd.grad(loss.sum(), z)
+        with torch.no_grad():
+            self._track_best(n, loss.detach(), residual.detach(), feature.detach())
+            self._adam_update(n, grad)
+            done = self.step_count[:n] >= self.budget[:n]
+            if cfg.patience > 0:
+                done |= self.since_best[:n] >= cfg.patience
+            finished = done.nonzero().flatten().tolist()
+        return self._pop(finished)
+
+    def remove(self, predicate: Callable[[Any], bool]) -> int:
+        """Drop the searches whose tag matches; returns how many were dropped."""
+        rows = [i for i, tag in enumerate(self.tags) if predicate(tag)]
+        self._pop(rows)
+        return len(rows)
+
+    def _track_best(self, n: int, loss, residual, feature) -> None:
+        """Keep each slot's best loss, its parts and its z (the loss is at the current z)."""
+        best = self.best_loss[:n]
+        threshold = torch.where(best.isfinite(), best - self.cfg.min_delta * best.abs(), best)
+        improved = loss < best
+        self.since_best[:n] = torch.where(loss < threshold, 0.0, self.since_best[:n] + 1)
+        self.best_loss[:n] = torch.where(improved, loss, best)
+        self.best_residual[:n] = torch.where(improved, residual, self.best_residual[:n])
+        self.best_feature[:n] = torch.where(improved, feature, self.best_feature[:n])
+        self.best_z[:n] = torch.where(improved[:, None], self.z[:n], self.best_z[:n])
+
+    def _adam_update(self, n: int, grad: torch.Tensor) -> None:
+        """Adam on z with per-slot step counts (bias corrections differ per slot)."""
+        cfg = self.cfg
+        m, v, t = self.m[:n], self.v[:n], self.step_count[:n]
+        t += 1
+        m.mul_(cfg.beta1).add_(grad, alpha=1 - cfg.beta1)
+        v.mul_(cfg.beta2).addcmul_(grad, grad, value=1 - cfg.beta2)
+        m_hat = m / (1 - cfg.beta1 ** t)[:, None]
+        v_hat = v / (1 - cfg.beta2 ** t)[:, None]
+        self.z[:n] -= cfg.lr * m_hat / (v_hat.sqrt() + cfg.eps)
+
+    def _pop(self, rows: list[int]) -> list[SlotResult]:
+        """Read out and free rows, moving the last active rows into the holes."""
+        if not rows:
+            return []
+        rows_t = torch.tensor(rows, device=self.device)
+        scores = torch.stack([self.best_loss[rows_t], self.best_residual[rows_t],
+                              self.best_feature[rows_t], self.step_count[rows_t]], 1).cpu()
+        zs = self.best_z[rows_t].cpu().numpy()
+        results = [
+            SlotResult(self.tags[r], float(s[0]), float(s[1]), float(s[2]), zs[i], int(s[3]))
+            for i, (r, s) in enumerate(zip(rows, scores.tolist()))
+        ]
+        self._compact(set(rows))
+        return results
+
+    def _compact(self, holes: set[int]) -> None:
+        """Move surviving rows from the tail into the holes so rows [0, n) stay active."""
+        n = self.n
+        keep_n = n - len(holes)
+        tail = [r for r in range(keep_n, n) if r not in holes]
+        dest = sorted(h for h in holes if h < keep_n)
+        if dest:
+            src_t = torch.tensor(tail, device=self.device)
+            dst_t = torch.tensor(dest, device=self.device)
+            for buf in self._buffers():
+                buf[dst_t] = buf[src_t]
+            for d, s in zip(dest, tail):
+                self.tags[d] = self.tags[s]
+        del self.tags[keep_n:]
+
+    def _buffers(self) -> tuple[torch.Tensor, ...]:
+        return (self.x, self.fx, self.z, self.m, self.v, self.best_z, self.best_loss,
+                self.best_residual, self.best_feature, self.step_count, self.budget,
+                self.since_best)
+
+
+@dataclass
+class SearchResult:
+    """Scores of a batch of images, in input order."""
+
+    score: np.ndarray
+    residual: np.ndarray
+    feature: np.ndarray
+    z: np.ndarray
+    steps: np.ndarray
+
+
+def search(models: ScoringModels, x: torch.Tensor, z0: torch.Tensor, cfg: SearchConfig,
+           batch_size: int = 64, device: torch.device | str = "cpu",
+           progress: Callable[[int], None] | None = None) -> SearchResult:
+    """Score images x (N, C, H, W) in [-1, 1] by latent search from z0 (N, latent).
+
+    Runs the same continuously refilled :class:`SlotTable` as the server: at most
+    ``batch_size`` searches at once, a waiting image takes a slot as soon as one frees.
+    """
+    n = x.shape[0]
+    table = SlotTable(models, cfg, min(batch_size, max(n, 1)), tuple(x.shape[1:]), device)
+    results: list[SlotResult | None] = [None] * n
+    next_index = 0
+    while next_index < n or table.n:
+        k = min(table.free, n - next_index)
+        if k:
+            rows = range(next_index, next_index + k)
+            table.admit(x[next_index:next_index + k], z0[next_index:next_index + k],
+                        [cfg.steps] * k, rows)
+            next_index += k
+        for result in table.step():
+            results[result.tag] = result
+            if progress:
+                progress(1)
+    return SearchResult(
+        score=np.array([r.score for r in results], dtype=np.float64),
+        residual=np.array([r.residual for r in results], dtype=np.float64),
+        feature=np.array([r.feature for r in results], dtype=np.float64),
+        z=np.stack([r.z for r in results]) if n else np.zeros((0, models.latent_dim)),
+        steps=np.array([r.steps for r in results], dtype=np.int64),
+    )
+
+
+def random_start(n: int, latent_dim: int, seed: int = 0) -> torch.Tensor:
+    """z ~ N(0, 1) from a fixed seed: the paper's (and the seed's) starting point."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, latent_dim, generator=generator)
+
+
+def fast_score(models: ScoringModels, x: torch.Tensor, lam: float,
+               batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder-only score s0 at z0 = E(x), no search; returns (scores, z0)."""
+    if models.encoder is None:
+        raise ValueError("fast_score needs an encoder")
+    scores, zs = [], []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size]
+            z0 = models.encoder(xb)
+            loss, _, _ = score_parts(models, xb, models.features(xb).flatten(1), z0, lam)
+            scores.append(loss.cpu().numpy())
+            zs.append(z0.cpu())
+    if not scores:
+        return np.zeros(0), torch.zeros(0, models.latent_dim)
+    return np.concatenate(scores).astype(np.float64), torch.cat(zs)

@@ -1,0 +1,1 @@
+"""Sample clients: streaming client, demo runner, grpcurl smoke test."""

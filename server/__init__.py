@@ -1,0 +1,1 @@
+"""anogan-inspect gRPC server: resident models, continuous batching, fast path."""

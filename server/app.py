@@ -1,0 +1,112 @@
+"""Process wiring: load models, start grpc.aio with health and reflection, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from anogan.v1 import inspection_pb2 as pb
+from anogan.v1 import inspection_pb2_grpc as pb_grpc
+from server.frames import FrameLimits
+from server.models import EngineOptions, ServedModel, load_model
+from server.service import InspectionService
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InspectionService"].full_name
+
+
+@dataclass
+class ServerConfig:
+    """Everything `anogan-serve` takes from its command line."""
+
+    bundles: list[tuple[str | None, Path]]
+    host: str = "[::]"
+    port: int = 50051
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    limits: FrameLimits = field(default_factory=FrameLimits)
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_in_flight: int = 256  # frames per stream awaiting their result
+    grace_seconds: float = 30.0
+    port_file: Path | None = None  # written once listening (useful with port 0)
+
+
+def load_models(config: ServerConfig) -> dict[str, ServedModel]:
+    """Load and verify every bundle (BundleError on the first that fails)."""
+    models: dict[str, ServedModel] = {}
+    for name, path in config.bundles:
+        model = load_model(path, config.engine, name)
+        if model.name in models:
+            raise ValueError(f"two bundles are named {model.name!r}: use NAME=PATH")
+        models[model.name] = model
+    return models
+
+
+class InspectionServer:
+    """A running server: start(), then wait(); drain() on SIGTERM."""
+
+    def __init__(self, config: ServerConfig, models: dict[str, ServedModel]):
+        self.config, self.models = config, models
+        options = [("grpc.max_receive_message_length", config.max_message_bytes),
+                   ("grpc.max_send_message_length", config.max_message_bytes)]
+        self.server = grpc.aio.server(options=options)
+        self.service = InspectionService(models, next(iter(models)), config.limits,
+                                         config.max_in_flight)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
+            health.HealthServicer()
+        pb_grpc.add_InspectionServiceServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> InspectionServer:
+        for model in self.models.values():
+            model.start()
+        await self.server.start()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("listening on %s:%d (models: %s)", self.config.host, self.port,
+                 ", ".join(f"{m.name} on {m.device}" for m in self.models.values()))
+        if self.config.port_file:
+            self.config.port_file.write_text(f"{self.port}\n")
+        return self
+
+    async def drain(self) -> None:
+        """Stop accepting, let frames in flight finish within the grace period, then stop."""
+        if self.service.draining:
+            return
+        log.info("draining (grace %.0f s)", self.config.grace_seconds)
+        self.service.draining = True
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(self.config.grace_seconds)
+        for model in self.models.values():
+            model.stop()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def _set_health(self, status) -> None:
+        for service in ("", SERVICE_NAME):
+            result = self.health.set(service, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT, then drain and return 0."""
+    models = load_models(config)
+    server = await InspectionServer(config, models).start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.drain()))
+    await server.wait()
+    return 0

@@ -1,0 +1,79 @@
+"""`anogan-serve`: serve one or more bundles over gRPC (health and reflection included)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from anogan_inspect.bundle import BundleError
+from server.app import ServerConfig, serve
+from server.frames import FrameLimits
+from server.models import EngineOptions
+
+
+def parse_bundle(text: str) -> tuple[str | None, Path]:
+    """'PATH' or 'NAME=PATH'."""
+    name, sep, path = text.partition("=")
+    return (name, Path(path)) if sep else (None, Path(text))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anogan-serve", description=__doc__)
+    parser.add_argument("--bundle", action="append", type=parse_bundle, required=True,
+                        metavar="[NAME=]PATH",
+                        help="bundle to serve (repeat; the first is the default)")
+    parser.add_argument("--host", default="[::]")
+    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the torch models live (default: cuda when present)")
+    parser.add_argument("--max-batch", type=int, default=64, help="search engine slots")
+    parser.add_argument("--fast-max-batch", type=int, default=64, help="fast-path batch")
+    parser.add_argument("--steps", type=int, help="search steps (default: the bundle's)")
+    parser.add_argument("--search-lr", type=float, help="search learning rate")
+    parser.add_argument("--patience", type=int,
+                        help="early stopping: steps without improvement (0: off)")
+    parser.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime threads")
+    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--parity-tolerance", type=float, default=1e-3)
+    parser.add_argument("--max-pixels", type=int, default=FrameLimits.max_pixels)
+    parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
+    parser.add_argument("--max-in-flight", type=int, default=256, help="frames per stream")
+    parser.add_argument("--grace", type=float, default=30.0, help="drain grace period, s")
+    parser.add_argument("--port-file", type=Path,
+                        help="write the bound port here once listening (for --port 0)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def config_from_args(args) -> ServerConfig:
+    engine = EngineOptions(device=args.device, max_batch=args.max_batch,
+                           fast_max_batch=args.fast_max_batch, search_steps=args.steps,
+                           search_lr=args.search_lr, patience=args.patience,
+                           ort_threads=args.ort_threads, parity_tolerance=args.parity_tolerance)
+    return ServerConfig(bundles=args.bundle, host=args.host, port=args.port, engine=engine,
+                        limits=FrameLimits(max_pixels=args.max_pixels),
+                        max_message_bytes=args.max_message_bytes,
+                        max_in_flight=args.max_in_flight, grace_seconds=args.grace,
+                        port_file=args.port_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    try:
+        return asyncio.run(serve(config_from_args(args)))
+    except (BundleError, ValueError, FileNotFoundError) as err:
+        print(f"anogan-serve: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

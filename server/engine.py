@@ -1,0 +1,192 @@
+"""The search engine: continuous batching of latent searches on one device, on its own thread.
+
+Requests from every stream wait in one queue. The engine thread admits waiting requests
+into free slots of a :class:`~anogan_inspect.search.SlotTable`, runs one search step on
+all active slots, and hands finished searches back to the asyncio loop. A finished slot is
+refilled at the next step, so frames at different steps share every pass. Cancelled
+requests (their stream ended) leave the queue and their slots before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from anogan_inspect.search import ScoringModels, SearchConfig, SlotResult, SlotTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchRequest:
+    """One frame's search: input x (C, H, W) in [-1, 1], start z0, budget, and its future."""
+
+    x: torch.Tensor
+    z0: torch.Tensor
+    steps: int
+    want_reconstruction: bool
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    cancelled: bool = False
+
+
+@dataclass
+class SearchOutcome:
+    """A finished search, with its timings; reconstruction G(best z) when asked for."""
+
+    result: SlotResult
+    queue_seconds: float
+    compute_seconds: float
+    reconstruction: np.ndarray | None
+
+
+@dataclass
+class EngineStats:
+    batches: int = 0
+    slot_steps: int = 0
+    max_batch: int = 0
+    completed: int = 0
+    cancelled: int = 0
+
+
+class SearchEngine:
+    """A slot table on one device, driven by one thread; ``submit`` is called from asyncio."""
+
+    def __init__(self, models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int, ...],
+                 capacity: int = 64, device: torch.device | str = "cpu", name: str = "engine"):
+        self.table = SlotTable(models, cfg, capacity, image_shape, device)
+        self.models, self.device, self.name = models, torch.device(device), name
+        self.stats = EngineStats()
+        self._queue: deque[SearchRequest] = deque()
+        self._cond = threading.Condition()
+        self._cancel_pending = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"search-{name}", daemon=True)
+
+    def start(self) -> SearchEngine:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+
+    def submit(self, x: torch.Tensor, z0: torch.Tensor, steps: int,
+               want_reconstruction: bool = False) -> SearchRequest:
+        """Queue a search; await ``request.future`` for its :class:`SearchOutcome`."""
+        loop = asyncio.get_running_loop()
+        request = SearchRequest(x, z0, steps, want_reconstruction, loop.create_future(), loop)
+        with self._cond:
+            self._queue.append(request)
+            self._cond.notify()
+        return request
+
+    def cancel(self, request: SearchRequest) -> None:
+        """Drop a request wherever it is (queue or slot) before the engine's next step."""
+        with self._cond:
+            request.cancelled = True
+            self._cancel_pending = True
+            self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- engine thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(True)
+        while True:
+            admitted = self._next_work()
+            if admitted is None:
+                return
+            try:
+                self._admit(admitted)
+                self._step()
+            except Exception as err:  # never leave futures hanging on a failed step
+                log.exception("search step failed")
+                with self._cond:
+                    self._fail_all(err)
+
+    def _next_work(self) -> list[SearchRequest] | None:
+        """Wait for work; drop cancelled requests; take as many queued ones as slots are free."""
+        with self._cond:
+            while not self._stopping and not self._queue and self.table.n == 0:
+                self._cond.wait()
+            if self._stopping:
+                self._fail_all(RuntimeError("search engine stopped"))
+                return None
+            if self._cancel_pending:
+                self._cancel_pending = False
+                kept = [r for r in self._queue if not r.cancelled]
+                dropped = len(self._queue) - len(kept) + self.table.remove(lambda r: r.cancelled)
+                self._queue = deque(kept)
+                self.stats.cancelled += dropped
+            return [self._queue.popleft() for _ in range(min(self.table.free, len(self._queue)))]
+
+    def _admit(self, requests: list[SearchRequest]) -> None:
+        if not requests:
+            return
+        now = time.perf_counter()
+        for request in requests:
+            request.started = now
+        self.table.admit(torch.stack([r.x for r in requests]),
+                         torch.stack([r.z0 for r in requests]),
+                         [r.steps for r in requests], requests)
+
+    def _step(self) -> None:
+        active = self.table.n
+        if active == 0:
+            return
+        finished = self.table.step()
+        self.stats.batches += 1
+        self.stats.slot_steps += active
+        self.stats.max_batch = max(self.stats.max_batch, active)
+        if finished:
+            self._finish(finished)
+
+    def _finish(self, finished: list[SlotResult]) -> None:
+        """Resolve finished searches on their loops (with G(best z) where asked)."""
+        now = time.perf_counter()
+        wanted = [r for r in finished if r.tag.want_reconstruction]
+        reconstructions = {}
+        if wanted:
+            with torch.no_grad():
+                z = torch.as_tensor(np.stack([r.z for r in wanted]), device=self.device)
+                images = self.models.generator(z).cpu().numpy()
+            reconstructions = {id(r): image for r, image in zip(wanted, images)}
+        for result in finished:
+            request: SearchRequest = result.tag
+            self.stats.completed += 1
+            outcome = SearchOutcome(result, request.started - request.enqueued,
+                                    now - request.started, reconstructions.get(id(result)))
+            request.loop.call_soon_threadsafe(_resolve, request.future, outcome)
+
+    def _fail_all(self, err: Exception) -> None:
+        """Fail every queued and active request (engine stopping or a step raising)."""
+        requests = list(self._queue) + list(self.table.tags)
+        self._queue.clear()
+        self.table.remove(lambda r: True)
+        for request in requests:
+            request.loop.call_soon_threadsafe(_fail, request.future, err)
+
+
+def _resolve(future: asyncio.Future, outcome: SearchOutcome) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def _fail(future: asyncio.Future, err: Exception) -> None:
+    if not future.done():
+        future.set_exception(err)

@@ -1,0 +1,220 @@
+"""The gRPC servicer: converts messages to and from the domain and nothing more.
+
+Streams: a reader task takes frames as they come and starts one scoring task per frame; a
+sequencer emits the final results strictly in the order the frames were sent (provisional
+fast results go out as soon as they exist). When the stream ends or is cancelled, every
+frame task still running is cancelled, which frees its queue entries and slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import code_pb2, status_pb2
+
+from anogan.v1 import inspection_pb2 as pb
+from anogan.v1 import inspection_pb2_grpc as pb_grpc
+from server.frames import FrameError, FrameLimits, decode_frame
+from server.models import Mode, Outcome, ServedModel, Stage
+
+log = logging.getLogger(__name__)
+
+MODES = {pb.MODE_FAST: Mode.FAST, pb.MODE_SEARCH: Mode.SEARCH, pb.MODE_CASCADE: Mode.CASCADE}
+MODE_PB = {v: k for k, v in MODES.items()}
+STAGE_PB = {Stage.FAST: pb.STAGE_FAST, Stage.SEARCH: pb.STAGE_SEARCH}
+
+
+class StreamError(Exception):
+    """Ends a stream with a gRPC status (bad config, draining)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class StreamOptions:
+    model: ServedModel
+    mode: Mode
+    steps: int | None
+    provisional: bool
+    residual_map: bool
+
+
+class InspectionService(pb_grpc.InspectionServiceServicer):
+    """InspectionService over a set of resident models."""
+
+    def __init__(self, models: dict[str, ServedModel], default_model: str, limits: FrameLimits,
+                 max_in_flight: int = 256):
+        self.models, self.default_model, self.limits = models, default_model, limits
+        self.max_in_flight = max_in_flight
+        self.draining = False
+        self.invalid_frames = {name: 0 for name in models}
+
+    # -- unary -------------------------------------------------------------------------------
+
+    async def Inspect(self, request: pb.InspectRequest, context) -> pb.InspectResponse:
+        try:
+            options = self._options(request.config)
+        except StreamError as err:
+            await context.abort(err.code, err.message)
+        result = await self._score(request.frame, options, None)
+        if result.HasField("error"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.error.message)
+        return pb.InspectResponse(result=result)
+
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:
+        name = request.name or self.default_model
+        if name not in self.models:
+            await context.abort(grpc.StatusCode.NOT_FOUND, self._unknown_model(name))
+        return pb.GetModelResponse(model=model_message(self.models[name]))
+
+    async def ListModels(self, request, context) -> pb.ListModelsResponse:
+        names = [self.default_model] + [n for n in self.models if n != self.default_model]
+        return pb.ListModelsResponse(models=[model_message(self.models[n]) for n in names])
+
+    async def GetServerStats(self, request, context) -> pb.GetServerStatsResponse:
+        return pb.GetServerStatsResponse(models=[
+            pb.ModelStats(model=name, invalid_frames=self.invalid_frames[name], **model.stats())
+            for name, model in self.models.items()])
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    async def StreamInspect(self, request_iterator, context):
+        out: asyncio.Queue = asyncio.Queue()
+        ordered: asyncio.Queue = asyncio.Queue()
+        in_flight = asyncio.Semaphore(self.max_in_flight)
+        tasks: set[asyncio.Task] = set()
+        reader = asyncio.create_task(
+            self._read(request_iterator, out, ordered, in_flight, tasks))
+        sequencer = asyncio.create_task(self._sequence(ordered, out, in_flight))
+        try:
+            while (message := await out.get()) is not None:
+                if isinstance(message, StreamError):
+                    await context.abort(message.code, message.message)
+                yield pb.StreamInspectResponse(result=message)
+        finally:
+            for task in (reader, sequencer, *tasks):
+                task.cancel()
+
+    async def _read(self, request_iterator, out, ordered, in_flight, tasks) -> None:
+        """Take config and frames; one scoring task per frame, queued in arrival order."""
+        options = None
+        try:
+            async for request in request_iterator:
+                if request.HasField("config"):
+                    if options is not None:
+                        raise StreamError(grpc.StatusCode.INVALID_ARGUMENT,
+                                          "config is allowed as the first message only")
+                    options = self._options(request.config)
+                    continue
+                if self.draining:
+                    raise StreamError(grpc.StatusCode.UNAVAILABLE,
+                                      "server is draining; reconnect to another instance")
+                options = options or self._options(pb.InspectionConfig())
+                await in_flight.acquire()
+                on_provisional = out.put_nowait if options.provisional else None
+                task = asyncio.create_task(self._score(request.frame, options, on_provisional))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                ordered.put_nowait(task)
+        except StreamError as err:
+            ordered.put_nowait(err)
+            return
+        ordered.put_nowait(None)
+
+    async def _sequence(self, ordered, out, in_flight) -> None:
+        """Final results in frame order; a stream error goes out after the frames before it."""
+        while (item := await ordered.get()) is not None:
+            if isinstance(item, StreamError):
+                out.put_nowait(item)
+                return
+            result = await item
+            in_flight.release()
+            out.put_nowait(result)
+        out.put_nowait(None)
+
+    # -- per frame ---------------------------------------------------------------------------
+
+    async def _score(self, frame: pb.Frame, options: StreamOptions, on_provisional
+                     ) -> pb.InspectionResult:
+        """One frame → one final result (errors become the result's status)."""
+        model = options.model
+        echo = {"frame_id": frame.frame_id, "sequence": frame.sequence,
+                "model": model.name, "model_version": model.bundle.version}
+        if frame.HasField("capture_time"):
+            echo["capture_time"] = frame.capture_time
+        mode = MODES.get(frame.mode, options.mode)
+        try:
+            x = model.preprocess(decode_frame(frame, self.limits))
+            provisional = None
+            if on_provisional is not None:
+                provisional = lambda o: on_provisional(  # noqa: E731
+                    result_message(o, model, echo, False))
+            outcome = await model.inspect(x, mode, options.steps, options.residual_map,
+                                          provisional)
+        except (FrameError, ValueError) as err:
+            self.invalid_frames[model.name] += 1
+            return pb.InspectionResult(
+                final=True, error=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT,
+                                                    message=str(err)), **echo)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # an engine failure: this frame fails, the stream goes on
+            log.exception("scoring failed for frame %r", frame.frame_id)
+            return pb.InspectionResult(
+                final=True, error=status_pb2.Status(code=code_pb2.INTERNAL, message=str(err)),
+                **echo)
+        return result_message(outcome, model, echo, options.residual_map)
+
+    def _options(self, config: pb.InspectionConfig) -> StreamOptions:
+        name = config.model or self.default_model
+        if name not in self.models:
+            raise StreamError(grpc.StatusCode.NOT_FOUND, self._unknown_model(name))
+        model = self.models[name]
+        mode = MODES.get(config.mode, model.default_mode)
+        if mode not in model.modes:
+            raise StreamError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"model {name} does not serve {mode.name}: it has no encoder "
+                              f"(modes: {', '.join(m.name for m in model.modes)})")
+        return StreamOptions(model, mode, config.search_steps or None,
+                             config.provisional_results, config.return_residual_map)
+
+    def _unknown_model(self, name: str) -> str:
+        return f"unknown model {name!r}; served: {', '.join(self.models)}"
+
+
+def result_message(outcome: Outcome, model: ServedModel, echo: dict, residual_map: bool
+                   ) -> pb.InspectionResult:
+    """Domain outcome → InspectionResult."""
+    result = pb.InspectionResult(
+        final=outcome.final, verdict=pb.VERDICT_FAIL if outcome.fail else pb.VERDICT_PASS,
+        score=outcome.score, residual_score=outcome.residual, feature_score=outcome.feature,
+        threshold=model.threshold, stage=STAGE_PB[outcome.stage], search_steps=outcome.steps,
+        mode=MODE_PB[outcome.mode], **echo)
+    result.queue_time.FromNanoseconds(int(outcome.queue_seconds * 1e9))
+    result.compute_time.FromNanoseconds(int(outcome.compute_seconds * 1e9))
+    if residual_map and outcome.final and outcome.residual_map is not None:
+        height, width = outcome.residual_map.shape
+        result.residual_map.CopyFrom(pb.ResidualMap(
+            data=outcome.residual_map.astype("<f4").tobytes(), height=height, width=width))
+    return result
+
+
+def model_message(model: ServedModel) -> pb.Model:
+    bundle = model.bundle
+    message = pb.Model(
+        name=model.name, version=bundle.version,
+        format_version=bundle.manifest["format_version"], channels=bundle.channels,
+        height=bundle.image_size, width=bundle.image_size, latent_dim=bundle.latent_dim,
+        threshold=model.threshold, default_search_steps=model.search_config.steps,
+        search_learning_rate=model.search_config.lr, has_encoder=bundle.has_encoder,
+        modes=[MODE_PB[m] for m in model.modes], default_mode=MODE_PB[model.default_mode],
+        device=str(model.device), **{"lambda": model.search_config.lam})
+    if "created" in bundle.manifest:
+        message.create_time.FromJsonString(bundle.manifest["created"].replace("+00:00", "Z"))
+    return message
+

@@ -1,0 +1,153 @@
+"""Train → export → evaluate, end to end on the tiny preset; bundle checks and failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anogan_inspect.bundle import (
+    BundleError,
+    check_parity,
+    load_torch_models,
+    read_bundle,
+    sha256_file,
+    verify_checksums,
+)
+from anogan_inspect.networks import PRESETS, Discriminator, FeatureExtractor, Generator
+from anogan_inspect.onnxrt import make_session
+from tests.conftest import TEST_CSV, TRAIN_CSV
+from trainer import export as export_module
+from trainer.cli import main as train_main
+
+
+def test_manifest_records_what_the_server_needs(tiny_bundle):
+    bundle = read_bundle(tiny_bundle)
+    m = bundle.manifest
+    assert m["geometry"] == {"channels": 1, "height": 16, "width": 16}
+    assert m["latent_dim"] == 8 and m["lambda"] == 0.1
+    assert m["search"]["steps"] == 10
+    assert set(m["networks"]) == {"generator", "features", "encoder"}
+    threshold = m["threshold"]
+    assert threshold["quantile"] == 0.95 and threshold["scores"]["n"] > 0
+    assert threshold["scores"]["min"] <= threshold["value"] <= threshold["scores"]["max"]
+    assert m["fast_threshold"]["value"] == threshold["value"]
+    assert m["training"]["normal_labels"] == [7, 8]
+    listed = set(m["files"])
+    assert listed == {p.name for p in tiny_bundle.iterdir()} - {"manifest.json"}
+    for name, entry in m["files"].items():
+        assert entry["sha256"] == sha256_file(tiny_bundle / name)
+
+
+def test_checksum_mismatch_is_refused(tiny_bundle, tmp_path):
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
+    verify_checksums(read_bundle(copy))
+    with open(copy / "features.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match="features.onnx does not match its sha256"):
+        verify_checksums(read_bundle(copy))
+    (copy / "generator.pt2").unlink()
+    with pytest.raises(BundleError, match="generator.pt2 is missing"):
+        verify_checksums(read_bundle(copy))
+
+
+def test_exported_torch_and_onnx_agree(tiny_bundle):
+    bundle = read_bundle(tiny_bundle)
+    models = load_torch_models(bundle)
+    errors = check_parity(bundle, models)
+    assert set(errors) == {"generator", "features", "encoder"}
+    assert max(errors.values()) < 1e-4
+    # Dynamic batch axis: ORT accepts any batch size; fixed input/output names.
+    session = make_session(bundle.file("encoder", "onnx"))
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["z"]
+    (z,) = session.run(None, {"image": np.zeros((7, 1, 16, 16), np.float32)})
+    assert z.shape == (7, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(models.encoder(torch.zeros(7, 1, 16, 16)).numpy(), z,
+                                   atol=1e-4)
+
+
+def test_exported_program_backpropagates_to_its_input(tiny_bundle):
+    models = load_torch_models(read_bundle(tiny_bundle))
+    z = torch.zeros(2, 8, requires_grad=True)
+    models.features(models.generator(z)).sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_parity_failure_leaves_no_bundle(tmp_path, monkeypatch):
+    cfg = PRESETS["tiny"]
+    networks = {"generator": Generator(cfg),
+                "features": FeatureExtractor(Discriminator(cfg))}
+    monkeypatch.setattr(export_module, "max_parity_error", lambda *a: 1.0)
+    with pytest.raises(export_module.ExportError, match="differ"):
+        export_module.export_bundle(tmp_path / "b", cfg, networks, {"name": "b"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_writes_report_plots_and_grid(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = train_main(["evaluate", "--bundle", str(tiny_bundle), "--data", str(TEST_CSV),
+                       "--normal-labels", "7,8", "--anomaly-labels", "2", "--steps", "5",
+                       "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == 300 and report["anomalies"] == 100
+    search = report["search"]
+    assert 0.5 < search["auroc"] <= 1.0 and 0 < search["auprc"] <= 1.0
+    assert sum(search["confusion"].values()) == 300
+    assert "fast" in report
+    for picture in ("roc.png", "reconstructions.png"):
+        assert (out / picture).stat().st_size > 1000
+    assert "AUROC" in capsys.readouterr().out
+
+
+def test_bundle_without_encoder(tiny_bundle_no_encoder):
+    bundle = read_bundle(tiny_bundle_no_encoder)
+    assert not bundle.has_encoder
+    assert bundle.manifest["threshold"]["start"] == "random"
+    assert bundle.manifest["fast_threshold"] is None
+    assert not any(name.startswith("encoder") for name in bundle.manifest["files"])
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("label,a,b\n7,1,2\n7,1\n", "line 3"),
+    ("7," + ",".join(["x"] * 4) + "\n", "line 1"),
+])
+def test_bad_dataset_stops_training_and_writes_nothing(tmp_path, capsys, content, expected):
+    data = tmp_path / "bad.csv"
+    data.write_text(content)
+    out = tmp_path / "bundle"
+    code = train_main(["train", "--data", str(data), "--normal-labels", "7",
+                       "--preset", "tiny", "--out", str(out), "--run-dir", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "bad.csv" in err and expected in err
+    assert not out.exists()
+
+
+def test_missing_file_and_empty_label_filter(tmp_path, capsys):
+    for data, labels, expected in ((tmp_path / "nope.csv", "7", "nope.csv"),
+                                   (TRAIN_CSV, "11", "11")):
+        code = train_main(["train", "--data", str(data), "--normal-labels", labels,
+                           "--preset", "tiny", "--out", str(tmp_path / "b")])
+        assert code == 2
+        assert expected in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_resume_continues_from_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    common = ["train", "--data", str(TRAIN_CSV), "--normal-labels", "7,8", "--preset", "tiny",
+              "--encoder-epochs", "1", "--steps", "2", "--run-dir", str(run)]
+    assert train_main([*common, "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
+    first = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert first["gan_epoch"] == 1
+    assert train_main([*common, "--epochs", "2", "--resume", "--out", str(tmp_path / "b")]) == 0
+    second = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert second["gan_epoch"] == 2 and len(second["history"]) > len(first["history"])
+    assert (run / "samples" / "gan_epoch_002.png").exists()

@@ -1,0 +1,299 @@
+"""The gRPC service against a real server on an ephemeral port (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from anogan.v1 import inspection_pb2 as pb
+from anogan.v1 import inspection_pb2_grpc as pb_grpc
+from anogan_inspect.bundle import load_torch_models, read_bundle
+from anogan_inspect.preprocess import to_model_input
+from clients.sources import SourceFrame, csv_frames
+from clients.stream_client import frame_message
+from tests.conftest import ROOT, TEST_CSV, TINY_STEPS, ServerProcess
+from trainer.scoring import search_scores
+
+
+@pytest.fixture(scope="module")
+def digits() -> list[SourceFrame]:
+    """The labelled MNIST test digits 2 (anomalous), 7 and 8."""
+    return list(csv_frames(TEST_CSV, [7, 8], [2]))
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    with server.channel() as channel:
+        yield pb_grpc.InspectionServiceStub(channel)
+
+
+def stream(stub, frames: list[pb.Frame], config: pb.InspectionConfig | None = None,
+           timeout: float = 120) -> list[pb.InspectionResult]:
+    requests = ([pb.StreamInspectRequest(config=config)] if config else []) + [
+        pb.StreamInspectRequest(frame=f) for f in frames]
+    return [r.result for r in stub.StreamInspect(iter(requests), timeout=timeout)]
+
+
+def frames_of(digits, n: int, start: int = 0) -> list[pb.Frame]:
+    return [frame_message(d, start + i) for i, d in enumerate(digits[start:start + n])]
+
+
+def stats(stub, model: str = "tiny") -> pb.ModelStats:
+    return next(m for m in stub.GetServerStats(pb.GetServerStatsRequest()).models
+                if m.model == model)
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_n_frames_in_n_results_out_in_order(stub, digits):
+    frames = frames_of(digits, 40)
+    results = stream(stub, frames)
+    assert [r.sequence for r in results] == list(range(40))
+    assert [r.frame_id for r in results] == [f.frame_id for f in frames]
+    assert all(r.final and r.verdict in (pb.VERDICT_PASS, pb.VERDICT_FAIL) for r in results)
+    assert all(r.model == "tiny" and r.threshold > 0 for r in results)
+    assert all(r.capture_time == f.capture_time for r, f in zip(results, frames))
+    for r in results:  # verdict is the threshold rule on the score
+        assert (r.verdict == pb.VERDICT_FAIL) == (r.score > r.threshold)
+
+
+def test_bad_frames_get_errors_and_the_stream_goes_on(stub, digits):
+    frames = frames_of(digits, 10)
+    frames[2].raw.data = frames[2].raw.data[:-1]  # wrong byte count
+    frames[4].ClearField("raw")
+    frames[4].encoded.data = b"not a png"
+    nan = np.full((8, 8), np.nan, dtype="<f4")
+    frames[6].raw.CopyFrom(pb.RawImage(data=nan.tobytes(), data_type=pb.DATA_TYPE_FLOAT32,
+                                       height=8, width=8, channels=1))
+    frames[7].raw.data_type = pb.DATA_TYPE_UNSPECIFIED
+    frames[8].ClearField("raw")  # no image at all
+    results = stream(stub, frames)
+    assert [r.sequence for r in results] == list(range(10))
+    bad = {2: "bytes", 4: "cannot decode", 6: "NaN", 7: "data_type", 8: "no image"}
+    for r in results:
+        if r.sequence in bad:
+            assert r.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert bad[r.sequence] in r.error.message
+            assert r.verdict == pb.VERDICT_UNSPECIFIED
+        else:
+            assert not r.HasField("error") and r.verdict != pb.VERDICT_UNSPECIFIED
+
+
+def test_any_size_and_rgb_frames_are_resized_and_converted(stub, digits):
+    gray = digits[0].pixels
+    big_rgb = np.repeat(np.kron(gray, np.ones((3, 3, 1), np.uint8)), 3, axis=2)  # 84×84×3
+    frames = [frame_message(SourceFrame("gray", gray, None), 0),
+              frame_message(SourceFrame("rgb", big_rgb, None), 1)]
+    results = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_FAST))
+    assert not any(r.HasField("error") for r in results)
+    # The same digit, upscaled and in RGB, scores nearly the same.
+    assert abs(results[0].score - results[1].score) < 0.05 * results[0].score
+
+
+def test_server_score_equals_trainer_search_from_same_start(stub, digits, tiny_bundle):
+    frames = frames_of(digits, 6)
+    results = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_SEARCH))
+    bundle = read_bundle(tiny_bundle)
+    pixels = np.stack([d.pixels.transpose(2, 0, 1) for d in digits[:6]]) / 255.0
+    x = to_model_input(pixels.astype(np.float32), bundle.image_size, bundle.channels)
+    expected = search_scores(load_torch_models(bundle), x, bundle.search_config, "encoder")
+    assert [r.search_steps for r in results] == [TINY_STEPS] * 6
+    np.testing.assert_allclose([r.score for r in results], expected.score, rtol=1e-3)
+    np.testing.assert_allclose([r.residual_score for r in results], expected.residual,
+                               rtol=1e-3)
+
+
+def test_modes_fast_search_cascade(stub, digits):
+    frames = frames_of(digits, 60, start=100)
+    by_mode = {mode: stream(stub, frames, pb.InspectionConfig(mode=mode))
+               for mode in (pb.MODE_FAST, pb.MODE_SEARCH, pb.MODE_CASCADE)}
+    fast, searched, cascade = by_mode.values()
+    assert all(r.stage == pb.STAGE_FAST and r.search_steps == 0 for r in fast)
+    assert all(r.stage == pb.STAGE_SEARCH and r.search_steps == TINY_STEPS for r in searched)
+    # The search starts at E(x) and keeps the best z: never above the fast score.
+    assert all(s.score <= f.score * (1 + 1e-4) for s, f in zip(searched, fast))
+    stages = {r.stage for r in cascade}
+    assert stages == {pb.STAGE_FAST, pb.STAGE_SEARCH}, "60 digits exercise both stages"
+    for c, f, s in zip(cascade, fast, searched):
+        if c.stage == pb.STAGE_FAST:
+            assert c.verdict == pb.VERDICT_PASS and c.score <= c.threshold
+            assert c.score == pytest.approx(f.score, rel=1e-6)
+        else:
+            assert c.score == pytest.approx(s.score, rel=1e-4)
+        # The exact cascade: its verdict is the warm-started search's verdict, every frame.
+        assert c.verdict == s.verdict, c.frame_id
+
+
+def test_per_frame_mode_overrides_stream_mode(stub, digits):
+    frames = frames_of(digits, 4)
+    frames[1].mode = pb.MODE_SEARCH
+    results = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_FAST))
+    assert [r.stage for r in results] == [pb.STAGE_FAST, pb.STAGE_SEARCH, pb.STAGE_FAST,
+                                          pb.STAGE_FAST]
+
+
+def test_provisional_results_precede_searched_finals(stub, digits):
+    frames = frames_of(digits, 60, start=100)
+    results = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_CASCADE,
+                                                       provisional_results=True))
+    finals = [r for r in results if r.final]
+    assert [r.sequence for r in finals] == list(range(100, 160))
+    provisional = {r.sequence: i for i, r in enumerate(results) if not r.final}
+    for i, r in enumerate(results):
+        if r.final and r.stage == pb.STAGE_SEARCH:
+            assert r.sequence in provisional and provisional[r.sequence] < i
+        if r.final and r.stage == pb.STAGE_FAST:
+            assert r.sequence not in provisional
+    assert all(results[i].stage == pb.STAGE_FAST for i in provisional.values())
+
+
+def test_residual_map_and_unary_inspect(stub, digits):
+    frame = frames_of(digits, 1)[0]
+    response = stub.Inspect(pb.InspectRequest(
+        config=pb.InspectionConfig(mode=pb.MODE_SEARCH, return_residual_map=True), frame=frame))
+    rmap = response.result.residual_map
+    assert (rmap.height, rmap.width) == (16, 16)
+    values = np.frombuffer(rmap.data, dtype="<f4")
+    assert values.shape == (256,) and 0.0 <= values.min() and values.max() <= 1.0
+    # Σ|x - G(z)| over pixels = 2·Σ map (gray: one channel), the result's residual part.
+    assert 2 * values.sum(dtype=np.float64) == pytest.approx(response.result.residual_score,
+                                                             rel=1e-3)
+    bad = pb.Frame(frame_id="bad", encoded=pb.EncodedImage(data=b"GIF89a"))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Inspect(pb.InspectRequest(frame=bad))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_models_and_bundle_without_encoder(stub, digits):
+    models = stub.ListModels(pb.ListModelsRequest()).models
+    assert [m.name for m in models] == ["tiny", "noenc"]
+    noenc = stub.GetModel(pb.GetModelRequest(name="noenc")).model
+    assert not noenc.has_encoder and list(noenc.modes) == [pb.MODE_SEARCH]
+    assert noenc.default_mode == pb.MODE_SEARCH and (noenc.height, noenc.width) == (16, 16)
+    results = stream(stub, frames_of(digits, 5), pb.InspectionConfig(model="noenc"))
+    assert all(r.stage == pb.STAGE_SEARCH and r.model == "noenc" for r in results)
+    with pytest.raises(grpc.RpcError) as err:
+        stream(stub, frames_of(digits, 1), pb.InspectionConfig(model="noenc",
+                                                               mode=pb.MODE_FAST))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetModel(pb.GetModelRequest(name="nope"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_config_after_frames_ends_the_stream(stub, digits):
+    requests = [pb.StreamInspectRequest(frame=f) for f in frames_of(digits, 2)]
+    requests.append(pb.StreamInspectRequest(config=pb.InspectionConfig()))
+    call = stub.StreamInspect(iter(requests))
+    with pytest.raises(grpc.RpcError) as err:
+        list(call)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_is_serving(server):
+    with server.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "anogan.v1.InspectionService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class OpenStream:
+    """A stream whose frames are fed by the test; stays open until close()."""
+
+    def __init__(self, stub, config: pb.InspectionConfig):
+        self._requests: queue.Queue = queue.Queue()
+        self._requests.put(pb.StreamInspectRequest(config=config))
+        self.call = stub.StreamInspect(iter(self._requests.get, None))
+        self.results: list[pb.InspectionResult] = []
+        self.error: grpc.RpcError | None = None
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def send(self, frames: list[pb.Frame]) -> None:
+        for frame in frames:
+            self._requests.put(pb.StreamInspectRequest(frame=frame))
+
+    def close(self) -> None:
+        self._requests.put(None)
+
+    def _collect(self) -> None:
+        try:
+            self.results.extend(r.result for r in self.call)
+        except grpc.RpcError as err:
+            self.error = err
+
+    def join(self, timeout: float = 120) -> None:
+        self._thread.join(timeout)
+
+
+def test_cancelling_a_stream_frees_its_slots(stub, digits):
+    before = stats(stub)
+    long_search = pb.InspectionConfig(mode=pb.MODE_SEARCH, search_steps=1_000_000)
+    open_stream = OpenStream(stub, long_search)
+    open_stream.send(frames_of(digits, 40))  # 32 slots: 32 searching, 8 queued
+    wait_for(lambda: stats(stub).active_slots == 32 and stats(stub).queued_searches == 8,
+             what="slots to fill")
+    open_stream.call.cancel()
+    open_stream.join()
+    after = wait_for(lambda: (s := stats(stub)).active_slots == 0 and s, what="slots to empty")
+    assert after.queued_searches == 0
+    assert after.searches_cancelled - before.searches_cancelled == 40
+    # The engine is free again: a new stream is served at once.
+    assert len(stream(stub, frames_of(digits, 3))) == 3
+
+
+@pytest.fixture()
+def fresh_server(tiny_bundle, tmp_path):
+    proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--max-batch", "64",
+                         "--grace", "300")
+    yield proc
+    proc.stop()
+
+
+def test_concurrent_streams_share_engine_batches_and_drain_on_sigterm(fresh_server, digits):
+    with fresh_server.channel() as channel:
+        stub = pb_grpc.InspectionServiceStub(channel)
+        config = pb.InspectionConfig(mode=pb.MODE_SEARCH, search_steps=3000)
+        streams = [OpenStream(stub, config) for _ in range(2)]
+        for i, s in enumerate(streams):
+            s.send(frames_of(digits, 4, start=10 * i))
+        # Both streams' searches run in the same engine steps: 8 slots active at once.
+        wait_for(lambda: stats(stub).active_slots == 8, what="both streams in the engine")
+        assert stats(stub).max_search_batch == 8  # either stream alone makes batches of 4
+        for s in streams:
+            s.close()
+        # SIGTERM while 8 searches are in flight: they finish, then the server exits 0.
+        assert fresh_server.stop(timeout=120) == 0
+        for s in streams:
+            s.join()
+            assert s.error is None
+            assert len(s.results) == 4 and all(r.search_steps == 3000 for r in s.results)
+    assert "draining" in fresh_server.log_path.read_text()
+
+
+def test_server_refuses_a_tampered_bundle(tiny_bundle, tmp_path):
+    copy = shutil.copytree(tiny_bundle, tmp_path / "tampered")
+    (copy / "generator.onnx").write_bytes(b"\0" + (copy / "generator.onnx").read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "server", "--bundle", str(copy), "--port", "0"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert "generator.onnx does not match its sha256" in proc.stderr
+

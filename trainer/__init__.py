@@ -1,0 +1,1 @@
+"""anogan-inspect trainer: data loading, DCGAN + encoder training, calibration, export."""

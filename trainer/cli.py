@@ -1,0 +1,286 @@
+"""`anogan-train`: train → calibrate → export a bundle, and evaluate a bundle on labelled data."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anogan_inspect.bundle import BundleError, load_torch_models, read_bundle
+from anogan_inspect.networks import NORMS, PRESETS, FeatureExtractor, ModelConfig
+from anogan_inspect.preprocess import to_model_input
+from anogan_inspect.search import ScoringModels, SearchConfig, fast_score
+from trainer.data import DatasetError, ImageSet, heldout_split, load_dataset
+from trainer.export import ExportError, export_bundle
+from trainer.scoring import (
+    calibrate,
+    metrics,
+    save_reconstruction_grid,
+    save_roc_plot,
+    search_scores,
+    summarize,
+    write_json,
+)
+from trainer.train import Networks, TrainConfig, Trainer
+
+log = logging.getLogger("anogan-train")
+# Training defaults per preset: the seed's recipe for "seed", a few CPU minutes for "default".
+PRESET_TRAINING = {
+    "default": {"epochs": 60, "encoder_epochs": 60, "batch_size": 64},
+    "seed": {"epochs": 30, "encoder_epochs": 30, "batch_size": 16},
+    "tiny": {"epochs": 2, "encoder_epochs": 2, "batch_size": 32},
+}
+
+
+def parse_labels(text: str | None) -> list[int] | None:
+    """'7,8' → [7, 8]."""
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"labels must be integers separated by commas: {text!r}") from err
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anogan-train", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train on normal images and export a bundle")
+    train.add_argument("--data", required=True, type=Path,
+                       help="MNIST-style CSV (.csv/.csv.gz), image folder (MVTec ok) or .npy")
+    train.add_argument("--normal-labels", type=parse_labels,
+                       help="CSV labels that are normal, e.g. 7,8 (CSV only)")
+    train.add_argument("--out", required=True, type=Path, help="bundle directory to write")
+    train.add_argument("--name", help="model name in the manifest (default: --out's name)")
+    train.add_argument("--run-dir", type=Path,
+                       help="checkpoints and sample grids (default: runs/<name>)")
+    train.add_argument("--resume", action="store_true", help="continue from run-dir's checkpoint")
+    train.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    for field in ("image_size", "channels", "latent_dim", "width"):
+        train.add_argument(f"--{field.replace('_', '-')}", type=int, help="override the preset")
+    train.add_argument("--disc-norm", choices=NORMS, help="override the preset")
+    train.add_argument("--epochs", type=int, help="GAN epochs")
+    train.add_argument("--encoder-epochs", type=int, help="encoder epochs")
+    train.add_argument("--no-encoder", action="store_true",
+                       help="skip the encoder (the bundle then serves SEARCH only)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr-g", type=float, default=TrainConfig.lr_g)
+    train.add_argument("--lr-d", type=float, default=TrainConfig.lr_d)
+    train.add_argument("--holdout", type=float, default=0.15,
+                       help="fraction of normal images held out for calibration")
+    train.add_argument("--quantile", type=float, default=0.95,
+                       help="threshold at this quantile of held-out normal scores")
+    train.add_argument("--target-fpr", type=float, help="same as --quantile 1-FPR")
+    _add_search_options(train)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default=default_device())
+
+    evaluate = sub.add_parser("evaluate", help="score a labelled set with a bundle")
+    evaluate.add_argument("--bundle", required=True, type=Path)
+    evaluate.add_argument("--data", required=True, type=Path)
+    evaluate.add_argument("--normal-labels", type=parse_labels)
+    evaluate.add_argument("--anomaly-labels", type=parse_labels)
+    evaluate.add_argument("--start", choices=("encoder", "random"),
+                          help="search start (default: encoder when the bundle has one)")
+    evaluate.add_argument("--out", type=Path, help="report directory (default: reports/<name>)")
+    _add_search_options(evaluate)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default=default_device())
+    return parser
+
+
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, help="latent-search steps")
+    parser.add_argument("--search-lr", type=float, help="Adam learning rate on z")
+    parser.add_argument("--search-batch", type=int, default=64, help="searches run at once")
+
+
+def search_config(args, base: SearchConfig) -> SearchConfig:
+    """Search options from the CLI over a base config."""
+    changes = {"steps": args.steps, "lr": args.search_lr}
+    return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+def model_config(args) -> ModelConfig:
+    overrides = {f: getattr(args, f) for f in ("image_size", "channels", "latent_dim", "width",
+                                               "disc_norm") if getattr(args, f) is not None}
+    return dataclasses.replace(PRESETS[args.preset], **overrides)
+
+
+def train_config(args) -> TrainConfig:
+    preset = PRESET_TRAINING.get(args.preset, PRESET_TRAINING["default"])
+    chosen = {"epochs": args.epochs, "encoder_epochs": args.encoder_epochs,
+              "batch_size": args.batch_size}
+    values = {k: v if v is not None else preset[k] for k, v in chosen.items()}
+    if args.no_encoder:
+        values["encoder_epochs"] = 0
+    return TrainConfig(**values, lr_g=args.lr_g, lr_d=args.lr_d, seed=args.seed)
+
+
+def run_train(args) -> int:
+    name = args.name or args.out.name
+    run_dir = args.run_dir or Path("runs") / name
+    model, cfg = model_config(args), train_config(args)
+    quantile = 1.0 - args.target_fpr if args.target_fpr is not None else args.quantile
+    search_cfg = search_config(args, SearchConfig())
+    device = torch.device(args.device)
+
+    data = load_dataset(args.data, split="train", normal_labels=args.normal_labels)
+    train_idx, holdout_idx = heldout_split(len(data), args.holdout, args.seed)
+    images = to_model_input(data.images, model.image_size, model.channels)
+    log.info("%s: %d normal images (%d train, %d held out), model %s, device %s",
+             args.data, len(data), len(train_idx), len(holdout_idx), model, device)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(Networks.build(model, args.seed), cfg, run_dir, device)
+    checkpoint = run_dir / "checkpoint.pt"
+    if args.resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
+        trainer.load_checkpoint(checkpoint)
+    started = time.time()
+    trainer.train_gan(images[train_idx])
+    nets = trainer.nets
+    networks = {"generator": nets.generator, "features": FeatureExtractor(nets.discriminator)}
+    if cfg.encoder_epochs > 0:
+        trainer.train_encoder(images[train_idx])
+        networks["encoder"] = nets.encoder
+    train_seconds = time.time() - started
+
+    models = ScoringModels(networks["generator"], networks["features"], model.latent_dim,
+                           networks.get("encoder")).prepare()
+    start = "encoder" if models.encoder is not None else "random"
+    heldout = search_scores(models, images[holdout_idx], search_cfg, start, device,
+                            args.search_batch, args.seed, desc="calibration")
+    threshold = calibrate(heldout.score, quantile)
+    threshold.update(steps=search_cfg.steps, start=start)
+    log.info("threshold %.2f at quantile %.3f of %d held-out scores", threshold["value"],
+             quantile, len(holdout_idx))
+
+    created = datetime.now(timezone.utc)
+    fields = {
+        "name": name,
+        "version": created.strftime("%Y%m%dT%H%M%SZ"),
+        "created": created.isoformat(),
+        "lambda": search_cfg.lam,
+        "search": search_cfg.to_dict(),
+        "threshold": threshold,
+        "fast_threshold": _fast_threshold(models, images[holdout_idx].to(device), search_cfg,
+                                          threshold["value"]),
+        "training": _training_metadata(args, data, train_idx, holdout_idx, cfg, trainer,
+                                       train_seconds),
+    }
+    export_bundle(args.out, model, networks, fields)
+    print(f"bundle: {args.out} (threshold {threshold['value']:.2f}, "
+          f"trained in {train_seconds:.0f} s; samples in {run_dir / 'samples'})")
+    return 0
+
+
+def _fast_threshold(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig,
+                    threshold: float) -> dict | None:
+    """The fast score s0 shares the search threshold (same formula, s0 ≥ search score)."""
+    if models.encoder is None:
+        return None
+    scores, _ = fast_score(models, x, cfg.lam)
+    return {"value": threshold, "shared_with_search": True,
+            "heldout_pass_rate": float(np.mean(scores <= threshold)),
+            "scores": summarize(scores)}
+
+
+def _training_metadata(args, data: ImageSet, train_idx, holdout_idx, cfg: TrainConfig,
+                       trainer: Trainer, seconds: float) -> dict:
+    return {
+        "data": str(args.data),
+        "normal_labels": args.normal_labels,
+        "images": {"train": int(len(train_idx)), "heldout": int(len(holdout_idx))},
+        "config": dataclasses.asdict(cfg),
+        "seed": args.seed,
+        "device": str(args.device),
+        "seconds": round(seconds, 1),
+        "final_losses": [h for h in trainer.history[-2:]],
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_evaluate(args) -> int:
+    bundle = read_bundle(args.bundle)
+    device = torch.device(args.device)
+    models = load_torch_models(bundle, device)
+    cfg = search_config(args, bundle.search_config)
+    start = args.start or ("encoder" if bundle.has_encoder else "random")
+    data = load_dataset(args.data, split="test", normal_labels=args.normal_labels,
+                        anomaly_labels=args.anomaly_labels)
+    if data.is_anomaly is None:
+        raise DatasetError(f"{args.data}: evaluation needs labels "
+                           "(--normal-labels/--anomaly-labels for CSV, test/ folders for MVTec)")
+    x = to_model_input(data.images, bundle.image_size, bundle.channels).to(device)
+    started = time.time()
+    result = search_scores(models, x, cfg, start, device, args.search_batch, args.seed,
+                           desc="evaluate")
+    seconds = time.time() - started
+    out = args.out or Path("reports") / bundle.name
+    report = {
+        "bundle": str(args.bundle), "model": bundle.name, "version": bundle.version,
+        "data": str(args.data), "images": len(data),
+        "anomalies": int(data.is_anomaly.sum()), "start": start,
+        "search_seconds": round(seconds, 2), "frames_per_second": round(len(data) / seconds, 2),
+        "search": {**cfg.to_dict(), **metrics(result.score, data.is_anomaly, bundle.threshold)},
+    }
+    curves = {f"search, {cfg.steps} steps": (result.score, data.is_anomaly)}
+    if models.encoder is not None:
+        fast, _ = fast_score(models, x, cfg.lam)
+        report["fast"] = metrics(fast, data.is_anomaly, bundle.threshold)
+        curves["fast path (encoder)"] = (fast, data.is_anomaly)
+    save_roc_plot(curves, out / "roc.png", f"{bundle.name} on {args.data.name}")
+    order = np.argsort(-result.score)  # most anomalous first
+    save_reconstruction_grid(models, x[torch.as_tensor(order.copy())], result.z[order],
+                             out / "reconstructions.png")
+    write_json(out / "report.json", report)
+    search_metrics = report["search"]
+    print(f"{bundle.name}: AUROC {search_metrics['auroc']:.4f}  AUPRC "
+          f"{search_metrics['auprc']:.4f}  ({len(data)} images, {cfg.steps} steps from {start}, "
+          f"{report['frames_per_second']} frames/s); confusion at threshold "
+          f"{bundle.threshold:.2f}: {search_metrics['confusion']}")
+    if "fast" in report:
+        print(f"fast path: AUROC {report['fast']['auroc']:.4f}")
+    print(f"report: {out / 'report.json'}, ROC: {out / 'roc.png'}, "
+          f"grid: {out / 'reconstructions.png'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):  # export chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if args.command == "train":
+            return run_train(args)
+        return run_evaluate(args)
+    except (DatasetError, ExportError, BundleError, FileNotFoundError, ValueError) as err:
+        print(f"anogan-train: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("anogan-train: interrupted; no bundle written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

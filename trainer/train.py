@@ -1,0 +1,229 @@
+"""DCGAN training on normal images, then the encoder (f-AnoGAN izi_f), with checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from anogan_inspect.networks import (
+    Discriminator,
+    Encoder,
+    FeatureExtractor,
+    Generator,
+    ModelConfig,
+    init_weights,
+)
+from anogan_inspect.pictures import save_grid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings for the GAN and the encoder."""
+
+    epochs: int = 60
+    batch_size: int = 64
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    encoder_epochs: int = 60
+    encoder_lr: float = 1e-3
+    kappa: float = 1.0  # weight of the feature term in the encoder loss
+    seed: int = 0
+    # Batches of z ~ N(0, 1) used to re-estimate G's BatchNorm statistics after training.
+    bn_recalibration_batches: int = 50
+
+
+@dataclass
+class Networks:
+    """The three networks being trained, with the config that builds them."""
+
+    model: ModelConfig
+    generator: Generator
+    discriminator: Discriminator
+    encoder: Encoder
+
+    @classmethod
+    def build(cls, model: ModelConfig, seed: int) -> Networks:
+        torch.manual_seed(seed)
+        nets = cls(model, Generator(model), Discriminator(model), Encoder(model))
+        for net in (nets.generator, nets.discriminator, nets.encoder):
+            net.apply(init_weights)
+        return nets
+
+    def to(self, device: torch.device) -> Networks:
+        for net in (self.generator, self.discriminator, self.encoder):
+            net.to(device)
+        return self
+
+
+class Trainer:
+    """Trains G and D adversarially, then E with G and D frozen; checkpoints every epoch."""
+
+    def __init__(self, nets: Networks, cfg: TrainConfig, run_dir: Path, device: torch.device):
+        self.nets, self.cfg, self.run_dir, self.device = nets.to(device), cfg, run_dir, device
+        self.opt_g = torch.optim.Adam(nets.generator.parameters(), cfg.lr_g, betas=cfg.betas)
+        self.opt_d = torch.optim.Adam(nets.discriminator.parameters(), cfg.lr_d, betas=cfg.betas)
+        self.opt_e = torch.optim.Adam(nets.encoder.parameters(), cfg.encoder_lr)
+        self.gan_epoch = 0
+        self.encoder_epoch = 0
+        self.history: list[dict] = []
+        self.fixed_z = torch.randn(64, nets.model.latent_dim,
+                                   generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+
+    # -- GAN ---------------------------------------------------------------------------------
+
+    def train_gan(self, images: torch.Tensor) -> None:
+        """Adversarial training on images (N, C, S, S) in [-1, 1] up to cfg.epochs."""
+        generator = torch.Generator().manual_seed(self.cfg.seed + self.gan_epoch)
+        while self.gan_epoch < self.cfg.epochs:
+            order = torch.randperm(images.shape[0], generator=generator)
+            bar = tqdm(range(0, len(order), self.cfg.batch_size), leave=False,
+                       desc=f"GAN epoch {self.gan_epoch + 1}/{self.cfg.epochs}")
+            totals = {"loss_d": 0.0, "loss_g": 0.0}
+            for start in bar:
+                real = images[order[start:start + self.cfg.batch_size]].to(self.device)
+                losses = self._gan_step(real)
+                for key in totals:
+                    totals[key] += losses[key] * real.shape[0]
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            self.gan_epoch += 1
+            means = {k: v / len(order) for k, v in totals.items()}
+            self.history.append({"phase": "gan", "epoch": self.gan_epoch, **means})
+            tqdm.write(f"GAN epoch {self.gan_epoch}/{self.cfg.epochs}: "
+                       f"loss_d {means['loss_d']:.4f} loss_g {means['loss_g']:.4f}")
+            self._save_samples()
+            self.save_checkpoint()
+        self.recalibrate_generator_bn()
+
+    def _gan_step(self, real: torch.Tensor) -> dict[str, float]:
+        """One discriminator and one generator update (BCE with logits, as in the seed)."""
+        G, D = self.nets.generator, self.nets.discriminator
+        G.train()
+        D.train()
+        z = torch.randn(real.shape[0], self.nets.model.latent_dim, device=self.device)
+        fake = G(z)
+        ones = torch.ones(real.shape[0], device=self.device)
+        zeros = torch.zeros_like(ones)
+        loss_d = (F.binary_cross_entropy_with_logits(D(real), ones)
+                  + F.binary_cross_entropy_with_logits(D(fake.detach()), zeros))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        loss_g = F.binary_cross_entropy_with_logits(D(fake), ones)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+    @torch.no_grad()
+    def recalibrate_generator_bn(self) -> None:
+        """Re-estimate G's BatchNorm running statistics as exact averages over many z batches.
+
+        During training they are exponential averages over a moving generator; eval-mode
+        search needs statistics of the final one.
+        """
+        G = self.nets.generator
+        norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average
+        G.train()
+        gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+        for _ in range(self.cfg.bn_recalibration_batches):
+            G(torch.randn(self.cfg.batch_size, self.nets.model.latent_dim, generator=gen)
+              .to(self.device))
+        for bn in norms:
+            bn.momentum = 0.1
+        G.eval()
+
+    # -- Encoder -----------------------------------------------------------------------------
+
+    def train_encoder(self, images: torch.Tensor) -> None:
+        """izi_f: mean|x - G(E(x))|² + κ·mean|f(x) - f(G(E(x)))|², G and D frozen, eval."""
+        G, E = self.nets.generator.eval(), self.nets.encoder
+        f = FeatureExtractor(self.nets.discriminator).eval()
+        for net in (G, self.nets.discriminator):
+            net.requires_grad_(False)
+        generator = torch.Generator().manual_seed(self.cfg.seed + 1000 + self.encoder_epoch)
+        while self.encoder_epoch < self.cfg.encoder_epochs:
+            E.train()
+            order = torch.randperm(images.shape[0], generator=generator)
+            bar = tqdm(range(0, len(order), self.cfg.batch_size), leave=False,
+                       desc=f"encoder epoch {self.encoder_epoch + 1}/{self.cfg.encoder_epochs}")
+            total = 0.0
+            for start in bar:
+                x = images[order[start:start + self.cfg.batch_size]].to(self.device)
+                reconstruction = G(E(x))
+                loss = (F.mse_loss(reconstruction, x)
+                        + self.cfg.kappa * F.mse_loss(f(reconstruction), f(x)))
+                self.opt_e.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt_e.step()
+                total += loss.item() * x.shape[0]
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            self.encoder_epoch += 1
+            mean = total / len(order)
+            self.history.append({"phase": "encoder", "epoch": self.encoder_epoch, "loss": mean})
+            tqdm.write(f"encoder epoch {self.encoder_epoch}/{self.cfg.encoder_epochs}: "
+                       f"loss {mean:.4f}")
+            self._save_encoder_samples(images[:32].to(self.device))
+            self.save_checkpoint()
+        E.eval()
+
+    # -- Pictures and checkpoints ------------------------------------------------------------
+
+    @torch.no_grad()
+    def _save_samples(self) -> None:
+        G = self.nets.generator
+        G.eval()
+        save_grid(G(self.fixed_z), self.run_dir / "samples" / f"gan_epoch_{self.gan_epoch:03d}.png")
+
+    @torch.no_grad()
+    def _save_encoder_samples(self, x: torch.Tensor) -> None:
+        """Inputs beside G(E(x)), pairwise."""
+        self.nets.encoder.eval()
+        pairs = torch.stack([x, self.nets.generator(self.nets.encoder(x))], 1).flatten(0, 1)
+        save_grid(pairs, self.run_dir / "samples" / f"encoder_epoch_{self.encoder_epoch:03d}.png",
+                  nrow=8)
+
+    def save_checkpoint(self) -> None:
+        """Weights, optimiser states and progress, written atomically to run_dir."""
+        state = {
+            "model_config": self.nets.model.to_dict(),
+            "train_config": asdict(self.cfg),
+            "gan_epoch": self.gan_epoch,
+            "encoder_epoch": self.encoder_epoch,
+            "history": self.history,
+            "generator": self.nets.generator.state_dict(),
+            "discriminator": self.nets.discriminator.state_dict(),
+            "encoder": self.nets.encoder.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "opt_e": self.opt_e.state_dict(),
+        }
+        path = self.run_dir / "checkpoint.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Resume: weights, optimiser states and epoch counters."""
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        saved = ModelConfig.from_dict(state["model_config"])
+        if saved != self.nets.model:
+            raise ValueError(f"{path}: checkpoint is for {saved}, not {self.nets.model}")
+        for name in ("generator", "discriminator", "encoder"):
+            getattr(self.nets, name).load_state_dict(state[name])
+        for name in ("opt_g", "opt_d", "opt_e"):
+            getattr(self, name).load_state_dict(state[name])
+        self.gan_epoch, self.encoder_epoch = state["gan_epoch"], state["encoder_epoch"]
+        self.history = state["history"]
+        log.info("resumed from %s at GAN epoch %d, encoder epoch %d",
+                 path, self.gan_epoch, self.encoder_epoch)
