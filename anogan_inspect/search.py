@@ -109,9 +109,13 @@ class SlotTable:
     """
 
     def __init__(self, models: ScoringModels, cfg: SearchConfig, capacity: int,
-                 image_shape: tuple[int, int, int], device: torch.device | str = "cpu"):
+                 image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
+                 autocast_dtype: torch.dtype | None = None):
         self.models, self.cfg, self.capacity = models, cfg, capacity
         self.device = torch.device(device)
+        # Mixed precision for G and f (e.g. torch.bfloat16 on GPUs); z, Adam and the loss
+        # sums stay float32.
+        self.autocast_dtype = autocast_dtype
         with torch.no_grad():
             probe = torch.zeros(1, *image_shape, device=self.device)
             feature_dim = models.features(probe).flatten(1).shape[1]
@@ -161,7 +165,11 @@ class SlotTable:
             return []
         cfg = self.cfg
         z = self.z[:n].clone().requires_grad_(True)
-        loss, residual, feature = score_parts(self.models, self.x[:n], self.fx[:n], z, cfg.lam)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            loss, residual, feature = score_parts(self.models, self.x[:n], self.fx[:n], z,
+                                                  cfg.lam)
+        loss, residual, feature = loss.float(), residual.float(), feature.float()
         (grad,) = torch.autograd.grad(loss.sum(), z)
         with torch.no_grad():
             self._track_best(n, loss.detach(), residual.detach(), feature.detach())

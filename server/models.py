@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 CASCADE_MARGIN = 1e-4
 
 
+def fast_clears(fast_score, threshold: float):
+    """Exact cascade: the search from E(x) can only lower s0, so s0 ≤ threshold PASSes.
+
+    Works on floats and arrays alike."""
+    return fast_score <= threshold - CASCADE_MARGIN * abs(threshold)
+
+
 class Mode(enum.Enum):
     FAST = "fast"
     SEARCH = "search"
@@ -149,8 +156,7 @@ class ServedModel:
                        _residual_map(x, searched.reconstruction))
 
     def _clears(self, fast_score: float) -> bool:
-        """Exact cascade: the search from E(x) can only lower s0, so s0 ≤ threshold PASSes."""
-        return fast_score <= self.threshold - CASCADE_MARGIN * abs(self.threshold)
+        return fast_clears(fast_score, self.threshold)
 
     def _fast_outcome(self, x: torch.Tensor, fast: FastScore, mode: Mode, arrived: float,
                       want_reconstruction: bool) -> Outcome:

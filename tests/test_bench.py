@@ -1,0 +1,150 @@
+"""The benchmark sections: the FLOP counter against hand counts, table columns, and every
+section's run in quick mode on the tiny bundle (behaviour only: no timing assertions)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from anogan_inspect.networks import PRESETS
+from bench import ceilings, engine_bench, scaling, server_bench
+from bench.common import Context, markdown_table
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_bundle, tmp_path_factory) -> Context:
+    """Quick mode on the tiny bundle; one context so its models and test set load once."""
+    out = tmp_path_factory.mktemp("bench")
+    return Context(bundle_path=tiny_bundle, device="cpu", quick=True, out_dir=out,
+                   seed_run=out / "unused")
+
+
+def table_columns(table: str) -> list[str]:
+    """The header cells of the first markdown table in a string."""
+    header = table.splitlines()[0]
+    return [cell.strip() for cell in header.strip("|").split("|")]
+
+
+def test_flop_counter_single_layers():
+    conv = ceilings.count_flops(nn.Conv2d(3, 5, 3, 1, 1, bias=False), torch.zeros(1, 3, 8, 8))
+    assert conv.macs == (5 * 8 * 8) * 3 * 3 * 3  # every output: C_in·kh·kw products
+    transposed = ceilings.count_flops(nn.ConvTranspose2d(4, 2, 4, 2, 1, bias=False),
+                                      torch.zeros(1, 4, 3, 3))
+    assert transposed.macs == (4 * 3 * 3) * 2 * 4 * 4  # every input: C_out·kh·kw taps
+    linear = ceilings.count_flops(nn.Linear(10, 4), torch.zeros(2, 10))
+    assert linear.macs == 2 * 10 * 4
+    assert linear.flops == 2 * linear.macs
+
+
+def test_flop_counter_tiny_preset_by_hand():
+    """Tiny preset: 16×16, 1 channel, latent 8, width 8 → two blocks, 16×4×4 top map."""
+    flops = ceilings.network_flops(PRESETS["tiny"])
+    # G: ConvT 8→16 on 1×1 (→4×4), ConvT 16→8 on 4×4 (→8×8), ConvT 8→1 on 8×8 (→16×16):
+    # input elements × C_out × 4·4 taps.
+    g_macs = 8 * 16 * 16 + (16 * 4 * 4) * 8 * 16 + (8 * 8 * 8) * 1 * 16
+    # G's eval BatchNorms on 16×4×4 and 8×8×8 outputs: 2 FLOPs per element.
+    g_norm = 2 * (16 * 4 * 4) + 2 * (8 * 8 * 8)
+    # f: Conv 1→8 to 8×8, Conv 8→16 to 4×4: output elements × C_in × 4·4.
+    f_macs = (8 * 8 * 8) * 1 * 16 + (16 * 4 * 4) * 8 * 16
+    f_norm = 7 * (16 * 4 * 4)  # GroupNorm on the second block only
+    assert (flops.generator.macs, flops.generator.norm_flops) == (43008, 1536) == \
+        (g_macs, g_norm)
+    assert (flops.features.macs, flops.features.norm_flops) == (40960, 1792) == \
+        (f_macs, f_norm)
+    forward = 2 * g_macs + g_norm + 2 * f_macs + f_norm
+    assert flops.search_step_gflop == pytest.approx(2 * forward / 1e9)
+    seed_forward = 2 * g_macs + g_norm + 2 * (2 * f_macs + f_norm)
+    assert flops.seed_step_gflop == pytest.approx(3 * seed_forward / 1e9)
+
+
+def test_step_rule_matches_torch_flop_counter():
+    """Backward to the input only costs one more forward: torch counts 2× the conv FLOPs."""
+    cfg = PRESETS["tiny"]
+    flops = ceilings.network_flops(cfg)
+    models = ceilings.eager_models(cfg)
+    counted = ceilings.torch_counted_step_gflop(models, (1, 16, 16), 0.1, "cpu")
+    conv_forward = 2 * (flops.generator.macs + flops.features.macs)
+    assert counted == pytest.approx(2 * conv_forward / 1e9)
+
+
+def test_markdown_table_columns():
+    table = markdown_table([{"a": 1, "b": 2.5, "c": None}], ["b", "a"])
+    lines = table.splitlines()
+    assert table_columns(table) == ["b", "a"]
+    assert lines[1] == "|---|---|"
+    assert lines[2] == "| 2.5 | 1 |"
+
+
+def check_section(result: dict, columns: list[str]) -> None:
+    """The common shape of a section's result."""
+    assert result["rows"]
+    assert table_columns(result["table"]) == columns
+    assert isinstance(result["notes"], str) and result["notes"]
+    for plot in result["plots"]:
+        assert plot.is_file() and plot.stat().st_size > 0
+
+
+def finite_positive(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_ceilings_quick(ctx):
+    result = ceilings.run(ctx)
+    check_section(result, ["what", "batch", "per_s", "unit", "slot_table_per_s",
+                           "gflop_per_s", "fraction_of_matmul"])
+    search = [r for r in result["rows"] if r["unit"] == "frame-steps/s"]
+    assert [r["batch"] for r in search] == list(ceilings.QUICK_BATCHES)
+    assert result["ceiling_frame_steps_per_s"] == max(r["per_s"] for r in search)
+    assert result["ceiling_batch"] in ceilings.QUICK_BATCHES
+    assert result["fast_ceiling_batch"] in ceilings.FAST_BATCHES
+    for key in ("ceiling_frame_steps_per_s", "fast_ceiling_frames_per_s", "matmul_gflop_per_s",
+                "conv_gflop_per_s", "achieved_gflop_per_s", "fraction_of_matmul"):
+        assert finite_positive(result[key]), key
+    assert result["gflop_per_frame_step"] == pytest.approx(
+        ceilings.network_flops(PRESETS["tiny"]).search_step_gflop)
+    assert result["seed_gflop_per_frame_step"] > result["gflop_per_frame_step"]
+
+
+def test_engine_bench_quick(ctx):
+    result = engine_bench.run(ctx)
+    check_section(result, engine_bench.COLUMNS)
+    assert [r["steps"] for r in result["rows"]] == list(engine_bench.QUICK_BUDGETS)
+    for r in result["rows"]:
+        assert r["frames"] == engine_bench.QUICK_FRAMES
+        # every frame ran its whole budget, all slot-steps accounted for
+        assert r["slot_steps"] == r["frames"] * r["steps"]
+        assert 1 <= r["mean_batch"] <= r["max_batch"] <= engine_bench.CAPACITY
+        assert finite_positive(r["efficiency"])
+        assert r["frame_steps_per_s"] == pytest.approx(r["frames_per_s"] * r["steps"])
+    assert result["efficiency"] == result["rows"][-1]["efficiency"]  # the longest budget
+
+
+def test_server_bench_one_stream(ctx):
+    result = server_bench.run(ctx, streams=(1,), n_frames=16)
+    check_section(result, server_bench.COLUMNS)
+    assert result["server_exit_code"] == 0
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert set(rows) == {"FAST", "CASCADE", "SEARCH"}
+    for r in rows.values():
+        assert (r["frames"], r["streams"], r["problems"]) == (16, 1, 0)
+        assert r["fast_frames"] + r["search_frames"] == 16
+    assert rows["FAST"]["search_frames"] == 0 and rows["SEARCH"]["fast_frames"] == 0
+    assert rows["FAST"]["fast_p50_ms"] <= rows["FAST"]["fast_p99_ms"]
+    assert finite_positive(rows["SEARCH"]["efficiency_vs_engine"])
+    assert rows["FAST"]["efficiency_vs_engine"] is None
+    assert result["search_efficiency_by_streams"] == {1: rows["SEARCH"]["efficiency_vs_engine"]}
+    assert result["efficiency_8_streams"] is None  # 8 streams not measured here
+
+
+def test_scaling_quick(ctx):
+    result = scaling.run(ctx)
+    check_section(result, scaling.COLUMNS)
+    configs = [(r["image_size"], r["width"]) for r in result["rows"]]
+    assert configs == [(32, 32), (64, 32), (32, 16)]  # (32, 32) measured once
+    gflop = {c: r["gflop_per_frame_step"] for c, r in zip(configs, result["rows"])}
+    assert gflop[(64, 32)] > gflop[(32, 32)] > gflop[(32, 16)]
+    base = result["rows"][0]
+    assert base["relative_cost"] == 1.0
