@@ -13,7 +13,8 @@ def providers_for(device: str) -> list[str]:
     """CUDA only when asked for and present (asking for it without a GPU logs loud errors)."""
     import onnxruntime as ort
 
-    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+    wanted = device.startswith("cuda") and torch.cuda.is_available()
+    if wanted and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 

@@ -28,7 +28,12 @@ import torch
 
 from anogan_inspect.networks import PRESETS, Discriminator, FeatureExtractor, Generator
 from anogan_inspect.search import (
-    ScoringModels, SearchConfig, SlotTable, random_start, score_parts, search,
+    ScoringModels,
+    SearchConfig,
+    SlotTable,
+    random_start,
+    score_parts,
+    search,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,14 +106,18 @@ def seed_models(seed_run: Path | None) -> ScoringModels:
 
 
 def flops_per_frame_step(models: ScoringModels, capacity: int = 8) -> float:
-    """FLOPs of one search step per frame, counted by torch (forward and input backward)."""
+    """FLOPs of one search step per frame, counted by torch: G and f forward, and the
+    backward to z (parameters are frozen, so no weight gradients). f(x) is not per step."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    table = SlotTable(models, SearchConfig(steps=10 ** 9), capacity, (1, 64, 64), DEVICE)
-    table.admit(torch.zeros(capacity, 1, 64, 64), random_start(capacity, 20), [10 ** 9] *
-                capacity, range(capacity))
+    x = torch.zeros(capacity, 1, 64, 64, device=DEVICE)
+    with torch.no_grad():
+        fx = models.features(x)
+    z = random_start(capacity, models.latent_dim).to(DEVICE).requires_grad_(True)
+    # .backward() rather than autograd.grad: the counter's hooks need the former.
     with FlopCounterMode(display=False) as counter:
-        table.step()
+        loss, _, _ = score_parts(models, x, fx, z, 0.1)
+        loss.sum().backward()
     return counter.get_total_flops() / capacity
 
 
@@ -273,8 +282,9 @@ def evaluate_seed(bundle: Path, out: Path, steps: int) -> dict:
                        "--anomaly-labels", "2", "--steps", str(steps), "--search-lr", "0.01",
                        "--out", str(out / "seed-eval"), "--device", DEVICE])
     report = json.loads((out / "seed-eval" / "report.json").read_text())
-    return {"exit": code, "steps": steps, "auroc": report["search"]["auroc"], "auprc": report["search"]["auprc"],
-            "frames_per_second": report["frames_per_second"]}
+    search_metrics = report["search"]
+    return {"exit": code, "steps": steps, "auroc": search_metrics["auroc"],
+            "auprc": search_metrics["auprc"], "frames_per_second": report["frames_per_second"]}
 
 
 def export_seed_weights(run: Path, out: Path) -> None:
