@@ -229,6 +229,7 @@ def main() -> int:
     parser.add_argument("--capacities", default="256,1024,4096")
     parser.add_argument("--matmul-size", type=int, default=8192)
     parser.add_argument("--eval-steps", type=int, default=500)
+    parser.add_argument("--skip-engine", action="store_true", help="no engine timings")
     parser.add_argument("--work", type=Path, help="where bundles are trained (default OUT/work)")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the script")
     args = parser.parse_args()
@@ -256,7 +257,7 @@ def main() -> int:
     models = seed_models(seed_run)
     flops = attempt(results, "flops_per_frame_step", flops_per_frame_step, models)
     engine = results.setdefault("engine", {})
-    for capacity in (int(c) for c in args.capacities.split(",")):
+    for capacity in () if args.skip_engine else (int(c) for c in args.capacities.split(",")):
         for variant in ("fp32", "tf32", "bf16", "cuda_graph_fp32", "cuda_graph_tf32"):
             set_tf32(variant.endswith("tf32"))
             if variant.startswith("cuda_graph"):

@@ -8,6 +8,7 @@ half-written bundle behind.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -78,7 +79,10 @@ def export_bundle(out_dir: Path, model: ModelConfig, networks: dict[str, nn.Modu
     try:
         entries, parity = {}, {}
         for name, module in networks.items():
-            entries[name], parity[name] = _export_network(tmp, name, module.eval(), model,
+            # Export from a CPU copy: bundles are device-independent, and the trainer's
+            # networks (perhaps on CUDA) stay where they are.
+            cpu_module = copy.deepcopy(module).cpu().eval()
+            entries[name], parity[name] = _export_network(tmp, name, cpu_module, model,
                                                           tolerance)
         manifest = {
             "format": FORMAT,
