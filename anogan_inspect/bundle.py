@@ -115,15 +115,22 @@ def verify_checksums(bundle: Bundle) -> None:
         raise BundleError(f"{bundle.path}: " + "; ".join(problems))
 
 
-def load_torch_models(bundle: Bundle, device: torch.device | str = "cpu") -> ScoringModels:
-    """The exported torch programs, frozen, on the device (no trainer classes needed)."""
+def load_torch_models(bundle: Bundle, device: torch.device | str = "cpu",
+                      channels_last: bool = True) -> ScoringModels:
+    """The exported torch programs, frozen, on the device (no trainer classes needed).
+
+    channels_last weights made the CPU search step 17-25 % faster (docs/performance.md).
+    """
     nets = {}
     for network in ("generator", "features", "encoder"):
         if network not in bundle.manifest["networks"]:
             continue
         module = torch.export.load(str(bundle.file(network, "torch"))).module()
         module.requires_grad_(False)
-        nets[network] = module.to(device)
+        module = module.to(device)
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        nets[network] = module
     return ScoringModels(nets["generator"], nets["features"], bundle.latent_dim,
                          nets.get("encoder")).prepare()
 

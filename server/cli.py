@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--search-lr", type=float, help="search learning rate")
     parser.add_argument("--patience", type=int,
                         help="early stopping: steps without improvement (0: off)")
-    parser.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime threads")
+    parser.add_argument("--ort-threads", type=int, default=1,
+                        help="ONNX Runtime intra-op threads (0: one per core)")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
     parser.add_argument("--parity-tolerance", type=float, default=1e-3)
     parser.add_argument("--max-pixels", type=int, default=FrameLimits.max_pixels)

@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SearchRequest:
-    """One frame's search: input x (C, H, W) in [-1, 1], start z0, budget, and its future."""
+    """One frame's search: input x (C, H, W) in [-1, 1], start z0 (None: E(x), computed
+    by the engine at admission), budget, and its future."""
 
     x: torch.Tensor
-    z0: torch.Tensor
+    z0: torch.Tensor | None
     steps: int
     want_reconstruction: bool
     future: asyncio.Future
@@ -82,7 +83,7 @@ class SearchEngine:
             self._cond.notify()
         self._thread.join()
 
-    def submit(self, x: torch.Tensor, z0: torch.Tensor, steps: int,
+    def submit(self, x: torch.Tensor, z0: torch.Tensor | None, steps: int,
                want_reconstruction: bool = False) -> SearchRequest:
         """Queue a search; await ``request.future`` for its :class:`SearchOutcome`."""
         loop = asyncio.get_running_loop()
@@ -141,9 +142,22 @@ class SearchEngine:
         now = time.perf_counter()
         for request in requests:
             request.started = now
-        self.table.admit(torch.stack([r.x for r in requests]),
-                         torch.stack([r.z0 for r in requests]),
-                         [r.steps for r in requests], requests)
+        x = torch.stack([r.x for r in requests]).to(self.device)
+        self.table.admit(x, self._starts(x, requests), [r.steps for r in requests], requests)
+
+    def _starts(self, x: torch.Tensor, requests: list[SearchRequest]) -> torch.Tensor:
+        """z0 per request: given, or E(x) for those without one (one batched encoder pass)."""
+        missing = [i for i, r in enumerate(requests) if r.z0 is None]
+        z0 = torch.zeros(len(requests), self.models.latent_dim, device=self.device)
+        given = [i for i in range(len(requests)) if requests[i].z0 is not None]
+        if given:
+            z0[given] = torch.stack([requests[i].z0 for i in given]).to(self.device)
+        if missing:
+            if self.models.encoder is None:
+                raise ValueError("no z0 given and the model has no encoder")
+            with torch.no_grad():
+                z0[missing] = self.models.encoder(x[missing])
+        return z0
 
     def _step(self) -> None:
         active = self.table.n

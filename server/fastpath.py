@@ -50,7 +50,7 @@ class FastPath:
     """ONNX Runtime sessions for E, G and f, batching frames across streams on one thread."""
 
     def __init__(self, bundle: Bundle, lam: float, device: str = "cpu", max_batch: int = 64,
-                 intra_op_threads: int = 0):
+                 intra_op_threads: int = 1):
         if not bundle.has_encoder:
             raise ValueError(f"bundle {bundle.name} has no encoder: no fast path")
         self.lam, self.max_batch = lam, max_batch

@@ -62,7 +62,7 @@ class EngineOptions:
     search_steps: int | None = None
     search_lr: float | None = None
     patience: int | None = None
-    ort_threads: int = 0
+    ort_threads: int = 1  # 1 beat ORT's automatic pool on 2 cores (docs/performance.md)
     parity_tolerance: float = 1e-3
     seed: int = 0
 
@@ -131,15 +131,16 @@ class ServedModel:
         steps = steps or self.search_config.steps
         arrived = time.perf_counter()
         fast: FastScore | None = None
-        if self.fast is not None:
+        z0: torch.Tensor | None = None  # None: the engine starts from E(x) (torch, batched)
+        if mode is not Mode.SEARCH:
             fast = await self.fast.submit(x.numpy())
             outcome = self._fast_outcome(x, fast, mode, arrived, want_reconstruction)
-            if mode is Mode.FAST or (mode is Mode.CASCADE and self._clears(fast.score)):
+            if mode is Mode.FAST or self._clears(fast.score):
                 return outcome
             if on_provisional is not None:
                 on_provisional(dataclasses.replace(outcome, final=False))
             z0 = torch.as_tensor(fast.z0)
-        else:
+        elif self.models.encoder is None:
             z0 = torch.randn(self.bundle.latent_dim, generator=self._random)
         request = self.engine.submit(x, z0, steps, want_reconstruction)
         try:
