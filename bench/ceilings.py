@@ -31,7 +31,7 @@ from anogan_inspect.networks import (
     init_weights,
 )
 from anogan_inspect.search import ScoringModels, SearchConfig, SlotTable, score_parts
-from bench.common import Context, markdown_table, rate
+from bench.common import Context, markdown_table, rate, save_figure
 from server.fastpath import FastPath
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -446,9 +446,4 @@ def plot_batches(ctx: Context, search_rows: list[dict], fast_rows: list[dict]):
     ax.set(yscale="log", xlabel="batch", ylabel="per second", title=f"Ceilings on {ctx.device}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    path = ctx.out_dir / "ceilings.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ctx, "ceilings")

@@ -131,6 +131,18 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_figure(fig, ctx: Context, name: str) -> Path:
+    """Save a matplotlib figure as ctx.out_dir/<name>.png and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    path = ctx.out_dir / f"{name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=float) + "\n")

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from anogan_inspect.preprocess import to_model_input
 from anogan_inspect.search import search
-from bench.common import Context, markdown_table
+from bench.common import Context, markdown_table, save_figure
 from bench.seed_method import SEED_BATCH, load_seed_networks, seed_scores
 from server.fastpath import FastPath
 from server.models import fast_clears
@@ -136,8 +136,4 @@ def plot_quality(ctx: Context, rows: list[dict]):
     ax.set(xscale="log", xlabel="frames/s (log)", ylabel="AUROC (stratified subset)",
            title="MNIST 7/8 vs 2: quality against speed")
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path = ctx.out_dir / "quality.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ctx, "quality")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from anogan_inspect.networks import ModelConfig
 from bench.ceilings import eager_models, min_seconds, network_flops, search_step_rate
-from bench.common import Context, markdown_table
+from bench.common import Context, markdown_table, save_figure
 
 SIZES, QUICK_SIZES = (32, 64, 128), (32, 64)
 WIDTHS, QUICK_WIDTHS = (16, 32, 64), (16, 32)
@@ -96,9 +96,4 @@ def plot_scaling(ctx: Context, rows: list[dict]):
         ax.grid(True, which="both", alpha=0.3)
     left.set_ylabel("frame-steps/s (batch 64)")
     fig.suptitle(f"Search step cost scaling on {ctx.device}")
-    fig.tight_layout()
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    path = ctx.out_dir / "scaling.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ctx, "scaling")

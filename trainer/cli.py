@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-encoder", action="store_true",
                        help="skip the encoder (the bundle then serves SEARCH only)")
     train.add_argument("--batch-size", type=int)
+    train.add_argument("--no-bn-recalibration", action="store_true",
+                       help="keep G's BatchNorm running statistics from training (ablation)")
     train.add_argument("--lr-g", type=float, default=TrainConfig.lr_g)
     train.add_argument("--lr-d", type=float, default=TrainConfig.lr_d)
     train.add_argument("--holdout", type=float, default=0.15,
@@ -129,7 +131,9 @@ def train_config(args) -> TrainConfig:
     values = {k: v if v is not None else preset[k] for k, v in chosen.items()}
     if args.no_encoder:
         values["encoder_epochs"] = 0
-    return TrainConfig(**values, lr_g=args.lr_g, lr_d=args.lr_d, seed=args.seed)
+    recalibration = 0 if args.no_bn_recalibration else TrainConfig.bn_recalibration_batches
+    return TrainConfig(**values, lr_g=args.lr_g, lr_d=args.lr_d, seed=args.seed,
+                       bn_recalibration_batches=recalibration)
 
 
 def run_train(args) -> int:

@@ -130,6 +130,9 @@ class Trainer:
         search needs statistics of the final one.
         """
         G = self.nets.generator
+        if self.cfg.bn_recalibration_batches == 0:
+            G.eval()
+            return
         norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         for bn in norms:
             bn.reset_running_stats()
