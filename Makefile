@@ -17,7 +17,8 @@ PORT ?= 50051
 STEPS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train evaluate demo test clean proto proto-check serve smoke bench bench-quick lint
+.PHONY: install train evaluate demo test clean proto proto-check serve smoke bench bench-quick \
+	bench-quality bench-ablation gpu-check lint
 
 install: $(VENV)/.installed
 
@@ -66,6 +67,18 @@ bench: install $(BUNDLE)/manifest.json
 
 bench-quick: install $(BUNDLE)/manifest.json
 	$(PY) -m bench --bundle $(BUNDLE) --quick
+
+# Quality against speed only (AUROC and frames/s of the seed's method, fast path, search
+# budgets and cascade): the figures of docs/performance.md, one command.
+bench-quality: install $(BUNDLE)/manifest.json
+	$(PY) -m bench --bundle $(BUNDLE) --sections quality --name cpu-quality
+
+bench-ablation: install
+	$(PY) -m bench.ablation
+
+# On a CUDA machine (see bench/gpu_check.sh); PYTHON may name a Python that has torch.
+gpu-check:
+	PYTHON=$(or $(PYTHON_GPU),$(PY)) bench/gpu_check.sh bench/results/gpu
 
 clean:
 	rm -rf $(VENV) runs reports gen .pytest_cache .ruff_cache *.egg-info

@@ -13,7 +13,7 @@ the machine, the command and the date. Sections, in order:
   scaling      frames/s against image size and network width
 
 The seed's networks come from `--seed-run` (a trainer run directory with checkpoint.pt);
-when it is missing they are trained first with the seed preset (minutes; see README).
+when it has none, from bench/seed_networks.pt (committed), else the seed preset is trained.
 """
 
 from __future__ import annotations
@@ -31,11 +31,22 @@ from bench.common import ROOT, TRAIN_CSV, Context, header, markdown_table, write
 
 SECTIONS = ["ceilings", "engine", "server", "versus_seed", "quality", "scaling"]
 MODULES = {"engine": "bench.engine_bench", "server": "bench.server_bench"}
+# The seed preset's G and D (float16), so that a fresh clone needs no 10-minute training.
+COMMITTED_SEED = ROOT / "bench" / "seed_networks.pt"
 
 
 def ensure_seed_run(seed_run: Path, quick: bool, device: str) -> None:
-    """Train the seed preset into seed_run when it has no checkpoint yet."""
+    """Give seed_run a checkpoint: the committed seed networks, else train the seed preset."""
     if (seed_run / "checkpoint.pt").is_file():
+        return
+    if COMMITTED_SEED.is_file():
+        state = torch.load(COMMITTED_SEED, weights_only=False)
+        for part in ("generator", "discriminator"):
+            state[part] = {k: v.float() if v.is_floating_point() else v
+                           for k, v in state[part].items()}
+        seed_run.mkdir(parents=True, exist_ok=True)
+        torch.save(state, seed_run / "checkpoint.pt")
+        print(f"bench: seed networks from {COMMITTED_SEED.name} ({state['source']})")
         return
     from trainer.cli import main as train_main
 

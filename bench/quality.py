@@ -55,7 +55,7 @@ def warm_search(ctx: Context, x: torch.Tensor, z0: np.ndarray, steps: int
 
 def run(ctx: Context) -> dict:
     x, is_anomaly, labels = ctx.test_set()
-    subset = stratified_subset(labels, 10 if ctx.quick else 20)
+    subset = stratified_subset(labels, 10 if ctx.quick else 15)
     seed_steps = 50 if ctx.quick else 500
     rows = [seed_row(ctx, subset, is_anomaly, seed_steps)]
 

@@ -8,6 +8,7 @@ every step, batches of 5) against the engine's slot table (eval mode, frozen, f(
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -34,9 +35,12 @@ def run(ctx: Context) -> dict:
     sync(ctx.device)
     seed_rate = frames * steps / (time.perf_counter() - started)
 
-    # The same weights, scored the engine's way (eager modules here, eval and frozen).
-    models = ScoringModels(generator, FeatureExtractor(discriminator), model.latent_dim
-                           ).prepare()
+    # The same weights, scored the engine's way: eval, frozen, and channels_last weights as
+    # anogan_inspect.bundle.load_torch_models gives the server (eager copies here).
+    engine_g, engine_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    for net in (engine_g, engine_d):
+        net.to(memory_format=torch.channels_last)
+    models = ScoringModels(engine_g, FeatureExtractor(engine_d), model.latent_dim).prepare()
     cfg = SearchConfig(steps=steps)
     z0 = random_start(frames, model.latent_dim).to(ctx.device)
     search(models, x[:8], z0[:8], SearchConfig(steps=2), device=ctx.device)  # warm-up
@@ -52,8 +56,6 @@ def run(ctx: Context) -> dict:
         rows.append({"method": f"slot table (eval, frozen, f(x) once), {batch} slots",
                      "batch": batch, "frame_steps_per_s": engine_rate,
                      "speedup": engine_rate / seed_rate})
-    for net in (generator, discriminator):
-        net.requires_grad_(True)
     return {
         "rows": rows,
         "seed_frame_steps_per_s": seed_rate,
