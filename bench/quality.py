@@ -121,6 +121,13 @@ def row(method: str, steps: int, frames_per_s: float, frame_steps_per_s: float |
             "auroc_all": auroc_all}
 
 
+def short_name(method: str) -> str:
+    """'search from E(x), 50 steps' → 'search 50 steps'; the rest up to its parenthesis."""
+    if method.startswith("search from E(x)"):
+        return "search " + method.split(", ")[1]
+    return method.split(" (")[0]
+
+
 def plot_quality(ctx: Context, rows: list[dict]):
     import matplotlib
 
@@ -129,11 +136,9 @@ def plot_quality(ctx: Context, rows: list[dict]):
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
-        ax.scatter(r["frames_per_s"], r["auroc_subset"], s=30)
-        ax.annotate(r["method"].split(" (")[0] if "seed" in r["method"] else r["method"],
-                    (r["frames_per_s"], r["auroc_subset"]), fontsize=7,
-                    xytext=(4, 2), textcoords="offset points")
+        ax.scatter(r["frames_per_s"], r["auroc_subset"], s=40, label=short_name(r["method"]))
     ax.set(xscale="log", xlabel="frames/s (log)", ylabel="AUROC (stratified subset)",
            title="MNIST 7/8 vs 2: quality against speed")
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     return save_figure(fig, ctx, "quality")
