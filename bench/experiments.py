@@ -51,13 +51,36 @@ def fast_rate(bundle, threads: int, batch: int, seconds: float) -> float:
     return rate(run, "cpu", seconds)
 
 
+def profile_step(bundle, batch: int, steps: int = 20) -> str:
+    """torch.profiler's op table for SlotTable.step at a batch (all slots active)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from anogan_inspect.search import SearchConfig, SlotTable, random_start
+
+    models = load_torch_models(bundle)
+    table = SlotTable(models, SearchConfig(steps=10 ** 9), batch, bundle.image_shape)
+    table.admit(torch.rand(batch, *bundle.image_shape) * 2 - 1,
+                random_start(batch, bundle.latent_dim), [10 ** 9] * batch, range(batch))
+    for _ in range(3):
+        table.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            table.step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "default")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--profile", action="store_true",
+                        help="print torch.profiler's op table of the engine step and stop")
     args = parser.parse_args()
     bundle = read_bundle(args.bundle)
+    if args.profile:
+        print(profile_step(bundle, args.batch))
+        return 0
     cfg = ModelConfig.from_dict(bundle.manifest["model"])
     shape = bundle.image_shape
     threads = torch.get_num_threads()

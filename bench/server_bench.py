@@ -29,7 +29,7 @@ from clients.sources import SourceFrame, csv_frames
 from clients.stream_client import Record, run_stream
 
 MODES = {"FAST": pb.MODE_FAST, "CASCADE": pb.MODE_CASCADE, "SEARCH": pb.MODE_SEARCH}
-STREAMS, QUICK_STREAMS = (1, 4, 8, 16), (1, 4)
+STREAMS, QUICK_STREAMS = (1, 4, 8, 16), (1, 8)
 FRAMES = {"FAST": 300, "CASCADE": 300, "SEARCH": 128}
 QUICK_FRAMES = 64
 QUICK_MAX_STEPS = 25
