@@ -12,11 +12,7 @@ measured in this section before the server starts.
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -25,6 +21,7 @@ from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
 from bench.common import ROOT, TEST_CSV, Context, markdown_table
 from bench.engine_bench import engine_inputs, engine_run
+from clients.launcher import ServerProcess
 from clients.sources import SourceFrame, csv_frames
 from clients.stream_client import Record, run_stream
 
@@ -38,45 +35,6 @@ START_TIMEOUT_S, STOP_TIMEOUT_S = 120.0, 60.0
 COLUMNS = ["mode", "streams", "frames", "seconds", "frames_per_s", "fast_frames",
            "fast_p50_ms", "fast_p99_ms", "search_frames", "search_p50_ms", "search_p99_ms",
            "efficiency_vs_engine", "problems"]
-
-
-class LaunchedServer:
-    """`python -m server` on an ephemeral port; `stop()` sends SIGTERM and returns the status."""
-
-    def __init__(self, bundle_path: Path, device: str, log_path: Path):
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        port_file = log_path.with_suffix(".port")
-        port_file.unlink(missing_ok=True)
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--bundle", str(bundle_path), "--port", "0",
-             "--port-file", str(port_file), "--device", device],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
-        self.target = f"localhost:{self._wait_for_port(port_file)}"
-
-    def _wait_for_port(self, port_file: Path) -> int:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_file.exists() or not port_file.read_text().strip():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
-            time.sleep(0.1)
-        port = int(port_file.read_text())
-        port_file.unlink()
-        return port
-
-    def stop(self) -> int:
-        """SIGTERM (the server drains), wait, and return its exit status."""
-        try:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-            return self.process.wait(STOP_TIMEOUT_S)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self._log.close()
 
 
 def digit_frames(n_frames: int) -> list[SourceFrame]:
@@ -147,7 +105,8 @@ def run(ctx: Context, streams: tuple[int, ...] | None = None,
     """The section; `streams` and `n_frames` override the quick/full sizes (for tests)."""
     streams, frames_per_mode, steps = plan(ctx, streams, n_frames)
     engine = engine_reference(ctx, frames_per_mode["SEARCH"], steps)
-    server = LaunchedServer(ctx.bundle_path, ctx.device, ctx.out_dir / "server_bench.log")
+    server = ServerProcess([str(ctx.bundle_path)], ctx.out_dir / "server_bench.log",
+                           "--device", ctx.device, start_timeout=START_TIMEOUT_S, cwd=ROOT)
     rows: list[dict] = []
     try:
         warm = digit_frames(8)
@@ -158,7 +117,7 @@ def run(ctx: Context, streams: tuple[int, ...] | None = None,
             for count in streams:
                 rows.append(measure(server.target, frames, count, mode, steps))
     finally:
-        exit_code = server.stop()
+        exit_code = server.stop(STOP_TIMEOUT_S)
     for r in rows:
         r["efficiency_vs_engine"] = (r["frames_per_s"] / engine["frames_per_s"]
                                      if r["mode"] == "SEARCH" else None)

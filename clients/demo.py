@@ -8,28 +8,12 @@ drains the server (SIGTERM) and checks that it exits cleanly.
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from clients import stream_client
-
-
-def start_server(bundle: Path, port_file: Path, log_file, extra: list[str]) -> subprocess.Popen:
-    """anogan-serve on an ephemeral port; returns once it listens (its port in port_file)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--bundle", str(bundle), "--port", "0",
-         "--port-file", str(port_file), *extra], stdout=log_file, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the server did not start; its log follows")
-        time.sleep(0.1)
-    return process
+from clients.launcher import ServerProcess
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,33 +30,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra anogan-serve argument (repeat)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        port_file, log_path = Path(tmp) / "port", Path(tmp) / "server.log"
-        with open(log_path, "w") as log_file:
-            try:
-                server = start_server(args.bundle, port_file, log_file, args.server_arg)
-            except RuntimeError as err:
-                print(f"demo: {err}\n{log_path.read_text()}", file=sys.stderr)
-                return 1
-            target = f"localhost:{port_file.read_text().strip()}"
-            print(f"demo: serving {args.bundle} at {target}; streaming {args.data} "
-                  f"over {args.streams} streams at {args.rate or 'max'} frames/s\n")
-            try:
-                code = stream_client.main([
-                    "--target", target, "--csv", str(args.data),
-                    "--normal-labels", args.normal_labels,
-                    "--anomaly-labels", args.anomaly_labels,
-                    "--streams", str(args.streams), "--every", str(args.every),
-                    *(["--rate", str(args.rate)] if args.rate else []),
-                    "--fail-on-error"])
-            finally:
-                server.send_signal(signal.SIGTERM)
-                server_code = server.wait(120)
+        try:
+            server = ServerProcess([str(args.bundle)], Path(tmp) / "server.log",
+                                   *args.server_arg)
+        except RuntimeError as err:
+            print(f"demo: {err}", file=sys.stderr)
+            return 1
+        print(f"demo: serving {args.bundle} at {server.target}; streaming {args.data} "
+              f"over {args.streams} streams at {args.rate or 'max'} frames/s\n")
+        try:
+            code = stream_client.main([
+                "--target", server.target, "--csv", str(args.data),
+                "--normal-labels", args.normal_labels, "--anomaly-labels", args.anomaly_labels,
+                "--streams", str(args.streams), "--every", str(args.every),
+                *(["--rate", str(args.rate)] if args.rate else []), "--fail-on-error"])
+        finally:
+            server_code = server.stop()
         if server_code != 0:
-            print(f"demo: server exited {server_code}\n{log_path.read_text()}", file=sys.stderr)
+            print(f"demo: server exited {server_code}\n{server.log_path.read_text()}",
+                  file=sys.stderr)
             return 1
         print("demo: server drained and stopped cleanly")
         return code
-
 
 if __name__ == "__main__":
     sys.exit(main())

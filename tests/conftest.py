@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
 import pytest
 
+from clients.launcher import ServerProcess
 from trainer.cli import main as train_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,47 +37,12 @@ def tiny_bundle_no_encoder(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("bundles") / "noenc", "--no-encoder")
 
 
-class ServerProcess:
-    """`anogan-serve` in a subprocess on an ephemeral port."""
-
-    def __init__(self, bundles: list[str], log_path: Path, *extra: str):
-        port_file = log_path.with_suffix(".port")
-        port_file.unlink(missing_ok=True)
-        self.log_path = log_path
-        self.log = open(log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", "0", "--port-file", str(port_file),
-             "--device", "cpu", *sum((["--bundle", b] for b in bundles), []), *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 120
-        while not port_file.exists() or not port_file.read_text().strip():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        self.port = int(port_file.read_text())
-        self.target = f"localhost:{self.port}"
-
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.target)
-
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM (drain), then wait; returns the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-            self.log.close()
-
-
 @pytest.fixture(scope="session")
 def server(tiny_bundle, tiny_bundle_no_encoder, tmp_path_factory):
     """One server for the session: 'tiny' (default, with encoder) and 'noenc' (without)."""
     proc = ServerProcess([f"tiny={tiny_bundle}", f"noenc={tiny_bundle_no_encoder}"],
                          tmp_path_factory.mktemp("server") / "server.log",
-                         "--max-batch", "32")
+                         "--device", "cpu", "--max-batch", "32", cwd=ROOT)
     yield proc
     proc.stop()
 

@@ -18,9 +18,10 @@ from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
 from anogan_inspect.bundle import load_torch_models, read_bundle
 from anogan_inspect.preprocess import to_model_input
+from clients.launcher import ServerProcess
 from clients.sources import SourceFrame, csv_frames
 from clients.stream_client import frame_message
-from tests.conftest import ROOT, TEST_CSV, TINY_STEPS, ServerProcess
+from tests.conftest import ROOT, TEST_CSV, TINY_STEPS
 from trainer.scoring import search_scores
 
 
@@ -262,8 +263,8 @@ def test_cancelling_a_stream_frees_its_slots(stub, digits):
 
 @pytest.fixture()
 def fresh_server(tiny_bundle, tmp_path):
-    proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--max-batch", "64",
-                         "--grace", "300")
+    proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
+                         "--max-batch", "64", "--grace", "300", cwd=ROOT)
     yield proc
     proc.stop()
 
