@@ -27,12 +27,12 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Optimisation settings for the GAN and the encoder."""
 
-    epochs: int = 60
+    epochs: int = 150
     batch_size: int = 64
     lr_g: float = 1e-4
     lr_d: float = 4e-4
     betas: tuple[float, float] = (0.0, 0.9)
-    encoder_epochs: int = 60
+    encoder_epochs: int = 100
     encoder_lr: float = 1e-3
     kappa: float = 1.0  # weight of the feature term in the encoder loss
     seed: int = 0
