@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normal-labels", default="7,8")
     parser.add_argument("--anomaly-labels", default="2")
     parser.add_argument("--streams", type=int, default=4)
-    parser.add_argument("--rate", type=float, default=60.0,
+    parser.add_argument("--rate", type=float, default=30.0,
                         help="frames/s over all streams, like a line camera (0: max)")
     parser.add_argument("--every", type=int, default=5, help="print every N-th result")
     parser.add_argument("--server-arg", action="append", default=[],
