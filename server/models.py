@@ -135,7 +135,7 @@ class ServedModel:
         if mode is not Mode.SEARCH:
             fast = await self.fast.submit(x.numpy())
             outcome = self._fast_outcome(x, fast, mode, arrived, want_reconstruction)
-            if mode is Mode.FAST or self._clears(fast.score):
+            if mode is Mode.FAST or fast_clears(fast.score, self.threshold):
                 return outcome
             if on_provisional is not None:
                 on_provisional(dataclasses.replace(outcome, final=False))
@@ -155,9 +155,6 @@ class ServedModel:
                        request.enqueued - arrived - fast_seconds + searched.queue_seconds,
                        fast_seconds + searched.compute_seconds,
                        _residual_map(x, searched.reconstruction))
-
-    def _clears(self, fast_score: float) -> bool:
-        return fast_clears(fast_score, self.threshold)
 
     def _fast_outcome(self, x: torch.Tensor, fast: FastScore, mode: Mode, arrived: float,
                       want_reconstruction: bool) -> Outcome:

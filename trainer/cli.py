@@ -34,7 +34,8 @@ from trainer.train import Networks, TrainConfig, Trainer
 log = logging.getLogger("anogan-train")
 # Training defaults per preset: the seed's recipe for "seed", a few CPU minutes for "default".
 PRESET_TRAINING = {
-    "default": {"epochs": 150, "encoder_epochs": 100, "batch_size": 64},
+    "default": {"epochs": TrainConfig.epochs, "encoder_epochs": TrainConfig.encoder_epochs,
+                "batch_size": TrainConfig.batch_size},
     "seed": {"epochs": 30, "encoder_epochs": 30, "batch_size": 16},
     "tiny": {"epochs": 2, "encoder_epochs": 2, "batch_size": 32},
 }
