@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from anogan_inspect.bundle import (
     BundleError,
@@ -20,9 +23,32 @@ from anogan_inspect.bundle import (
 )
 from anogan_inspect.networks import PRESETS, Discriminator, FeatureExtractor, Generator
 from anogan_inspect.onnxrt import make_session
-from tests.conftest import TEST_CSV, TRAIN_CSV
+from tests.conftest import TEST_CSV, TINY_STEPS, TRAIN_CSV
 from trainer import export as export_module
 from trainer.cli import main as train_main
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path``, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def write_gray_images(folder: Path, sizes: dict[str, tuple[int, int]], value: int = 0) -> Path:
+    """One uniform gray PNG per name, of the given (height, width)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, size in sizes.items():
+        Image.fromarray(np.full(size, value, dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def write_nan_npy(path: Path) -> Path:
+    """Three 16×16 float images, the second with a NaN pixel."""
+    images = np.zeros((3, 16, 16), dtype=np.float32)
+    images[1, 4, 4] = np.nan
+    np.save(path, images)
+    return path
 
 
 def test_manifest_records_what_the_server_needs(tiny_bundle):
@@ -106,6 +132,22 @@ def test_evaluate_writes_report_plots_and_grid(tiny_bundle, tmp_path, capsys):
     assert "AUROC" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("steps", [TINY_STEPS, 2])
+def test_evaluate_flags_a_step_budget_unlike_the_threshold(tiny_bundle, tmp_path, caplog, steps):
+    rows = gzip.decompress(TEST_CSV.read_bytes()).decode().splitlines()[:41]  # 13 x 7/8, 4 x 2
+    data = write_text(tmp_path / "digits.csv", "\n".join(rows) + "\n")
+    out = tmp_path / "report"
+    with caplog.at_level(logging.WARNING, logger="anogan-train"):
+        code = train_main(["evaluate", "--bundle", str(tiny_bundle), "--data", str(data),
+                           "--normal-labels", "7,8", "--anomaly-labels", "2",
+                           "--steps", str(steps), "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    threshold = json.loads((out / "report.json").read_text())["threshold"]
+    assert threshold["calibrated_steps"] == TINY_STEPS and threshold["evaluated_steps"] == steps
+    warned = "threshold calibrated at a different step budget" in caplog.text
+    assert warned == (steps != TINY_STEPS)
+
+
 def test_bundle_without_encoder(tiny_bundle_no_encoder):
     bundle = read_bundle(tiny_bundle_no_encoder)
     assert not bundle.has_encoder
@@ -114,30 +156,58 @@ def test_bundle_without_encoder(tiny_bundle_no_encoder):
     assert not any(name.startswith("encoder") for name in bundle.manifest["files"])
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("label,a,b\n7,1,2\n7,1\n", "line 3"),
-    ("7," + ",".join(["x"] * 4) + "\n", "line 1"),
-])
-def test_bad_dataset_stops_training_and_writes_nothing(tmp_path, capsys, content, expected):
-    data = tmp_path / "bad.csv"
-    data.write_text(content)
-    out = tmp_path / "bundle"
-    code = train_main(["train", "--data", str(data), "--normal-labels", "7",
-                       "--preset", "tiny", "--out", str(out), "--run-dir", str(tmp_path / "r")])
+# Every input the loaders reject: (make the data under a folder, extra CLI args, message).
+BAD_INPUTS = {
+    "missing file": (lambda d: d / "nope.csv", ["--normal-labels", "7"],
+                     "nope.csv: file not found"),
+    "column count": (lambda d: write_text(d / "cols.csv", "label,a,b,c,d\n7,1,2,3,4\n7,1,2\n"),
+                     ["--normal-labels", "7"], "cols.csv: line 3 has 3 columns"),
+    "non-numeric cell": (lambda d: write_text(d / "cells.csv", "7,1,2,3,4\n7,1,x,3,4\n"),
+                         ["--normal-labels", "7"], "cells.csv: line 2, column 3: non-numeric"),
+    "no rows after label filter": (lambda d: write_text(d / "digits.csv", "1,0,0,0,0\n"),
+                                   ["--normal-labels", "7"], "digits.csv: no rows with labels [7]"),
+    "non-image file": (lambda d: write_text(d / "imgs" / "notes.txt", "hello").parent,
+                       [], "notes.txt: not an image"),
+    "mixed image sizes": (lambda d: write_gray_images(d / "imgs", {"a.png": (16, 16),
+                                                                   "b.png": (16, 20)}),
+                          [], "b.png: image size 20x16 differs"),
+    "NaN in npy": (lambda d: write_nan_npy(d / "x.npy"), [], "x.npy: image 1 has non-finite"),
+    "one normal image": (lambda d: write_gray_images(d / "imgs", {"a.png": (16, 16)}), [],
+                         "imgs: 1 normal image(s) with --holdout 0.15 leave none held out"),
+    "no normal class folder": (lambda d: write_gray_images(d / "parts" / "crack",
+                                                           {"a.png": (16, 16)}).parent,
+                               [], "parts: no normal images to train on"),
+}
+
+
+@pytest.mark.parametrize("make, extra, expected", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_dataset_stops_training_and_writes_nothing(tmp_path, monkeypatch, capsys,
+                                                       make, extra, expected):
+    (tmp_path / "data").mkdir()
+    data = make(tmp_path / "data")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a default runs/<name> would land here too
+    out, run_dir = work / "bundle", work / "run"
+    code = train_main(["train", "--data", str(data), *extra, "--preset", "tiny",
+                       "--out", str(out), "--run-dir", str(run_dir), "--device", "cpu"])
     assert code == 2
-    err = capsys.readouterr().err
-    assert "bad.csv" in err and expected in err
-    assert not out.exists()
+    assert expected in capsys.readouterr().err
+    assert not out.exists() and not run_dir.exists()
+    assert list(work.iterdir()) == []
 
 
-def test_missing_file_and_empty_label_filter(tmp_path, capsys):
-    for data, labels, expected in ((tmp_path / "nope.csv", "7", "nope.csv"),
-                                   (TRAIN_CSV, "11", "11")):
-        code = train_main(["train", "--data", str(data), "--normal-labels", labels,
-                           "--preset", "tiny", "--out", str(tmp_path / "b")])
-        assert code == 2
-        assert expected in capsys.readouterr().err
-    assert not (tmp_path / "b").exists()
+def test_class_folders_train_on_good_only(tmp_path):
+    data = tmp_path / "parts"
+    write_gray_images(data / "good", {f"{i}.png": (16, 16) for i in range(8)}, value=40)
+    write_gray_images(data / "crack", {f"{i}.png": (16, 16) for i in range(5)}, value=250)
+    out = tmp_path / "bundle"
+    code = train_main(["train", "--data", str(data), "--preset", "tiny", "--epochs", "1",
+                       "--no-encoder", "--steps", "1", "--out", str(out),
+                       "--run-dir", str(tmp_path / "run"), "--device", "cpu"])
+    assert code == 0
+    images = read_bundle(out).manifest["training"]["images"]
+    assert images["train"] + images["heldout"] == 8
 
 
 def test_resume_continues_from_checkpoint(tmp_path):

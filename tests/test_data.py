@@ -18,6 +18,7 @@ from trainer.data import (
     load_dataset,
     load_folder,
     load_npy,
+    normal_subset,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -456,6 +457,27 @@ def test_subset(tmp_path: Path) -> None:
     assert ds.subset(ds.labels == 2).labels.tolist() == [2]
     assert ds.subset(slice(1, 3)).labels.tolist() == [2, 8]
     assert sub.source == ds.source
+
+
+def test_normal_subset_drops_anomalous_class_folders(tmp_path: Path) -> None:
+    write_png(tmp_path / "good" / "a.png", gray(1))
+    write_png(tmp_path / "good" / "b.png", gray(2))
+    write_png(tmp_path / "hole" / "a.png", gray(3))
+    normal = normal_subset(load_folder(tmp_path))
+    assert normal.labels.tolist() == [0, 0]
+    np.testing.assert_allclose(normal.images[:, 0, 0, 0], np.array([1, 2]) / 255)
+
+
+def test_normal_subset_keeps_unflagged_and_all_normal_sets(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "d.csv", pixel_rows([7, 2, 8]))
+    for ds in (load_csv(path), load_csv(path, normal_labels=[7, 8])):
+        assert normal_subset(ds) is ds
+
+
+def test_normal_subset_without_normal_images(tmp_path: Path) -> None:
+    write_png(tmp_path / "parts" / "hole" / "a.png", gray(3))
+    with pytest.raises(DatasetError, match=r"parts: no normal images .*'good' folder"):
+        normal_subset(load_folder(tmp_path / "parts"))
 
 
 # --------------------------------------------------------------------------------- split

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anogan_inspect.bundle import BundleError, load_torch_models, read_bundle
+from anogan_inspect.bundle import Bundle, BundleError, load_torch_models, read_bundle
 from anogan_inspect.networks import NORMS, PRESETS, FeatureExtractor, ModelConfig
 from anogan_inspect.preprocess import to_model_input
 from anogan_inspect.search import ScoringModels, SearchConfig, fast_score
-from trainer.data import DatasetError, ImageSet, heldout_split, load_dataset
+from trainer.data import DatasetError, ImageSet, heldout_split, load_dataset, normal_subset
 from trainer.export import ExportError, export_bundle
 from trainer.scoring import (
     calibrate,
@@ -145,11 +145,8 @@ def run_train(args) -> int:
     search_cfg = search_config(args, SearchConfig())
     device = torch.device(args.device)
 
-    data = load_dataset(args.data, split="train", normal_labels=args.normal_labels)
-    train_idx, holdout_idx = heldout_split(len(data), args.holdout, args.seed)
-    images = to_model_input(data.images, model.image_size, model.channels)
-    log.info("%s: %d normal images (%d train, %d held out), model %s, device %s",
-             args.data, len(data), len(train_idx), len(holdout_idx), model, device)
+    data, train_idx, holdout_idx, images = _training_images(args, model)
+    log.info("model %s, device %s", model, device)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(Networks.build(model, args.seed), cfg, run_dir, device)
@@ -196,6 +193,24 @@ def run_train(args) -> int:
     return 0
 
 
+def _training_images(args, model: ModelConfig
+                     ) -> tuple[ImageSet, np.ndarray, np.ndarray, torch.Tensor]:
+    """Normal images, split into train/held-out indices, and as model input.
+
+    Every data error fires here, before run_train writes anything.
+    """
+    loaded = load_dataset(args.data, split="train", normal_labels=args.normal_labels)
+    data = normal_subset(loaded)  # GAN and held-out calibration both see normal images only
+    train_idx, holdout_idx = heldout_split(len(data), args.holdout, args.seed)
+    if len(holdout_idx) == 0:
+        raise DatasetError(f"{data.source}: {len(data)} normal image(s) with --holdout "
+                           f"{args.holdout} leave none held out to calibrate the threshold on")
+    images = to_model_input(data.images, model.image_size, model.channels)
+    log.info("%s: %d normal images (%d train, %d held out; %d anomalous left out)",
+             args.data, len(data), len(train_idx), len(holdout_idx), len(loaded) - len(data))
+    return data, train_idx, holdout_idx, images
+
+
 def _fast_threshold(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig,
                     threshold: float) -> dict | None:
     """The fast score s0 shares the search threshold (same formula, s0 ≥ search score)."""
@@ -235,6 +250,7 @@ def run_evaluate(args) -> int:
         raise DatasetError(f"{args.data}: evaluation needs labels "
                            "(--normal-labels/--anomaly-labels for CSV, test/ folders for MVTec)")
     x = to_model_input(data.images, bundle.image_size, bundle.channels).to(device)
+    threshold = _threshold_steps(bundle, cfg.steps)  # warns before the search, not after
     started = time.time()
     result = search_scores(models, x, cfg, start, device, args.search_batch, args.seed,
                            desc="evaluate")
@@ -245,6 +261,7 @@ def run_evaluate(args) -> int:
         "data": str(args.data), "images": len(data),
         "anomalies": int(data.is_anomaly.sum()), "start": start,
         "search_seconds": round(seconds, 2), "frames_per_second": round(len(data) / seconds, 2),
+        "threshold": threshold,
         "search": {**cfg.to_dict(), **metrics(result.score, data.is_anomaly, bundle.threshold)},
     }
     curves = {f"search, {cfg.steps} steps": (result.score, data.is_anomaly)}
@@ -267,6 +284,18 @@ def run_evaluate(args) -> int:
     print(f"report: {out / 'report.json'}, ROC: {out / 'roc.png'}, "
           f"grid: {out / 'reconstructions.png'}")
     return 0
+
+
+def _threshold_steps(bundle: Bundle, steps: int) -> dict:
+    """The threshold with the step budget it was calibrated at and the one evaluated here."""
+    calibrated = bundle.manifest["threshold"].get("steps", bundle.search_config.steps)
+    if steps != calibrated:
+        # Search scores fall as steps grow, so the verdicts shift; the ranking metrics do not.
+        log.warning("--steps %d differs from the %d steps the threshold %.2f was calibrated "
+                    "with: the search verdicts and confusion counts use a threshold calibrated "
+                    "at a different step budget (AUROC and AUPRC do not use it and are unaffected)",
+                    steps, calibrated, bundle.threshold)
+    return {"value": bundle.threshold, "calibrated_steps": calibrated, "evaluated_steps": steps}
 
 
 def main(argv: list[str] | None = None) -> int:

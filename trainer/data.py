@@ -488,6 +488,23 @@ def load_dataset(
     raise DatasetError(f"{path}: unsupported dataset (expected .csv, .csv.gz, .npy or a folder)")
 
 
+def normal_subset(data: ImageSet) -> ImageSet:
+    """The normal images of ``data``: ``data`` itself when it flags no image anomalous.
+
+    Training uses these only: a class-folder layout (``root/good`` + ``root/<defect>``)
+    holds anomalies too. Raises naming ``data.source`` when no image is normal.
+    """
+    if data.is_anomaly is None or not data.is_anomaly.any():
+        return data
+    normal = data.subset(~data.is_anomaly)
+    if len(normal) == 0:
+        raise DatasetError(
+            f"{data.source}: no normal images to train on: all {len(data)} are anomalous "
+            f"(normal images go in a '{GOOD_CLASS}' folder)"
+        )
+    return normal
+
+
 def heldout_split(n: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic sorted, disjoint ``(train_idx, holdout_idx)`` covering ``range(n)``.
 
