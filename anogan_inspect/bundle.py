@@ -25,6 +25,9 @@ SIGNATURES = {
     "encoder": ("image", "z"),
 }
 PARITY_TOLERANCE = 1e-4
+# What serving reads from a manifest (checked up front, so a bad one is a clear BundleError).
+REQUIRED = ("name", "version", "geometry", "latent_dim", "search", "threshold", "networks",
+            "files")
 
 
 class BundleError(Exception):
@@ -99,6 +102,12 @@ def read_bundle(path: Path | str) -> Bundle:
         raise BundleError(f"{manifest_path}: not valid JSON ({err})") from err
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{manifest_path}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    missing = [key for key in REQUIRED if key not in manifest]
+    if missing:
+        raise BundleError(f"{manifest_path}: missing {', '.join(missing)}")
+    for network in ("generator", "features"):
+        if network not in manifest["networks"]:
+            raise BundleError(f"{manifest_path}: networks has no {network}")
     return Bundle(path, manifest)
 
 

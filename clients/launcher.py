@@ -24,6 +24,7 @@ class ServerProcess:
         port_file = log_path.with_suffix(".port")
         port_file.unlink(missing_ok=True)
         self.log_path = log_path
+        self._terminated = False
         self._log = open(log_path, "w")
         bundle_args = [arg for bundle in bundles for arg in ("--bundle", str(bundle))]
         self.process = subprocess.Popen(
@@ -47,11 +48,17 @@ class ServerProcess:
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.target)
 
+    def terminate(self) -> None:
+        """SIGTERM, once: the server drains (`anogan-serve --drain-delay/--grace`). A second
+        could arrive after the server has finished and removed its handler, and kill it."""
+        if self.process.poll() is None and not self._terminated:
+            self.process.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self, timeout: float = 120.0) -> int:
         """SIGTERM (the server drains), wait, and return its exit status (kill if stuck)."""
         try:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
+            self.terminate()
             return self.process.wait(timeout)
         finally:
             if self.process.poll() is None:

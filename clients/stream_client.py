@@ -3,9 +3,10 @@
 Feeds an MNIST-style CSV, an image folder or a generated sequence, at a chosen rate, over
 one or more concurrent StreamInspect streams; prints a live table (id, score, verdict,
 stage, latency); writes JSONL; ends with a summary (frames, verdicts, frames/s, latency
-p50/p99, AUROC when labels are known). Exits non-zero when a frame's result is missing,
-duplicated or out of order (the service's contract), or with --fail-on-error on any
-per-frame error.
+p50/p99, AUROC when labels are known). Exits 1 when a frame's result is missing,
+duplicated or out of order (the service's contract), when a stream ends early (the
+results that did come back are still summarised and written), or with --fail-on-error on
+any per-frame error; 2 when the source or the server cannot be used at all.
 """
 
 from __future__ import annotations
@@ -86,18 +87,22 @@ async def run_stream(stub, index: int, frames: list[tuple[int, SourceFrame]],
             yield pb.StreamInspectRequest(frame=frame_message(frame, sequence))
 
     expected = iter([seq for seq, _ in frames])
-    async for response in stub.StreamInspect(requests()):
-        result = response.result
-        if not result.final:
-            provisional.add(result.sequence)
-            continue
-        want = next(expected, None)
-        if result.sequence != want:
-            report.problems.append(f"stream {index}: got sequence {result.sequence}, "
-                                   f"expected {want}")
-        record = to_record(result, index, sent, truth, result.sequence in provisional)
-        report.records.append(record)
-        on_record(record)
+    try:
+        async for response in stub.StreamInspect(requests()):
+            result = response.result
+            if not result.final:
+                provisional.add(result.sequence)
+                continue
+            want = next(expected, None)
+            if result.sequence != want:
+                report.problems.append(f"stream {index}: got sequence {result.sequence}, "
+                                       f"expected {want}")
+            record = to_record(result, index, sent, truth, result.sequence in provisional)
+            report.records.append(record)
+            on_record(record)
+    except grpc.aio.AioRpcError as err:  # e.g. UNAVAILABLE from a draining server
+        report.problems.append(f"stream {index} ended early: {err.code().name}: "
+                               f"{err.details()}")
     missing = list(expected)
     if missing:
         report.problems.append(f"stream {index}: no result for {len(missing)} frames")
@@ -126,10 +131,10 @@ class LiveTable:
     COLUMNS = f"{'frame':<24} {'str':>3} {'score':>10} {'verdict':<8} {'stage':<7} " \
               f"{'steps':>5} {'latency ms':>10}"
 
-    def __init__(self, every: int, out=sys.stdout):
-        self.every, self.out, self.count = every, out, 0
+    def __init__(self, every: int, out=None):
+        self.every, self.out, self.count = every, out or sys.stdout, 0
         if every:
-            print(self.COLUMNS, file=out)
+            print(self.COLUMNS, file=self.out)
 
     def __call__(self, record: Record) -> None:
         self.count += 1
@@ -169,7 +174,8 @@ def summarize(records: list[Record], seconds: float) -> dict:
     return summary
 
 
-def print_summary(summary: dict, out=sys.stdout) -> None:
+def print_summary(summary: dict, out=None) -> None:
+    out = out or sys.stdout
     print(f"\nframes {summary['frames']}  errors {summary['errors']}  "
           f"PASS {summary['verdicts']['PASS']}  FAIL {summary['verdicts']['FAIL']}  "
           f"(decided by fast path {summary['stages']['FAST']}, "
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
     for problem in problems:
-        print(f"anogan-client: contract violated: {problem}", file=sys.stderr)
+        print(f"anogan-client: {problem}", file=sys.stderr)
     if problems or (args.fail_on_error and summary["errors"]):
         return 1
     return 0

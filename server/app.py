@@ -34,6 +34,7 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     max_in_flight: int = 256  # frames per stream awaiting their result
     grace_seconds: float = 30.0
+    drain_delay_seconds: float = 1.0  # NOT_SERVING, still serving, before refusing frames
     port_file: Path | None = None  # written once listening (useful with port 0)
 
 
@@ -64,8 +65,13 @@ class InspectionServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError as err:  # grpc's "Failed to bind to address ..."
+            raise ValueError(f"cannot listen on {address}: {err}") from err
         self._stopped = asyncio.Event()
+        self._draining = False
 
     async def start(self) -> InspectionServer:
         for model in self.models.values():
@@ -79,12 +85,17 @@ class InspectionServer:
         return self
 
     async def drain(self) -> None:
-        """Stop accepting, let frames in flight finish within the grace period, then stop."""
-        if self.service.draining:
+        """Report NOT_SERVING and keep serving for the drain delay (load balancers and
+        clients move away), then refuse new frames, let frames in flight finish within the
+        grace period, and stop."""
+        if self._draining:
             return
-        log.info("draining (grace %.0f s)", self.config.grace_seconds)
-        self.service.draining = True
+        self._draining = True
+        log.info("draining (health NOT_SERVING for %.1f s, then grace %.0f s)",
+                 self.config.drain_delay_seconds, self.config.grace_seconds)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await asyncio.sleep(self.config.drain_delay_seconds)
+        self.service.start_draining()
         await self.server.stop(self.config.grace_seconds)
         for model in self.models.values():
             model.stop()

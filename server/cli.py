@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=int, default=FrameLimits.max_pixels)
     parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--max-in-flight", type=int, default=256, help="frames per stream")
-    parser.add_argument("--grace", type=float, default=30.0, help="drain grace period, s")
+    parser.add_argument("--grace", type=float, default=30.0,
+                        help="on SIGTERM: how long frames in flight may take to finish, s")
+    parser.add_argument("--drain-delay", type=float, default=1.0,
+                        help="on SIGTERM: report NOT_SERVING but keep serving this long, s")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once listening (for --port 0)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -60,6 +63,7 @@ def config_from_args(args) -> ServerConfig:
                         limits=FrameLimits(max_pixels=args.max_pixels),
                         max_message_bytes=args.max_message_bytes,
                         max_in_flight=args.max_in_flight, grace_seconds=args.grace,
+                        drain_delay_seconds=args.drain_delay,
                         port_file=args.port_file)
 
 

@@ -134,9 +134,10 @@ class ServedModel:
         z0: torch.Tensor | None = None  # None: the engine starts from E(x) (torch, batched)
         if mode is not Mode.SEARCH:
             fast = await self.fast.submit(x.numpy())
-            outcome = self._fast_outcome(x, fast, mode, arrived, want_reconstruction)
+            outcome = self._fast_outcome(fast, mode, arrived)
             if mode is Mode.FAST or fast_clears(fast.score, self.threshold):
-                return outcome
+                return await _with_residual_map(
+                    outcome, x, fast.reconstruction if want_reconstruction else None)
             if on_provisional is not None:
                 on_provisional(dataclasses.replace(outcome, final=False))
             z0 = torch.as_tensor(fast.z0)
@@ -150,18 +151,16 @@ class ServedModel:
             raise
         result = searched.result
         fast_seconds = fast.seconds if fast else 0.0
-        return Outcome(True, Stage.SEARCH, mode, result.score, result.residual, result.feature,
-                       result.steps, result.score > self.threshold,
-                       request.enqueued - arrived - fast_seconds + searched.queue_seconds,
-                       fast_seconds + searched.compute_seconds,
-                       _residual_map(x, searched.reconstruction))
+        outcome = Outcome(True, Stage.SEARCH, mode, result.score, result.residual,
+                          result.feature, result.steps, result.score > self.threshold,
+                          request.enqueued - arrived - fast_seconds + searched.queue_seconds,
+                          fast_seconds + searched.compute_seconds)
+        return await _with_residual_map(outcome, x, searched.reconstruction)
 
-    def _fast_outcome(self, x: torch.Tensor, fast: FastScore, mode: Mode, arrived: float,
-                      want_reconstruction: bool) -> Outcome:
+    def _fast_outcome(self, fast: FastScore, mode: Mode, arrived: float) -> Outcome:
         total = time.perf_counter() - arrived
         return Outcome(True, Stage.FAST, mode, fast.score, fast.residual, fast.feature, 0,
-                       fast.score > self.threshold, max(0.0, total - fast.seconds), fast.seconds,
-                       _residual_map(x, fast.reconstruction if want_reconstruction else None))
+                       fast.score > self.threshold, max(0.0, total - fast.seconds), fast.seconds)
 
     def stats(self) -> dict:
         engine, fast = self.engine.stats, self.fast.stats if self.fast else None
@@ -175,11 +174,14 @@ class ServedModel:
         }
 
 
-def _residual_map(x: torch.Tensor, reconstruction: np.ndarray | None) -> np.ndarray | None:
-    """(H, W) map of |x - G(z)| for a (C, H, W) frame, or None when not asked for."""
+async def _with_residual_map(outcome: Outcome, x: torch.Tensor,
+                             reconstruction: np.ndarray | None) -> Outcome:
+    """The outcome with the (H, W) map of |x - G(z)| (made on a worker thread), if asked for."""
     if reconstruction is None:
-        return None
-    return residual_maps(x[None], torch.as_tensor(reconstruction)[None])[0, 0].numpy()
+        return outcome
+    residual_map = await asyncio.to_thread(
+        lambda: residual_maps(x[None], torch.as_tensor(reconstruction)[None])[0, 0].numpy())
+    return dataclasses.replace(outcome, residual_map=residual_map)
 
 
 def load_model(path: Path, options: EngineOptions, name: str | None = None) -> ServedModel:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -85,9 +87,17 @@ def test_bad_frames_get_errors_and_the_stream_goes_on(stub, digits):
                                        height=8, width=8, channels=1))
     frames[7].raw.data_type = pb.DATA_TYPE_UNSPECIFIED
     frames[8].ClearField("raw")  # no image at all
+    frames[9].raw.CopyFrom(pb.RawImage(data=b"\0", data_type=pb.DATA_TYPE_UINT8,
+                                       height=5000, width=5000))  # over the pixel limit
+    frames += frames_of(digits, 2, start=10)
+    frames[10].raw.channels = 2
+    bright = np.full((8, 8), 1.5, dtype="<f4")
+    frames[11].raw.CopyFrom(pb.RawImage(data=bright.tobytes(), data_type=pb.DATA_TYPE_FLOAT32,
+                                        height=8, width=8, channels=1))
     results = stream(stub, frames)
-    assert [r.sequence for r in results] == list(range(10))
-    bad = {2: "bytes", 4: "cannot decode", 6: "NaN", 7: "data_type", 8: "no image"}
+    assert [r.sequence for r in results] == list(range(12))
+    bad = {2: "bytes", 4: "cannot decode", 6: "NaN", 7: "data_type", 8: "no image",
+           9: "the limit is", 10: "channels must be 1 or 3", 11: "must lie in [0, 1]"}
     for r in results:
         if r.sequence in bad:
             assert r.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -290,11 +300,64 @@ def test_concurrent_streams_share_engine_batches_and_drain_on_sigterm(fresh_serv
     assert "draining" in fresh_server.log_path.read_text()
 
 
+def test_sigterm_reports_not_serving_then_ends_open_streams(tiny_bundle, tmp_path, digits):
+    proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
+                         "--grace", "300", "--drain-delay", "3", cwd=ROOT)
+    try:
+        with proc.channel() as channel:
+            stub = pb_grpc.InspectionServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            status = lambda: health.Check(health_pb2.HealthCheckRequest()).status  # noqa: E731
+            open_stream = OpenStream(stub, pb.InspectionConfig(mode=pb.MODE_SEARCH,
+                                                               search_steps=3000))
+            open_stream.send(frames_of(digits, 4))
+            wait_for(lambda: stats(stub).active_slots == 4, what="searches in the engine")
+            proc.terminate()
+            wait_for(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING,
+                     what="NOT_SERVING")
+            open_stream.send(frames_of(digits, 1, start=4))  # the drain delay still serves it
+            # The stream is never closed by the client: the drain ends it after its frames.
+            open_stream.join()
+        assert open_stream.error is not None
+        assert open_stream.error.code() == grpc.StatusCode.UNAVAILABLE
+        assert [r.sequence for r in open_stream.results] == list(range(5))
+        assert not any(r.HasField("error") for r in open_stream.results)
+        assert proc.stop(timeout=120) == 0  # well inside the 300 s grace
+    finally:
+        proc.stop(timeout=10)
+
+
 def test_server_refuses_a_tampered_bundle(tiny_bundle, tmp_path):
     copy = shutil.copytree(tiny_bundle, tmp_path / "tampered")
     (copy / "generator.onnx").write_bytes(b"\0" + (copy / "generator.onnx").read_bytes())
-    proc = subprocess.run([sys.executable, "-m", "server", "--bundle", str(copy), "--port", "0"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    proc = run_server("--bundle", str(copy), "--port", "0")
     assert proc.returncode == 2
     assert "generator.onnx does not match its sha256" in proc.stderr
 
+
+
+def run_server(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server", "--device", "cpu", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+
+
+def test_server_refuses_a_manifest_missing_what_it_serves(tiny_bundle, tmp_path):
+    copy = shutil.copytree(tiny_bundle, tmp_path / "stripped")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["threshold"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_server("--bundle", str(copy), "--port", "0")
+    assert proc.returncode == 2
+    assert "manifest.json: missing threshold" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_server_says_when_its_port_is_taken(tiny_bundle):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_server("--bundle", str(tiny_bundle), "--port", str(port))
+    assert proc.returncode == 2
+    assert f"cannot listen on [::]:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,73 @@
+"""`anogan-client` against a real server: the live table, JSONL, the summary, early ends."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from sklearn.metrics import roc_auc_score
+
+from anogan.v1 import inspection_pb2 as pb
+from anogan.v1 import inspection_pb2_grpc as pb_grpc
+from clients import stream_client
+from clients.launcher import ServerProcess
+from tests.conftest import ROOT, TEST_CSV
+from tests.test_server import wait_for
+
+DIGITS = ["--csv", str(TEST_CSV), "--normal-labels", "7,8", "--anomaly-labels", "2"]
+
+
+def test_client_streams_digits_and_writes_jsonl_and_summary(server, tmp_path, capsys):
+    jsonl, summary_json = tmp_path / "results.jsonl", tmp_path / "summary.json"
+    code = stream_client.main(["--target", server.target, *DIGITS, "--mode", "fast",
+                               "--streams", "3", "--every", "10", "--jsonl", str(jsonl),
+                               "--summary-json", str(summary_json)])
+    out = capsys.readouterr().out
+    assert code == 0
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["sequence"] for r in records] == list(range(300))  # 100 each of 2, 7, 8
+    assert {r["stream"] for r in records} == {0, 1, 2}
+    assert sum(r["is_anomaly"] for r in records) == 100
+    assert all(r["stage"] == "FAST" and r["error"] is None for r in records)
+    summary = json.loads(summary_json.read_text())
+    assert summary["frames"] == 300 and summary["errors"] == 0
+    assert sum(summary["verdicts"].values()) == 300
+    expected_auroc = roc_auc_score([r["is_anomaly"] for r in records],
+                                   [r["score"] for r in records])
+    assert summary["auroc"] == round(expected_auroc, 4)
+    fails = [r for r in records if r["verdict"] == "FAIL"]
+    assert summary["confusion"]["true_positive"] == sum(r["is_anomaly"] for r in fails)
+    assert 0 < summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
+    # The live table: a header and every 10th result; then the printed summary.
+    assert out.splitlines()[0] == stream_client.LiveTable.COLUMNS
+    assert len([line for line in out.splitlines() if line.startswith("mnist_test")]) == 30
+    assert f"AUROC {summary['auroc']:.4f}" in out
+
+
+def test_client_keeps_what_came_back_when_the_server_drains(tiny_bundle, tmp_path, capsys):
+    proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
+                         "--drain-delay", "0", cwd=ROOT)
+    try:
+        def terminate_after_some_frames():
+            with proc.channel() as channel:
+                stub = pb_grpc.InspectionServiceStub(channel)
+                wait_for(lambda: stub.GetServerStats(pb.GetServerStatsRequest())
+                         .models[0].fast_frames >= 10, what="frames scored")
+            proc.terminate()
+
+        killer = threading.Thread(target=terminate_after_some_frames)
+        killer.start()
+        jsonl = tmp_path / "results.jsonl"
+        code = stream_client.main(["--target", proc.target, *DIGITS, "--mode", "fast",
+                                   "--rate", "20", "--quiet", "--jsonl", str(jsonl)])
+        killer.join()
+        assert code == 1
+        captured = capsys.readouterr()
+        assert "stream 0 ended early: UNAVAILABLE" in captured.err
+        assert "no result for" in captured.err
+        records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        assert 10 <= len(records) < 300
+        assert [r["sequence"] for r in records] == list(range(len(records)))
+        assert proc.stop() == 0
+    finally:
+        proc.stop(timeout=10)
