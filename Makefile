@@ -3,8 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel on this machine; a GPU user sets e.g. TORCH_SPEC="torch==2.13.0" with
-# TORCH_INDEX=https://download.pytorch.org/whl/cu128 (or any torch >= 2.4).
+# torch==2.13.0 resolves to the CPU wheel that lies on this workplace's disk (pip's
+# find-links); on another machine add TORCH_INDEX=https://download.pytorch.org/whl/cpu to
+# get the CPU build (PyPI's default is a CUDA build), or .../whl/cu128 for a GPU
+# (any torch >= 2.4).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
@@ -17,7 +19,11 @@ PORT ?= 50051
 STEPS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train evaluate demo test clean proto proto-check serve smoke bench bench-quick \
+# buf (npm's @bufbuild/buf) lints proto/ against buf's style guide.
+BUF ?= npx --yes @bufbuild/buf@1.75.0
+
+.PHONY: install train evaluate demo test clean proto proto-check proto-lint serve smoke bench \
+	bench-quick \
 	bench-quality bench-ablation gpu-check lint
 
 install: $(VENV)/.installed
@@ -50,13 +56,18 @@ proto: install
 proto-check: install
 	$(PY) proto/generate.py --check
 
+proto-lint: install
+	$(PY) proto/generate.py --check --descriptor-set gen/inspection.binpb
+	$(BUF) lint gen/inspection.binpb --path anogan/v1/inspection.proto --config proto/buf.yaml
+	@echo "buf lint: proto/ follows the style guide (STANDARD, COMMENTS)"
+
 serve: install $(BUNDLE)/manifest.json
 	$(VENV)/bin/anogan-serve --bundle $(BUNDLE) --port $(PORT)
 
 smoke: install $(BUNDLE)/manifest.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" clients/smoke.sh --start-server $(BUNDLE)
 
-test: install proto-check
+test: install proto-check proto-lint
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: install

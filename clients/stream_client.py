@@ -90,7 +90,7 @@ async def run_stream(stub, index: int, frames: list[tuple[int, SourceFrame]],
     try:
         async for response in stub.StreamInspect(requests()):
             result = response.result
-            if not result.final:
+            if result.provisional:
                 provisional.add(result.sequence)
                 continue
             want = next(expected, None)

@@ -53,7 +53,7 @@ def decode_raw(raw: pb.RawImage, limits: FrameLimits) -> np.ndarray:
     channels = raw.channels or 1
     if channels not in (1, 3):
         raise FrameError(f"channels must be 1 or 3, got {channels}")
-    if raw.height == 0 or raw.width == 0:
+    if raw.height <= 0 or raw.width <= 0:
         raise FrameError(f"height and width must be positive, got {raw.height}x{raw.width}")
     _check_pixels(raw.width, raw.height, limits)
     dtype, full_scale = RAW_DTYPES[raw.data_type]

@@ -33,6 +33,7 @@ MODE_PB = {v: k for k, v in MODES.items()}
 STAGE_PB = {Stage.FAST: pb.STAGE_FAST, Stage.SEARCH: pb.STAGE_SEARCH}
 INLINE_PIXELS = 128 * 128  # raw frames up to this size are decoded on the event loop
 DRAINING = "server is draining; reconnect to another instance"
+MAX_PAGE_SIZE = 100  # ListModels
 
 
 class StreamError(Exception):
@@ -87,9 +88,21 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, self._unknown_model(name))
         return pb.GetModelResponse(model=model_message(self.models[name]))
 
-    async def ListModels(self, request, context) -> pb.ListModelsResponse:
+    async def ListModels(self, request: pb.ListModelsRequest, context
+                         ) -> pb.ListModelsResponse:
+        """The default model first; the page token is the name of the next model."""
         names = [self.default_model] + [n for n in self.models if n != self.default_model]
-        return pb.ListModelsResponse(models=[model_message(self.models[n]) for n in names])
+        if request.page_size < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be ≥ 0")
+        if request.page_token and request.page_token not in names:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"invalid page_token {request.page_token!r}")
+        start = names.index(request.page_token) if request.page_token else 0
+        size = request.page_size if 0 < request.page_size <= MAX_PAGE_SIZE else MAX_PAGE_SIZE
+        page = names[start:start + size]
+        following = names[start + size:start + size + 1]
+        return pb.ListModelsResponse(models=[model_message(self.models[n]) for n in page],
+                                     next_page_token=following[0] if following else "")
 
     async def GetServerStats(self, request, context) -> pb.GetServerStatsResponse:
         return pb.GetServerStatsResponse(models=[
@@ -178,15 +191,14 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         except (FrameError, ValueError) as err:
             self.invalid_frames[model.name] += 1
             return pb.InspectionResult(
-                final=True, error=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT,
-                                                    message=str(err)), **echo)
+                error=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(err)),
+                **echo)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # an engine failure: this frame fails, the stream goes on
             log.exception("scoring failed for frame %r", frame.frame_id)
             return pb.InspectionResult(
-                final=True, error=status_pb2.Status(code=code_pb2.INTERNAL, message=str(err)),
-                **echo)
+                error=status_pb2.Status(code=code_pb2.INTERNAL, message=str(err)), **echo)
         return result_message(outcome, model, echo, options.residual_map)
 
     async def _prepare(self, frame: pb.Frame, model: ServedModel):
@@ -202,6 +214,9 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         if name not in self.models:
             raise StreamError(grpc.StatusCode.NOT_FOUND, self._unknown_model(name))
         model = self.models[name]
+        if config.search_steps < 0:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"search_steps must be ≥ 0, got {config.search_steps}")
         mode = MODES.get(config.mode, model.default_mode)
         if mode not in model.modes:
             raise StreamError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -218,7 +233,8 @@ def result_message(outcome: Outcome, model: ServedModel, echo: dict, residual_ma
                    ) -> pb.InspectionResult:
     """Domain outcome → InspectionResult."""
     result = pb.InspectionResult(
-        final=outcome.final, verdict=pb.VERDICT_FAIL if outcome.fail else pb.VERDICT_PASS,
+        provisional=not outcome.final,
+        verdict=pb.VERDICT_FAIL if outcome.fail else pb.VERDICT_PASS,
         score=outcome.score, residual_score=outcome.residual, feature_score=outcome.feature,
         threshold=model.threshold, stage=STAGE_PB[outcome.stage], search_steps=outcome.steps,
         mode=MODE_PB[outcome.mode], **echo)
@@ -240,7 +256,7 @@ def model_message(model: ServedModel) -> pb.Model:
         threshold=model.threshold, default_search_steps=model.search_config.steps,
         search_learning_rate=model.search_config.lr, has_encoder=bundle.has_encoder,
         modes=[MODE_PB[m] for m in model.modes], default_mode=MODE_PB[model.default_mode],
-        device=str(model.device), **{"lambda": model.search_config.lam})
+        device=str(model.device), feature_weight=model.search_config.lam)
     if "created" in bundle.manifest:
         message.create_time.FromJsonString(bundle.manifest["created"].replace("+00:00", "Z"))
     return message

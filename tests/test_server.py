@@ -70,7 +70,7 @@ def test_n_frames_in_n_results_out_in_order(stub, digits):
     results = stream(stub, frames)
     assert [r.sequence for r in results] == list(range(40))
     assert [r.frame_id for r in results] == [f.frame_id for f in frames]
-    assert all(r.final and r.verdict in (pb.VERDICT_PASS, pb.VERDICT_FAIL) for r in results)
+    assert all(not r.provisional and r.verdict in (pb.VERDICT_PASS, pb.VERDICT_FAIL) for r in results)
     assert all(r.model == "tiny" and r.threshold > 0 for r in results)
     assert all(r.capture_time == f.capture_time for r, f in zip(results, frames))
     for r in results:  # verdict is the threshold rule on the score
@@ -164,13 +164,13 @@ def test_provisional_results_precede_searched_finals(stub, digits):
     frames = frames_of(digits, 60, start=100)
     results = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_CASCADE,
                                                        provisional_results=True))
-    finals = [r for r in results if r.final]
+    finals = [r for r in results if not r.provisional]
     assert [r.sequence for r in finals] == list(range(100, 160))
-    provisional = {r.sequence: i for i, r in enumerate(results) if not r.final}
+    provisional = {r.sequence: i for i, r in enumerate(results) if r.provisional}
     for i, r in enumerate(results):
-        if r.final and r.stage == pb.STAGE_SEARCH:
+        if not r.provisional and r.stage == pb.STAGE_SEARCH:
             assert r.sequence in provisional and provisional[r.sequence] < i
-        if r.final and r.stage == pb.STAGE_FAST:
+        if not r.provisional and r.stage == pb.STAGE_FAST:
             assert r.sequence not in provisional
     assert all(results[i].stage == pb.STAGE_FAST for i in provisional.values())
 
@@ -207,6 +207,29 @@ def test_models_and_bundle_without_encoder(stub, digits):
     with pytest.raises(grpc.RpcError) as err:
         stub.GetModel(pb.GetModelRequest(name="nope"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_list_models_pages(stub):
+    first = stub.ListModels(pb.ListModelsRequest(page_size=1))
+    assert [m.name for m in first.models] == ["tiny"] and first.next_page_token
+    second = stub.ListModels(pb.ListModelsRequest(page_size=1,
+                                                  page_token=first.next_page_token))
+    assert [m.name for m in second.models] == ["noenc"] and not second.next_page_token
+    assert first.models[0].feature_weight == pytest.approx(0.1)
+    for bad in (pb.ListModelsRequest(page_token="nope"), pb.ListModelsRequest(page_size=-1)):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ListModels(bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_negative_sizes_are_invalid(stub, digits):
+    with pytest.raises(grpc.RpcError) as err:
+        stream(stub, frames_of(digits, 1), pb.InspectionConfig(search_steps=-5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    frame = frames_of(digits, 1)[0]
+    frame.raw.height = -28
+    (result,) = stream(stub, [frame])
+    assert "height and width must be positive" in result.error.message
 
 
 def test_config_after_frames_ends_the_stream(stub, digits):
