@@ -70,7 +70,8 @@ def test_n_frames_in_n_results_out_in_order(stub, digits):
     results = stream(stub, frames)
     assert [r.sequence for r in results] == list(range(40))
     assert [r.frame_id for r in results] == [f.frame_id for f in frames]
-    assert all(not r.provisional and r.verdict in (pb.VERDICT_PASS, pb.VERDICT_FAIL) for r in results)
+    assert not any(r.provisional for r in results)
+    assert all(r.verdict in (pb.VERDICT_PASS, pb.VERDICT_FAIL) for r in results)
     assert all(r.model == "tiny" and r.threshold > 0 for r in results)
     assert all(r.capture_time == f.capture_time for r, f in zip(results, frames))
     for r in results:  # verdict is the threshold rule on the score
