@@ -35,10 +35,14 @@ MODULES = {"engine": "bench.engine_bench", "server": "bench.server_bench"}
 COMMITTED_SEED = ROOT / "bench" / "seed_networks.pt"
 
 
-def ensure_seed_run(seed_run: Path, quick: bool, device: str) -> None:
-    """Give seed_run a checkpoint: the committed seed networks, else train the seed preset."""
-    if (seed_run / "checkpoint.pt").is_file():
-        return
+def ensure_seed_run(seed_run: Path, quick: bool, device: str) -> str:
+    """Give seed_run a checkpoint: the committed seed networks, else train the seed preset.
+    Returns where its weights came from (recorded with the results: an existing fp32
+    checkpoint and the committed float16 copy are not the same bits)."""
+    checkpoint = seed_run / "checkpoint.pt"
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        return f"existing checkpoint.pt: {state.get('source', 'trained locally')}"
     if COMMITTED_SEED.is_file():
         state = torch.load(COMMITTED_SEED, weights_only=False)
         for part in ("generator", "discriminator"):
@@ -47,7 +51,7 @@ def ensure_seed_run(seed_run: Path, quick: bool, device: str) -> None:
         seed_run.mkdir(parents=True, exist_ok=True)
         torch.save(state, seed_run / "checkpoint.pt")
         print(f"bench: seed networks from {COMMITTED_SEED.name} ({state['source']})")
-        return
+        return f"{COMMITTED_SEED.relative_to(ROOT)} converted to float32: {state['source']}"
     from trainer.cli import main as train_main
 
     epochs = "1" if quick else "30"
@@ -59,6 +63,7 @@ def ensure_seed_run(seed_run: Path, quick: bool, device: str) -> None:
                        "--device", device])
     if code != 0:
         sys.exit("bench: training the seed preset failed")
+    return f"seed preset trained here, {epochs} epochs"
 
 
 def targets(results: dict) -> list[dict]:
@@ -79,7 +84,9 @@ def targets(results: dict) -> list[dict]:
         rows.append({"target": "cascade ≥ 20× the seed's method in frames/s",
                      "measured": cascade["frames_per_s"] / seed_q["frames_per_s"],
                      "goal": 20.0})
-        rows.append({"target": "cascade AUROC ≥ the seed's method (same subset)",
+        rows.append({"target": "cascade AUROC ≥ the seed's method (same subset): "
+                               "cascade − seed AUROC, "
+                               f"{cascade['auroc_subset']:.3f} − {seed_q['auroc_subset']:.3f}",
                      "measured": cascade["auroc_subset"] - seed_q["auroc_subset"],
                      "goal": 0.0})
     for row in rows:
@@ -94,7 +101,9 @@ def render(results: dict, meta: dict) -> str:
              f"torch {meta['machine']['torch']} ({meta['machine']['torch_threads']} threads), "
              f"ONNX Runtime {meta['machine']['onnxruntime']}, device {meta['device']}"
              + (f" ({meta['machine']['gpu']})" if meta['machine']['gpu'] else ""),
-             f"- bundle: `{meta['bundle']}`; seed networks: `{meta['seed_run']}`", "",
+             f"- code: git `{meta['machine'].get('git_describe') or 'unknown'}`",
+             f"- bundle: `{meta['bundle']}`; seed networks: `{meta['seed_run']}`"
+             + (f" ({meta['seed_source']})" if meta.get("seed_source") else ""), "",
              "## Targets", "", markdown_table(results["targets"])]
     for name in SECTIONS:
         if name not in results:
@@ -128,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = args.results_dir / ("quick" if args.quick else "")
     out_dir = results_dir / name
     out_dir.mkdir(parents=True, exist_ok=True)
+    seed_source = None
     if {"versus_seed", "quality"} & set(sections):
-        ensure_seed_run(args.seed_run, args.quick, args.device)
+        seed_source = ensure_seed_run(args.seed_run, args.quick, args.device)
     ctx = Context(args.bundle, args.device, args.quick, out_dir, args.seed_run)
     meta = {"name": name, **header(["python", "-m", "bench", *(argv or sys.argv[1:])]),
             "device": args.device, "bundle": str(args.bundle), "seed_run": str(args.seed_run),
+            "seed_source": seed_source,
             "quick": args.quick, "results_dir": results_dir}
     results: dict = {}
     for section in sections:

@@ -81,13 +81,22 @@ def machine() -> dict:
         "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                            capture_output=True, text=True,
-                                            check=False).stdout.strip()
-    except OSError:
-        pass
+    info.update(git_version())
     return info
+
+
+def git_version() -> dict:
+    """The commit and `git describe --always --dirty`: a result made from uncommitted code
+    says so ("...-dirty"); empty strings outside a git checkout."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    return {"git_commit": git("rev-parse", "--short", "HEAD"),
+            "git_describe": git("describe", "--always", "--dirty")}
 
 
 def header(command: list[str] | None = None) -> dict:

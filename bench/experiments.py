@@ -1,9 +1,13 @@
 """What was tried to close the gap to the ceiling (docs/performance.md records the outcome).
 
     python -m bench.experiments [--bundle bundles/default] [--batch 64] [--seconds 3]
+    python -m bench.experiments --fast-only [--seconds 3]   # the ONNX Runtime variants only
 
 Each variant times the raw batched search step (G and f forward, input gradient, as
 SlotTable.step runs it) or the fast path, side by side in one run, and prints a table.
+The fast-path variants (CPU provider, batch 256, 1 intra-op thread unless named): graph
+optimisation levels, and E→G→f merged into one ONNX graph (checked against the three
+sessions the server runs).
 """
 
 from __future__ import annotations
@@ -37,18 +41,111 @@ def compiled(models: ScoringModels) -> ScoringModels:
                          models.latent_dim)
 
 
-def fast_rate(bundle, threads: int, batch: int, seconds: float) -> float:
-    sessions = {n: make_session(bundle.file(n, "onnx"), "cpu", threads)
-                for n in ("encoder", "generator", "features")}
-    x = np.random.default_rng(0).random((batch, *bundle.image_shape), np.float32) * 2 - 1
+FAST_NETWORKS = ("encoder", "generator", "features")
+FAST_BATCH = 256
 
-    def run() -> int:
+
+def fast_inputs(bundle, batch: int) -> np.ndarray:
+    return np.random.default_rng(0).random((batch, *bundle.image_shape), np.float32) * 2 - 1
+
+
+def three_sessions(bundle, threads: int, level: str = "all"):
+    """E, G and f as the server runs them: one session each, numpy between them.
+    Returns run(x) → (z, reconstruction, features of [x; reconstruction])."""
+    if level == "all":
+        sessions = {n: make_session(bundle.file(n, "onnx"), "cpu", threads)
+                    for n in FAST_NETWORKS}
+    else:
+        sessions = {n: cpu_session(bundle.file(n, "onnx"), threads, level)
+                    for n in FAST_NETWORKS}
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
         z = sessions["encoder"].run(None, {"image": x})[0]
         xr = sessions["generator"].run(None, {"z": z})[0]
-        sessions["features"].run(None, {"image": np.concatenate([x, xr])})
+        return z, xr, sessions["features"].run(None, {"image": np.concatenate([x, xr])})[0]
+
+    return run
+
+
+def cpu_session(model, threads: int, level: str):
+    """A CPU InferenceSession like anogan_inspect.onnxrt.make_session's, at another graph
+    optimisation level ('disable', 'basic', 'extended', 'all'); model: path or bytes."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    options.intra_op_num_threads = threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options,
+                                providers=["CPUExecutionProvider"])
+
+
+def merged_fast_model(bundle) -> bytes:
+    """E → G → f as one ONNX graph: image → (z, reconstruction, features of [x; G(E(x))]),
+    the same computation as the three sessions with no numpy hand-offs between them."""
+    import onnx
+    from onnx import compose, helper
+
+    parts = {n: compose.add_prefix(onnx.load(str(bundle.file(n, "onnx"))), n[0] + "_")
+             for n in FAST_NETWORKS}
+    e, g, f = parts["encoder"], parts["generator"], parts["features"]
+    z_to_g = helper.make_node("Identity", ["e_z"], ["g_z"])
+    both_to_f = helper.make_node("Concat", ["e_image", "g_image"], ["f_image"], axis=0)
+    graph = helper.make_graph(
+        [*e.graph.node, z_to_g, *g.graph.node, both_to_f, *f.graph.node], "fast_path",
+        [e.graph.input[0]], [e.graph.output[0], g.graph.output[0], f.graph.output[0]],
+        [*e.graph.initializer, *g.graph.initializer, *f.graph.initializer])
+    model = helper.make_model(graph, opset_imports=e.opset_import, ir_version=e.ir_version)
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def merged_session(bundle, threads: int):
+    session = cpu_session(merged_fast_model(bundle), threads, "all")
+    return lambda x: tuple(session.run(None, {"e_image": x}))
+
+
+def fast_rate(run, bundle, batch: int, seconds: float) -> float:
+    """Frames/s of a fast-path variant's run(x) at a batch."""
+    x = fast_inputs(bundle, batch)
+
+    def one_batch() -> int:
+        run(x)
         return batch
 
-    return rate(run, "cpu", seconds)
+    return rate(one_batch, "cpu", seconds)
+
+
+def fast_variants(bundle, seconds: float, threads: int = 1, rounds: int = 3) -> list[dict]:
+    """The fast path's ONNX Runtime variants against the server's (three sessions, ENABLE_ALL,
+    1 intra-op thread), with each one's largest difference from it on the same frames.
+    Variants are timed in turn, `rounds` times over (drift on a shared machine hits them
+    alike); each row keeps its best and worst round."""
+    x = fast_inputs(bundle, FAST_BATCH)
+    variants = {"three sessions, ORT_ENABLE_ALL (the server's)": three_sessions(bundle, threads)}
+    for level in ("extended", "basic", "disable"):
+        variants[f"three sessions, graph optimisation {level}"] = three_sessions(
+            bundle, threads, level)
+    variants["E→G→f merged into one graph, ORT_ENABLE_ALL"] = merged_session(bundle, threads)
+    reference = variants["three sessions, ORT_ENABLE_ALL (the server's)"](x)
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            rates[name].append(fast_rate(run, bundle, FAST_BATCH, seconds))
+    rows = []
+    for name, run in variants.items():
+        difference = max(float(np.abs(a - b).max()) for a, b in zip(run(x), reference))
+        rows.append({"variant": name, "rate": max(rates[name]), "worst": min(rates[name]),
+                     "unit": "frames/s", "max_abs_difference": difference})
+        rows[-1]["vs_baseline"] = rows[-1]["rate"] / rows[0]["rate"]
+        print(rows[-1], flush=True)
+    return rows
 
 
 def profile_step(bundle, batch: int, steps: int = 20) -> str:
@@ -76,10 +173,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler's op table of the engine step and stop")
+    parser.add_argument("--fast-only", action="store_true",
+                        help="only the fast path's ONNX Runtime variants (a few seconds each)")
     args = parser.parse_args()
     bundle = read_bundle(args.bundle)
     if args.profile:
         print(profile_step(bundle, args.batch))
+        return 0
+    if args.fast_only:
+        rows = fast_variants(bundle, args.seconds)
+        print(f"\n{header()['machine']['cpu']}, batch {FAST_BATCH}, 1 intra-op thread, "
+              f"best of 3 rounds of {args.seconds} s, bundle {args.bundle}\n")
+        print(markdown_table(rows, ["variant", "rate", "worst", "unit", "vs_baseline",
+                                    "max_abs_difference"]))
         return 0
     cfg = ModelConfig.from_dict(bundle.manifest["model"])
     shape = bundle.image_shape
@@ -115,7 +221,8 @@ def main() -> int:
                                                        args.seconds))
     for ort_threads in (1, 0):
         add(f"fast path ORT, intra-op threads {ort_threads or 'auto'}",
-            fast_rate(bundle, ort_threads, 256, args.seconds), "frames/s")
+            fast_rate(three_sessions(bundle, ort_threads), bundle, FAST_BATCH, args.seconds),
+            "frames/s")
     print(f"\n{header()['machine']['cpu']}, {threads} torch threads, batch {args.batch}, "
           f"bundle {args.bundle}\n")
     print(markdown_table(rows, ["variant", "rate", "unit", "vs_baseline", "note"]))

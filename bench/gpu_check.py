@@ -5,7 +5,9 @@ weights it can hand back), so it runs on a bare machine with this repository and
 
     python -m bench.gpu_check --out DIR [--seed-epochs 30]
 
-Steps, each timed and recorded in DIR/gpu_check.json, with a short table printed last:
+Steps, each timed and recorded in DIR/gpu-check-<card>.json (e.g. gpu-check-h200.json),
+rewritten after every step so that a timeout keeps what finished, with the total wall
+time; a short table is printed last:
  1. train the default config (few epochs) and the seed preset on the GPU; evaluate the
     seed preset at 500 steps (AUROC on MNIST 7/8-vs-2)
  2. parity: the same frames, the same z0, the search on CPU and on CUDA (TF32 off)
@@ -19,8 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +41,10 @@ from anogan_inspect.search import (
     score_parts,
     search,
 )
+from bench.common import git_version
 
 ROOT = Path(__file__).resolve().parent.parent
+CUDA_EP = "CUDAExecutionProvider"
 # "cuda" on the GPU machine; `--device cpu` dry-runs the script here with small sizes.
 DEVICE = "cuda"
 
@@ -187,7 +195,9 @@ def parity(bundle: Path, frames: int = 64, steps: int = 50) -> dict:
 
 
 def fast_path(bundle: Path) -> dict:
-    """ONNX Runtime fast path frames/s at batch 256 on CPU and (if available) CUDA."""
+    """ONNX Runtime fast path frames/s at batch 256 on CPU, and on CUDA only when a session
+    really got the CUDA provider (a "cuda" session without it is the CPU again: not timed
+    under a CUDA label); `cuda_note` says why not."""
     import onnxruntime as ort
 
     from anogan_inspect.bundle import read_bundle
@@ -195,9 +205,20 @@ def fast_path(bundle: Path) -> dict:
 
     b = read_bundle(bundle)
     x = (np.random.default_rng(0).random((256, *b.image_shape), dtype=np.float32) * 2 - 1)
-    out = {"available_providers": ort.get_available_providers()}
-    for device in ("cpu", "cuda"):
-        path = FastPath(b, b.search_config.lam, device)
+    available = ort.get_available_providers()
+    out = {"available_providers": available, "cuda_ep": False}
+    paths = {"cpu": FastPath(b, b.search_config.lam, "cpu")}
+    if CUDA_EP not in available:
+        out["cuda_note"] = f"CUDA EP absent (onnxruntime has providers {', '.join(available)})"
+    elif not (DEVICE.startswith("cuda") and torch.cuda.is_available()):
+        out["cuda_note"] = "CUDA EP not used: no CUDA device here"
+    else:
+        paths["cuda"] = FastPath(b, b.search_config.lam, DEVICE)
+        out["cuda_ep"] = CUDA_EP in paths["cuda"].providers
+        if not out["cuda_ep"]:
+            out["cuda_note"] = (f"CUDA EP did not load (session providers "
+                                f"{', '.join(paths.pop('cuda').providers)})")
+    for device, path in paths.items():
         out[f"{device}_providers"] = path.providers
         for _ in range(3):
             path.score_batch(x)
@@ -209,20 +230,44 @@ def fast_path(bundle: Path) -> dict:
     return out
 
 
-def attempt(results: dict, name: str, fn, *args, **kwargs):
-    """Run one step; record its result or its error, never stop the whole check."""
-    log(f"{name} ...")
-    started = time.perf_counter()
-    try:
-        results[name] = fn(*args, **kwargs)
-    except Exception as err:  # a failed step is a finding, not a reason to lose the rest
-        traceback.print_exc()
-        results[name] = {"error": f"{type(err).__name__}: {err}"}
-    log(f"{name} done in {time.perf_counter() - started:.1f} s")
-    return results[name]
+def card_slug(gpu: str) -> str:
+    """'NVIDIA H200' → 'h200', 'NVIDIA H100 80GB HBM3' → 'h100-80gb-hbm3': a file name part."""
+    name = re.sub(r"^nvidia\s+", "", gpu.strip().lower())
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "unknown"
 
 
-def main() -> int:
+@dataclass
+class Recorder:
+    """The check's results, rewritten to `path` after every step (atomically: a timeout or
+    a crash leaves the last complete file, never half of one)."""
+
+    path: Path
+    results: dict
+    started: float = field(default_factory=time.perf_counter)
+
+    def save(self, finished: bool = False) -> None:
+        self.results["wall_seconds"] = time.perf_counter() - self.started
+        self.results["finished"] = finished
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(self.results, indent=2, default=float))
+        os.replace(partial, self.path)
+
+    def attempt(self, name: str, fn, *args, into: dict | None = None, **kwargs):
+        """Run one step; record its result or its error, never stop the whole check."""
+        target = self.results if into is None else into
+        log(f"{name} ...")
+        started = time.perf_counter()
+        try:
+            target[name] = fn(*args, **kwargs)
+        except Exception as err:  # a failed step is a finding, not a reason to lose the rest
+            traceback.print_exc()
+            target[name] = {"error": f"{type(err).__name__}: {err}"}
+        log(f"{name} done in {time.perf_counter() - started:.1f} s")
+        self.save()
+        return target[name]
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed-epochs", type=int, default=30)
@@ -232,30 +277,34 @@ def main() -> int:
     parser.add_argument("--skip-engine", action="store_true", help="no engine timings")
     parser.add_argument("--work", type=Path, help="where bundles are trained (default OUT/work)")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the script")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     global DEVICE
     DEVICE = args.device
     args.out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name(0) if DEVICE.startswith("cuda") else "none (dry run)"
-    results: dict = {"gpu": gpu, "torch": torch.__version__,
-                     "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                       time.gmtime())}
-    log(f"{results['gpu']}, torch {results['torch']}, CUDA {results['cuda']}")
+    slug = card_slug(gpu) if DEVICE.startswith("cuda") else "dry-run"
+    recorder = Recorder(args.out / f"gpu-check-{slug}.json", {
+        "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(["python -m bench.gpu_check",
+                             *(sys.argv[1:] if argv is None else argv)]), **git_version()})
+    results, attempt = recorder.results, recorder.attempt
+    log(f"{gpu}, torch {results['torch']}, CUDA {results['cuda']} → {recorder.path}")
+    recorder.save()
     work = args.work or args.out / "work"
-    default_bundle = attempt(results, "train_default", lambda: str(train(
+    default_bundle = attempt("train_default", lambda: str(train(
         work, "default", 20, ["--encoder-epochs", "20", "--steps", "20"])))
-    seed_bundle = attempt(results, "train_seed", lambda: str(train(
+    seed_bundle = attempt("train_seed", lambda: str(train(
         work, "seed", args.seed_epochs, ["--no-encoder", "--steps", "20"])))
     if isinstance(seed_bundle, str):
-        attempt(results, "seed_eval", evaluate_seed, Path(seed_bundle), args.out,
-                args.eval_steps)
+        attempt("seed_eval", evaluate_seed, Path(seed_bundle), args.out, args.eval_steps)
         export_seed_weights(work / "run-seed", args.out)
     if isinstance(default_bundle, str):
-        attempt(results, "parity", parity, Path(default_bundle))
-    rates = attempt(results, "matmul_tflops", matmul_rates, args.matmul_size)
+        attempt("parity", parity, Path(default_bundle))
+    rates = attempt("matmul_tflops", matmul_rates, args.matmul_size)
     seed_run = work / "run-seed" if (work / "run-seed" / "checkpoint.pt").exists() else None
     models = seed_models(seed_run)
-    flops = attempt(results, "flops_per_frame_step", flops_per_frame_step, models)
+    flops = attempt("flops_per_frame_step", flops_per_frame_step, models)
     engine = results.setdefault("engine", {})
     for capacity in () if args.skip_engine else (int(c) for c in args.capacities.split(",")):
         for variant in ("fp32", "tf32", "bf16", "cuda_graph_fp32", "cuda_graph_tf32"):
@@ -265,12 +314,13 @@ def main() -> int:
             else:
                 dtype = torch.bfloat16 if variant == "bf16" else None
                 fn = lambda c=capacity, d=dtype: engine_rate(models, c, d)  # noqa: E731
-            attempt(engine, f"{variant}@{capacity}", fn)
+            attempt(f"{variant}@{capacity}", fn, into=engine)
     set_tf32(False)
     if isinstance(default_bundle, str):
-        attempt(results, "fast_path", fast_path, Path(default_bundle))
-    (args.out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=float))
+        attempt("fast_path", fast_path, Path(default_bundle))
+    recorder.save(finished=True)
     print_table(results, rates, flops)
+    log(f"wrote {recorder.path} ({results['wall_seconds']:.0f} s in all)")
     return 0
 
 
@@ -314,7 +364,20 @@ def print_table(results: dict, rates, flops) -> None:
         base = rates.get("bf16" if "bf16" in name else "tf32" if "tf32" in name else "fp32",
                          float("nan")) if isinstance(rates, dict) else float("nan")
         print(f"{name:<26} {value:14.0f} {tflops:9.2f} {100 * tflops / base:11.1f}%")
-    print(f"fast path: {results.get('fast_path')}")
+    print(fast_path_line(results.get("fast_path")))
+
+
+def fast_path_line(fast: dict | None) -> str:
+    """The fast path's line of the final table, saying plainly when CUDA was not measured."""
+    if not isinstance(fast, dict) or "error" in fast:
+        return f"fast path: not measured ({(fast or {}).get('error', 'no default bundle')})"
+    line = f"fast path (ONNX Runtime, batch 256): CPU EP {fast['cpu_frames_per_s']:.0f} frames/s"
+    if not fast.get("cuda_ep"):
+        providers = ", ".join(fast["available_providers"])
+        return f"{line}; " + fast.get("cuda_note",
+                                      f"CUDA EP absent (onnxruntime has providers {providers})")
+    return (f"{line}; CUDA EP {fast['cuda_frames_per_s']:.0f} frames/s "
+            f"(session providers {', '.join(fast['cuda_providers'])})")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Every stream sends its frames as fast as the server takes them (no rate limit). 
 the client's: from sending a frame to its final result, reported per deciding stage (FAST:
 the fast path decided; SEARCH: the latent search did). SEARCH efficiency = server frames/s ÷
 the engine's frames/s on the same frames and steps without gRPC (``bench.engine_bench``),
-measured in this section before the server starts.
+measured in this section before the server starts. mean_batch = the server engine's
+slot-steps ÷ engine steps during the run, from GetServerStats before and after it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ TARGET_STREAMS = 8  # the issue's target: SEARCH efficiency with 8 streams
 START_TIMEOUT_S, STOP_TIMEOUT_S = 120.0, 60.0
 COLUMNS = ["mode", "streams", "frames", "seconds", "frames_per_s", "fast_frames",
            "fast_p50_ms", "fast_p99_ms", "search_frames", "search_p50_ms", "search_p99_ms",
-           "efficiency_vs_engine", "problems"]
+           "mean_batch", "efficiency_vs_engine", "problems"]
 
 
 def digit_frames(n_frames: int) -> list[SourceFrame]:
@@ -43,9 +44,17 @@ def digit_frames(n_frames: int) -> list[SourceFrame]:
     return [frames[i % len(frames)] for i in range(n_frames)]
 
 
+async def engine_counters(stub: pb_grpc.InspectionServiceStub) -> tuple[int, int]:
+    """(engine steps, slot-steps) of the server's search engines so far, all models."""
+    response = await stub.GetServerStats(pb.GetServerStatsRequest())
+    return (sum(m.search_batches for m in response.models),
+            sum(m.search_slot_steps for m in response.models))
+
+
 async def stream_frames(target: str, frames: list[SourceFrame], streams: int, mode: str,
-                        steps: int) -> tuple[list[Record], list[str], float]:
-    """Send frames round-robin over concurrent streams: (records, problems, seconds)."""
+                        steps: int) -> tuple[list[Record], list[str], float, float | None]:
+    """Send frames round-robin over concurrent streams: (records, problems, seconds, the
+    server engine's mean batch over the run, None when it ran no search step)."""
     config = pb.InspectionConfig(mode=MODES[mode], search_steps=steps)
     per_stream: list[list[tuple[int, SourceFrame]]] = [[] for _ in range(streams)]
     for sequence, frame in enumerate(frames):
@@ -53,13 +62,17 @@ async def stream_frames(target: str, frames: list[SourceFrame], streams: int, mo
     async with grpc.aio.insecure_channel(target) as channel:
         await asyncio.wait_for(channel.channel_ready(), START_TIMEOUT_S)
         stub = pb_grpc.InspectionServiceStub(channel)
+        batches_before, slot_steps_before = await engine_counters(stub)
         started = time.perf_counter()
         reports = await asyncio.gather(*(run_stream(stub, i, part, config, None, lambda r: None)
                                          for i, part in enumerate(per_stream) if part))
         seconds = time.perf_counter() - started
+        batches, slot_steps = await engine_counters(stub)
+    batches -= batches_before
+    mean_batch = (slot_steps - slot_steps_before) / batches if batches else None
     records = [r for report in reports for r in report.records]
     problems = [p for report in reports for p in report.problems]
-    return records, problems, seconds
+    return records, problems, seconds, mean_batch
 
 
 def latency_summary(records: list[Record], stage: str) -> dict:
@@ -76,12 +89,12 @@ def latency_summary(records: list[Record], stage: str) -> dict:
 def measure(target: str, frames: list[SourceFrame], streams: int, mode: str, steps: int
             ) -> dict:
     """One run: throughput and per-stage latency of one mode over some streams."""
-    records, problems, seconds = asyncio.run(stream_frames(target, frames, streams, mode,
-                                                           steps))
+    records, problems, seconds, mean_batch = asyncio.run(stream_frames(target, frames,
+                                                                       streams, mode, steps))
     errors = sum(r.error is not None for r in records)
     return {"mode": mode, "streams": streams, "frames": len(records), "seconds": seconds,
             "frames_per_s": len(records) / seconds, **latency_summary(records, "FAST"),
-            **latency_summary(records, "SEARCH"), "errors": errors,
+            **latency_summary(records, "SEARCH"), "mean_batch": mean_batch, "errors": errors,
             "problems": len(problems) + errors}
 
 
@@ -139,5 +152,7 @@ def notes(engine: dict, efficiency: dict[int, float], steps: int, exit_code: int
             f"SEARCH and CASCADE search {steps} steps. The engine alone did "
             f"{engine['frames_per_s']:.1f} frames/s on {engine['frames']} digits at {steps} "
             f"steps in the same run; SEARCH efficiency (server ÷ engine): {by_streams}. "
+            f"mean_batch: the server engine's slot-steps ÷ engine steps during the run "
+            f"(GetServerStats). "
             f"Server exit status after SIGTERM: {exit_code}"
             f"{'' if exit_code == 0 else ' (expected 0)'}.")

@@ -1,25 +1,41 @@
 """The benchmark sections: the FLOP counter against hand counts, table columns, and every
-section's run in quick mode on the tiny bundle (behaviour only: no timing assertions)."""
+section's run in quick mode on the tiny bundle (behaviour only: no timing assertions); the
+targets table; the GPU check's CPU-testable parts."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from anogan_inspect.networks import PRESETS
-from bench import ceilings, engine_bench, scaling, server_bench
-from bench.common import Context, markdown_table
+from anogan_inspect.networks import PRESETS, Discriminator, Generator
+from bench import ceilings, engine_bench, gpu_check, quality, scaling, server_bench, versus_seed
+from bench.__main__ import ensure_seed_run, render, targets
+from bench.common import Context, git_version, markdown_table
+
+# The seed's method on tiny networks: its BatchNorm discriminator, untrained (the sections'
+# behaviour is under test, not the scores).
+TINY_SEED = dataclasses.replace(PRESETS["tiny"], disc_norm="batch", leaky_slope=0.1)
 
 
 @pytest.fixture(scope="module")
 def ctx(tiny_bundle, tmp_path_factory) -> Context:
-    """Quick mode on the tiny bundle; one context so its models and test set load once."""
+    """Quick mode on the tiny bundle, with a tiny stand-in for the seed's networks; one
+    context so its models and test set load once."""
     out = tmp_path_factory.mktemp("bench")
+    seed_run = out / "seed-run"
+    seed_run.mkdir()
+    torch.manual_seed(0)
+    torch.save({"model_config": TINY_SEED.to_dict(), "source": "untrained, for tests",
+                "generator": Generator(TINY_SEED).state_dict(),
+                "discriminator": Discriminator(TINY_SEED).state_dict()},
+               seed_run / "checkpoint.pt")
     return Context(bundle_path=tiny_bundle, device="cpu", quick=True, out_dir=out,
-                   seed_run=out / "unused")
+                   seed_run=seed_run)
 
 
 def table_columns(table: str) -> list[str]:
@@ -132,6 +148,9 @@ def test_server_bench_one_stream(ctx):
         assert (r["frames"], r["streams"], r["problems"]) == (16, 1, 0)
         assert r["fast_frames"] + r["search_frames"] == 16
     assert rows["FAST"]["search_frames"] == 0 and rows["SEARCH"]["fast_frames"] == 0
+    # the server engine's mean batch, from GetServerStats: none without search steps
+    assert rows["FAST"]["mean_batch"] is None
+    assert 1 <= rows["SEARCH"]["mean_batch"] <= 16
     assert rows["FAST"]["fast_p50_ms"] <= rows["FAST"]["fast_p99_ms"]
     assert finite_positive(rows["SEARCH"]["efficiency_vs_engine"])
     assert rows["FAST"]["efficiency_vs_engine"] is None
@@ -148,3 +167,90 @@ def test_scaling_quick(ctx):
     assert gflop[(64, 32)] > gflop[(32, 32)] > gflop[(32, 16)]
     base = result["rows"][0]
     assert base["relative_cost"] == 1.0
+
+
+def test_versus_seed_quick(ctx):
+    result = versus_seed.run(ctx)
+    check_section(result, ["method", "batch", "frame_steps_per_s", "speedup"])
+    seed, five, sixty_four = result["rows"]
+    assert (seed["batch"], five["batch"], sixty_four["batch"]) == (5, 5, 64)
+    assert seed["speedup"] == 1.0
+    assert finite_positive(result["seed_frame_steps_per_s"])
+    assert result["engine_speedup_same_networks"] == sixty_four["speedup"]
+    assert sixty_four["speedup"] == pytest.approx(
+        sixty_four["frame_steps_per_s"] / seed["frame_steps_per_s"])
+
+
+def test_quality_quick_and_targets(ctx):
+    result = quality.run(ctx)
+    check_section(result, ["method", "steps", "frames_per_s", "frame_steps_per_s",
+                           "auroc_subset", "auroc_all", "speedup_vs_seed"])
+    methods = [r["method"] for r in result["rows"]]
+    assert methods[0].startswith("seed's method") and methods[1].startswith("fast path")
+    assert methods[-1].startswith("cascade")
+    assert [r["steps"] for r in result["rows"][2:-1]] == list(quality.QUICK_BUDGETS)
+    assert result["rows"][0]["speedup_vs_seed"] == 1.0
+    assert result["rows"][0]["auroc_all"] is None  # the seed's method: subset only
+    for r in result["rows"]:
+        assert 0.0 <= r["auroc_subset"] <= 1.0
+    shares = result["shares"]
+    assert shares["subset_size"] == 30 and shares["test_size"] == 300  # 10 per label
+    for key in ("normal_decided_without_search", "anomalous_decided_without_search"):
+        assert 0.0 <= shares[key] <= 1.0
+
+    rows = {r["target"].split(":")[0].split(" (")[0]: r for r in targets({"quality": result})}
+    seed, cascade = result["rows"][0], result["rows"][-1]
+    speed = rows["cascade ≥ 20× the seed's method in frames/s"]
+    assert speed["measured"] == pytest.approx(cascade["frames_per_s"] / seed["frames_per_s"])
+    auroc = rows["cascade AUROC ≥ the seed's method"]
+    assert auroc["measured"] == pytest.approx(cascade["auroc_subset"] - seed["auroc_subset"])
+    assert "cascade − seed AUROC" in auroc["target"]  # a difference, and the label says so
+    assert f"{cascade['auroc_subset']:.3f} − {seed['auroc_subset']:.3f}" in auroc["target"]
+    assert rows["engine ≥ 3× the seed's loop in frame-steps/s"]["met"] is None  # not run
+
+
+def test_render_records_code_version_and_seed_source(ctx):
+    source = ensure_seed_run(ctx.seed_run, quick=True, device="cpu")
+    assert "untrained, for tests" in source  # an existing checkpoint is described, not replaced
+    meta = {"name": "t", "date": "d", "command": "c", "device": "cpu", "bundle": "b",
+            "seed_run": str(ctx.seed_run), "seed_source": source, "results_dir": ctx.out_dir,
+            "machine": {"cpu": "x", "cores": 2, "torch": "t", "torch_threads": 2,
+                        "onnxruntime": "o", "gpu": None, **git_version()}}
+    markdown = render({"targets": targets({})}, meta)
+    assert f"- code: git `{git_version()['git_describe'] or 'unknown'}`" in markdown
+    assert source in markdown
+
+
+def test_gpu_check_card_slug():
+    assert gpu_check.card_slug("NVIDIA H200") == "h200"
+    assert gpu_check.card_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+    assert gpu_check.card_slug("  ") == "unknown"
+
+
+def test_gpu_check_saves_after_every_step(tmp_path):
+    recorder = gpu_check.Recorder(tmp_path / "gpu-check-x.json", {"gpu": "x"})
+    recorder.attempt("first", lambda: 1.5)
+    saved = json.loads(recorder.path.read_text())
+    assert saved["first"] == 1.5 and saved["finished"] is False
+    assert saved["wall_seconds"] >= 0
+    nested = recorder.results.setdefault("engine", {})
+    recorder.attempt("broken@8", lambda: 1 / 0, into=nested)
+    saved = json.loads(recorder.path.read_text())
+    assert saved["engine"]["broken@8"]["error"].startswith("ZeroDivisionError")
+    recorder.save(finished=True)
+    assert json.loads(recorder.path.read_text())["finished"] is True
+    assert [p.name for p in tmp_path.iterdir()] == ["gpu-check-x.json"]  # no partial left
+
+
+def test_gpu_check_fast_path_line_says_when_cuda_was_not_measured(tiny_bundle, monkeypatch):
+    monkeypatch.setattr(gpu_check, "DEVICE", "cpu")  # the dry run: the CPU provider only
+    fast = gpu_check.fast_path(tiny_bundle)
+    assert finite_positive(fast["cpu_frames_per_s"])
+    assert not fast["cuda_ep"] and "cuda_frames_per_s" not in fast  # no CPU run labelled CUDA
+    assert fast["cuda_note"] in gpu_check.fast_path_line(fast)
+    cpu_only = {"available_providers": ["AzureExecutionProvider", "CPUExecutionProvider"],
+                "cuda_ep": False, "cpu_frames_per_s": 2268.1}  # as in gpu-check-h200.json
+    line = gpu_check.fast_path_line(cpu_only)
+    assert line.endswith("CUDA EP absent (onnxruntime has providers AzureExecutionProvider, "
+                         "CPUExecutionProvider)")
+    assert "{" not in line  # a sentence, not a dict
