@@ -35,6 +35,12 @@ MODULES = {"engine": "bench.engine_bench", "server": "bench.server_bench"}
 COMMITTED_SEED = ROOT / "bench" / "seed_networks.pt"
 
 
+def shown(path: Path) -> str:
+    """A path as the results show it: relative to the repository when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def ensure_seed_run(seed_run: Path, quick: bool, device: str) -> str:
     """Give seed_run a checkpoint: the committed seed networks, else train the seed preset.
     Returns where its weights came from (recorded with the results: an existing fp32
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         seed_source = ensure_seed_run(args.seed_run, args.quick, args.device)
     ctx = Context(args.bundle, args.device, args.quick, out_dir, args.seed_run)
     meta = {"name": name, **header(["python", "-m", "bench", *(argv or sys.argv[1:])]),
-            "device": args.device, "bundle": str(args.bundle), "seed_run": str(args.seed_run),
+            "device": args.device, "bundle": str(args.bundle), "seed_run": shown(args.seed_run),
             "seed_source": seed_source,
             "quick": args.quick, "results_dir": results_dir}
     results: dict = {}
