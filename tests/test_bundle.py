@@ -26,6 +26,7 @@ from anogan_inspect.onnxrt import make_session
 from tests.conftest import TEST_CSV, TINY_STEPS, TRAIN_CSV
 from trainer import export as export_module
 from trainer.cli import main as train_main
+from trainer.train import Networks, TrainConfig, Trainer
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -132,20 +133,25 @@ def test_evaluate_writes_report_plots_and_grid(tiny_bundle, tmp_path, capsys):
     assert "AUROC" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("steps", [TINY_STEPS, 2])
-def test_evaluate_flags_a_step_budget_unlike_the_threshold(tiny_bundle, tmp_path, caplog, steps):
+@pytest.mark.parametrize("steps, start", [(TINY_STEPS, "encoder"), (2, "encoder"),
+                                         (TINY_STEPS, "random")])
+def test_evaluate_flags_a_search_unlike_the_thresholds(tiny_bundle, tmp_path, caplog, steps,
+                                                       start):
     rows = gzip.decompress(TEST_CSV.read_bytes()).decode().splitlines()[:41]  # 13 x 7/8, 4 x 2
     data = write_text(tmp_path / "digits.csv", "\n".join(rows) + "\n")
     out = tmp_path / "report"
     with caplog.at_level(logging.WARNING, logger="anogan-train"):
         code = train_main(["evaluate", "--bundle", str(tiny_bundle), "--data", str(data),
                            "--normal-labels", "7,8", "--anomaly-labels", "2",
-                           "--steps", str(steps), "--out", str(out), "--device", "cpu"])
+                           "--steps", str(steps), "--start", start, "--out", str(out),
+                           "--device", "cpu"])
     assert code == 0
     threshold = json.loads((out / "report.json").read_text())["threshold"]
-    assert threshold["calibrated_steps"] == TINY_STEPS and threshold["evaluated_steps"] == steps
-    warned = "threshold calibrated at a different step budget" in caplog.text
-    assert warned == (steps != TINY_STEPS)
+    assert (threshold["calibrated_steps"], threshold["calibrated_start"]) == (TINY_STEPS,
+                                                                              "encoder")
+    assert (threshold["evaluated_steps"], threshold["evaluated_start"]) == (steps, start)
+    warned = "threshold calibrated for another search" in caplog.text
+    assert warned == ((steps, start) != (TINY_STEPS, "encoder"))
 
 
 def test_bundle_without_encoder(tiny_bundle_no_encoder):
@@ -221,3 +227,29 @@ def test_resume_continues_from_checkpoint(tmp_path):
     second = torch.load(run / "checkpoint.pt", weights_only=False)
     assert second["gan_epoch"] == 2 and len(second["history"]) > len(first["history"])
     assert (run / "samples" / "gan_epoch_002.png").exists()
+
+
+@pytest.mark.parametrize("stop_after", [(1, 0), (2, 1)], ids=["in-gan", "in-encoder"])
+def test_resumed_training_equals_uninterrupted(tmp_path, stop_after):
+    """Epoch orders, z draws and optimiser states all come back from the checkpoint."""
+    model = PRESETS["tiny"]
+    images = torch.rand(48, model.channels, model.image_size, model.image_size) * 2 - 1
+
+    def run(epochs: int, encoder_epochs: int, name: str, resume: str | None = None) -> Trainer:
+        cfg = TrainConfig(epochs=epochs, encoder_epochs=encoder_epochs, batch_size=16,
+                          bn_recalibration_batches=2)
+        trainer = Trainer(Networks.build(model, cfg.seed), cfg, tmp_path / name,
+                          torch.device("cpu"))
+        if resume:
+            trainer.load_checkpoint(tmp_path / resume / "checkpoint.pt")
+        trainer.train_gan(images)
+        trainer.train_encoder(images)
+        return trainer
+
+    straight = run(2, 2, "straight")
+    run(*stop_after, "interrupted")
+    resumed = run(2, 2, "resumed", resume="interrupted")
+    for name in ("generator", "discriminator", "encoder"):
+        for a, b in zip(getattr(straight.nets, name).parameters(),
+                        getattr(resumed.nets, name).parameters()):
+            assert torch.equal(a, b), name

@@ -510,3 +510,10 @@ def test_heldout_split_edges() -> None:
         heldout_split(10, 1.0)
     with pytest.raises(ValueError):
         heldout_split(10, -0.1)
+
+
+def test_label_filters_on_non_csv_data_are_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((2, 4, 4), np.uint8))
+    for path in (tmp_path / "x.npy", tmp_path):
+        with pytest.raises(DatasetError, match="select rows of a CSV file"):
+            load_dataset(path, normal_labels=[7])

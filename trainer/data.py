@@ -473,10 +473,15 @@ def load_dataset(
 ) -> ImageSet:
     """Load ``.csv``/``.csv.gz``, ``.npy`` or an image folder, chosen by path type.
 
-    ``split`` applies to folders only; the label sets apply to CSV files only.
+    ``split`` applies to folders only; the label sets apply to CSV files only (asking for
+    them with anything else is a DatasetError rather than a filter silently not applied).
     """
     path = Path(path)
     name = path.name.lower()
+    if (normal_labels or anomaly_labels) and not name.endswith((".csv", ".csv.gz")):
+        raise DatasetError(f"{path}: --normal-labels/--anomaly-labels select rows of a CSV "
+                           "file; folders use good/<defect> folders and .npy arrays are all "
+                           "normal")
     if path.is_dir():
         return load_folder(path, split)
     if name.endswith((".csv", ".csv.gz")):

@@ -76,14 +76,17 @@ class Trainer:
         self.history: list[dict] = []
         self.fixed_z = torch.randn(64, nets.model.latent_dim,
                                    generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+        # Epoch orders come from these; their states (and the global RNG that draws the
+        # GAN's z) go into every checkpoint, so a resumed run equals an uninterrupted one.
+        self.gan_order = torch.Generator().manual_seed(cfg.seed)
+        self.encoder_order = torch.Generator().manual_seed(cfg.seed + 1000)
 
     # -- GAN ---------------------------------------------------------------------------------
 
     def train_gan(self, images: torch.Tensor) -> None:
         """Adversarial training on images (N, C, S, S) in [-1, 1] up to cfg.epochs."""
-        generator = torch.Generator().manual_seed(self.cfg.seed + self.gan_epoch)
         while self.gan_epoch < self.cfg.epochs:
-            order = torch.randperm(images.shape[0], generator=generator)
+            order = torch.randperm(images.shape[0], generator=self.gan_order)
             bar = tqdm(range(0, len(order), self.cfg.batch_size), leave=False,
                        desc=f"GAN epoch {self.gan_epoch + 1}/{self.cfg.epochs}")
             totals = {"loss_d": 0.0, "loss_g": 0.0}
@@ -154,10 +157,9 @@ class Trainer:
         f = FeatureExtractor(self.nets.discriminator).eval()
         for net in (G, self.nets.discriminator):
             net.requires_grad_(False)
-        generator = torch.Generator().manual_seed(self.cfg.seed + 1000 + self.encoder_epoch)
         while self.encoder_epoch < self.cfg.encoder_epochs:
             E.train()
-            order = torch.randperm(images.shape[0], generator=generator)
+            order = torch.randperm(images.shape[0], generator=self.encoder_order)
             bar = tqdm(range(0, len(order), self.cfg.batch_size), leave=False,
                        desc=f"encoder epoch {self.encoder_epoch + 1}/{self.cfg.encoder_epochs}")
             total = 0.0
@@ -210,6 +212,10 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "opt_e": self.opt_e.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "gan_order": self.gan_order.get_state(),
+                    "encoder_order": self.encoder_order.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                    else []},
         }
         path = self.run_dir / "checkpoint.pt"
         tmp = path.with_suffix(".pt.tmp")
@@ -217,7 +223,7 @@ class Trainer:
         tmp.replace(path)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Resume: weights, optimiser states and epoch counters."""
+        """Resume: weights, optimiser states, epoch counters and random states."""
         state = torch.load(path, map_location=self.device, weights_only=False)
         saved = ModelConfig.from_dict(state["model_config"])
         if saved != self.nets.model:
@@ -228,5 +234,15 @@ class Trainer:
             getattr(self, name).load_state_dict(state[name])
         self.gan_epoch, self.encoder_epoch = state["gan_epoch"], state["encoder_epoch"]
         self.history = state["history"]
+        rng = state.get("rng")
+        if rng is None:
+            log.warning("%s has no random states (an older checkpoint): the resumed run will "
+                        "not equal an uninterrupted one", path)
+        else:
+            torch.set_rng_state(rng["torch"].cpu())
+            self.gan_order.set_state(rng["gan_order"].cpu())
+            self.encoder_order.set_state(rng["encoder_order"].cpu())
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         log.info("resumed from %s at GAN epoch %d, encoder epoch %d",
                  path, self.gan_epoch, self.encoder_epoch)
