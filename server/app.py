@@ -96,7 +96,11 @@ class InspectionServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await asyncio.sleep(self.config.drain_delay_seconds)
         self.service.start_draining()
-        await self.server.stop(self.config.grace_seconds)
+        if not await self.service.wait_idle(self.config.grace_seconds):
+            log.warning("grace period over: cancelling the calls still in progress")
+        # Ends what is left at once: health Watch streams (clients' health checks hold one
+        # open for as long as they are connected) and any call past the grace period.
+        await self.server.stop(0)
         for model in self.models.values():
             model.stop()
         self._stopped.set()

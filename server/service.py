@@ -15,6 +15,7 @@ more than the work).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -63,21 +64,46 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         self.draining = False
         self.invalid_frames = {name: 0 for name in models}
         self._readers: set[asyncio.Task] = set()  # one per open stream
+        self._calls = 0  # Inspect and StreamInspect calls in progress
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def start_draining(self) -> None:
-        """Refuse new frames; open streams finish the frames they have, then end."""
+        """Refuse new calls and frames; open streams finish the frames they have, then end."""
         self.draining = True
         for reader in self._readers:
             reader.cancel()
 
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no Inspect or StreamInspect call is left; False after `timeout` s."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:  # TimeoutError itself only from Python 3.11
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def _call(self):
+        self._calls += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            if not self._calls:
+                self._idle.set()
+
     # -- unary -------------------------------------------------------------------------------
 
     async def Inspect(self, request: pb.InspectRequest, context) -> pb.InspectResponse:
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
         try:
             options = self._options(request.config)
         except StreamError as err:
             await context.abort(err.code, err.message)
-        result = await self._score(request.frame, options, None)
+        with self._call():
+            result = await self._score(request.frame, options, None)
         if result.HasField("error"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.error.message)
         return pb.InspectResponse(result=result)
@@ -112,6 +138,15 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     # -- streaming ---------------------------------------------------------------------------
 
     async def StreamInspect(self, request_iterator, context):
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, DRAINING)
+        with self._call():
+            # aclosing: a cancelled call closes the inner generator now, freeing its slots.
+            async with contextlib.aclosing(self._stream(request_iterator, context)) as stream:
+                async for response in stream:
+                    yield response
+
+    async def _stream(self, request_iterator, context):
         out: asyncio.Queue = asyncio.Queue()
         ordered: asyncio.Queue = asyncio.Queue()
         in_flight = asyncio.Semaphore(self.max_in_flight)

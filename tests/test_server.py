@@ -385,3 +385,22 @@ def test_server_says_when_its_port_is_taken(tiny_bundle):
     assert proc.returncode == 2
     assert f"cannot listen on [::]:{port}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_open_health_watch_does_not_hold_the_drain(tiny_bundle, tmp_path):
+    proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
+                         "--grace", "300", "--drain-delay", "0", cwd=ROOT)
+    try:
+        with proc.channel() as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            proc.terminate()
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # No Inspect call is left, so the drain ends at once, not after the 300 s grace:
+            # the watch is cancelled by the server and the process exits 0.
+            with pytest.raises(grpc.RpcError):
+                next(watch)
+        assert proc.stop(timeout=120) == 0
+        assert "grace period over" not in proc.log_path.read_text()
+    finally:
+        proc.stop(timeout=10)
