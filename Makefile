@@ -52,6 +52,7 @@ demo: install $(BUNDLE)/manifest.json
 
 proto: install
 	$(PY) proto/generate.py
+	$(PY) proto/generate.py --descriptor-set gen/inspection.binpb
 
 proto-check: install
 	$(PY) proto/generate.py --check

@@ -26,6 +26,7 @@ from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
 from clients.sources import SourceFrame, csv_frames, folder_frames, generated_frames
 from trainer.data import DatasetError
+from trainer.scoring import save_roc_plot
 
 MODES = {"fast": pb.MODE_FAST, "search": pb.MODE_SEARCH, "cascade": pb.MODE_CASCADE,
          "default": pb.MODE_UNSPECIFIED}
@@ -248,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ask for provisional fast-path results before the final ones")
     parser.add_argument("--jsonl", type=Path, help="write one JSON line per result")
     parser.add_argument("--summary-json", type=Path, help="write the summary as JSON")
+    parser.add_argument("--roc", type=Path, metavar="PNG",
+                        help="with labels: write the ROC curve of the scores as a PNG")
     parser.add_argument("--every", type=int, default=1, help="print every N-th result")
     parser.add_argument("--quiet", action="store_true", help="print the summary only")
     parser.add_argument("--fail-on-error", action="store_true",
@@ -274,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
                 out.write(json.dumps(asdict(record)) + "\n")
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    if args.roc and "auroc" in summary:
+        labelled = [r for r in records if r.error is None and r.is_anomaly is not None]
+        save_roc_plot({"server scores": (np.array([r.score for r in labelled]),
+                                         np.array([r.is_anomaly for r in labelled]))},
+                      args.roc, f"{args.target}: {len(labelled)} frames")
     print_summary(summary)
     for problem in problems:
         print(f"anogan-client: {problem}", file=sys.stderr)

@@ -27,26 +27,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", action="append", type=parse_bundle, required=True,
                         metavar="[NAME=]PATH",
                         help="bundle to serve (repeat; the first is the default)")
-    parser.add_argument("--host", default="[::]")
-    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    parser.add_argument("--host", default=ServerConfig.host)
+    parser.add_argument("--port", type=int, default=ServerConfig.port, help="0 picks a free port")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the torch models live (default: cuda when present)")
-    parser.add_argument("--max-batch", type=int, default=64, help="search engine slots")
-    parser.add_argument("--fast-max-batch", type=int, default=64, help="fast-path batch")
+    parser.add_argument("--max-batch", type=int, default=EngineOptions.max_batch,
+                        help="search engine slots")
+    parser.add_argument("--fast-max-batch", type=int, default=EngineOptions.fast_max_batch,
+                        help="fast-path batch")
     parser.add_argument("--steps", type=int, help="search steps (default: the bundle's)")
     parser.add_argument("--search-lr", type=float, help="search learning rate")
     parser.add_argument("--patience", type=int,
                         help="early stopping: steps without improvement (0: off)")
-    parser.add_argument("--ort-threads", type=int, default=1,
+    parser.add_argument("--ort-threads", type=int, default=EngineOptions.ort_threads,
                         help="ONNX Runtime intra-op threads (0: one per core)")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
-    parser.add_argument("--parity-tolerance", type=float, default=1e-3)
+    parser.add_argument("--parity-tolerance", type=float,
+                        default=EngineOptions.parity_tolerance)
     parser.add_argument("--max-pixels", type=int, default=FrameLimits.max_pixels)
-    parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
-    parser.add_argument("--max-in-flight", type=int, default=256, help="frames per stream")
-    parser.add_argument("--grace", type=float, default=30.0,
+    parser.add_argument("--max-message-bytes", type=int,
+                        default=ServerConfig.max_message_bytes)
+    parser.add_argument("--max-in-flight", type=int, default=ServerConfig.max_in_flight,
+                        help="frames per stream")
+    parser.add_argument("--grace", type=float, default=ServerConfig.grace_seconds,
                         help="on SIGTERM: how long frames in flight may take to finish, s")
-    parser.add_argument("--drain-delay", type=float, default=1.0,
+    parser.add_argument("--drain-delay", type=float, default=ServerConfig.drain_delay_seconds,
                         help="on SIGTERM: report NOT_SERVING but keep serving this long, s")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once listening (for --port 0)")

@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,7 +43,6 @@ class _Item:
     x: np.ndarray
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
-    cancelled: bool = field(default=False)
 
 
 class FastPath:

@@ -96,6 +96,12 @@ class ServedModel:
                      "patience": options.patience}
         self.search_config = dataclasses.replace(
             base, **{k: v for k, v in overrides.items() if v is not None})
+        if self.device.type == "cuda":
+            # TF32 convolutions (cuDNN's default) round to ~1e-3: the search's scores would
+            # no longer match the fast path's within CASCADE_MARGIN, and the cascade would not
+            # be exact. fp32 it is (TF32 would be 3.5x faster on an H200: docs/performance.md).
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.models = load_torch_models(bundle, self.device)
         self.engine = SearchEngine(self.models, self.search_config, bundle.image_shape,
                                    options.max_batch, self.device, bundle.name)

@@ -35,6 +35,7 @@ STAGE_PB = {Stage.FAST: pb.STAGE_FAST, Stage.SEARCH: pb.STAGE_SEARCH}
 INLINE_PIXELS = 128 * 128  # raw frames up to this size are decoded on the event loop
 DRAINING = "server is draining; reconnect to another instance"
 MAX_PAGE_SIZE = 100  # ListModels
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # google.rpc.Code → grpc
 
 
 class StreamError(Exception):
@@ -58,7 +59,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     """InspectionService over a set of resident models."""
 
     def __init__(self, models: dict[str, ServedModel], default_model: str, limits: FrameLimits,
-                 max_in_flight: int = 256):
+                 max_in_flight: int):
         self.models, self.default_model, self.limits = models, default_model, limits
         self.max_in_flight = max_in_flight
         self.draining = False
@@ -105,7 +106,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         with self._call():
             result = await self._score(request.frame, options, None)
         if result.HasField("error"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, result.error.message)
+            await context.abort(STATUS_CODES[result.error.code], result.error.message)
         return pb.InspectResponse(result=result)
 
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.GetModelResponse:

@@ -71,3 +71,11 @@ def test_client_keeps_what_came_back_when_the_server_drains(tiny_bundle, tmp_pat
         assert proc.stop() == 0
     finally:
         proc.stop(timeout=10)
+
+
+def test_client_writes_a_roc_plot(server, tmp_path):
+    roc = tmp_path / "roc.png"
+    code = stream_client.main(["--target", server.target, *DIGITS, "--mode", "fast",
+                               "--quiet", "--roc", str(roc)])
+    assert code == 0
+    assert roc.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and roc.stat().st_size > 1000
