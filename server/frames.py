@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from anogan.v1 import inspection_pb2 as pb
+from anogan_inspect.pixels import image_pixels
 
 RAW_DTYPES = {
     pb.DATA_TYPE_UINT8: (np.dtype("u1"), 255.0),
@@ -89,18 +90,11 @@ def decode_encoded(data: bytes, limits: FrameLimits) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as err:
         raise FrameError(f"cannot decode image: {err}") from err
-    return _pil_to_array(image)
-
-
-def _pil_to_array(image: Image.Image) -> np.ndarray:
-    """Pillow image → (C, H, W) in [0, 1]; 16-bit gray scaled by 65535, the rest by 255."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float32) / 65535.0
-        return np.clip(array, 0.0, 1.0)[None]
-    if image.mode in ("1", "L", "LA"):
-        return (np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[None]
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+    try:
+        pixels = image_pixels(image)
+    except ValueError as err:  # e.g. a 32-bit integer PNG beyond 16 bits
+        raise FrameError(str(err)) from err
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
 def _check_pixels(width: int, height: int, limits: FrameLimits) -> None:

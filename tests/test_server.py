@@ -404,3 +404,19 @@ def test_an_open_health_watch_does_not_hold_the_drain(tiny_bundle, tmp_path):
         assert "grace period over" not in proc.log_path.read_text()
     finally:
         proc.stop(timeout=10)
+
+
+def test_8_and_16_bit_pngs_of_a_digit_score_alike(stub, digits):
+    import io
+
+    from PIL import Image
+
+    pixels = digits[0].pixels[..., 0]
+    eight, sixteen = io.BytesIO(), io.BytesIO()
+    Image.fromarray(pixels).save(eight, format="PNG")
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(sixteen, format="PNG")  # I;16
+    frames = [pb.Frame(frame_id=str(i), sequence=i, encoded=pb.EncodedImage(data=b.getvalue()))
+              for i, b in enumerate((eight, sixteen))]
+    results = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_FAST))
+    assert not any(r.HasField("error") for r in results)
+    assert results[0].score == pytest.approx(results[1].score, rel=1e-5)

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from anogan_inspect.pixels import image_pixels
+
 PathLike = str | os.PathLike[str]
 Index = slice | Sequence[int] | np.ndarray
 
@@ -345,37 +347,16 @@ def _decode_image(file: Path) -> np.ndarray:
     try:
         with Image.open(file) as img:
             img.load()
-            mode, array = _pixels(img)
+            try:
+                return image_pixels(img)
+            except ValueError as exc:  # values outside the storage type's range
+                raise DatasetError(f"{file}: {exc}") from exc
+    except DatasetError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{file}: cannot decode image: {exc}") from exc
     except Image.DecompressionBombError as exc:
         raise DatasetError(f"{file}: image too large: {exc}") from exc
-    return _scale_image(file, mode, array)
-
-
-def _pixels(img: Image.Image) -> tuple[str, np.ndarray]:
-    """Return ``(mode, raw pixel array)``: gray modes as 2-D, everything else as RGB."""
-    mode = img.mode
-    if mode in ("1", "LA", "La"):
-        img, mode = img.convert("L"), "L"
-    elif mode not in ("L", "I", "F") and not mode.startswith("I;16"):
-        img, mode = img.convert("RGB"), "RGB"
-    return mode, np.asarray(img)
-
-
-def _scale_image(file: Path, mode: str, array: np.ndarray) -> np.ndarray:
-    """Scale raw pixels to float32 [0, 1] by storage type; add a channel axis to gray."""
-    if mode in ("L", "RGB"):
-        scaled = array.astype(np.float32) / np.float32(255)
-    elif mode == "F":
-        scaled = array.astype(np.float32)
-        if not (np.isfinite(scaled).all() and scaled.min() >= 0 and scaled.max() <= 1):
-            raise DatasetError(f"{file}: float image values must lie in [0, 1]")
-    else:  # 16-bit gray ("I;16*", or "I" as older Pillow decodes 16-bit PNGs)
-        if array.min() < 0 or array.max() > 65535:
-            raise DatasetError(f"{file}: integer image values outside the 16-bit range")
-        scaled = array.astype(np.float32) / np.float32(65535)
-    return scaled if scaled.ndim == 3 else scaled[:, :, None]
 
 
 # --------------------------------------------------------------------------------------- npy
