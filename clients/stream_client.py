@@ -210,7 +210,7 @@ async def run(args) -> tuple[dict, list[Record], list[str]]:
         per_stream[sequence % args.streams].append((sequence, frame))
     rate = args.rate / args.streams if args.rate else None
     table = LiveTable(0 if args.quiet else args.every)
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with open_channel(args) as channel:
         await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
         stub = pb_grpc.InspectionServiceStub(channel)
         started = time.perf_counter()
@@ -220,6 +220,16 @@ async def run(args) -> tuple[dict, list[Record], list[str]]:
     records = sorted((r for rep in reports for r in rep.records), key=lambda r: r.sequence)
     problems = [p for rep in reports for p in rep.problems]
     return summarize(records, seconds), records, problems
+
+
+def open_channel(args) -> grpc.aio.Channel:
+    """Plain text, or TLS when --tls-ca is given (with a client certificate if asked)."""
+    if not args.tls_ca:
+        return grpc.aio.insecure_channel(args.target)
+    read = lambda path: path.read_bytes() if path else None  # noqa: E731
+    credentials = grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key),
+                                               read(args.tls_cert))
+    return grpc.aio.secure_channel(args.target, credentials)
 
 
 def parse_labels(text: str) -> list[int]:
@@ -256,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fail-on-error", action="store_true",
                         help="exit 1 when any frame comes back with an error")
     parser.add_argument("--connect-timeout", type=float, default=30.0)
+    parser.add_argument("--tls-ca", type=Path, metavar="PEM",
+                        help="connect with TLS, trusting this CA (the server's --tls-cert)")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM",
+                        help="client certificate, for a server with --tls-client-ca")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
     return parser
 
 
@@ -263,12 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary, records, problems = asyncio.run(run(args))
-    except DatasetError as err:
-        print(f"anogan-client: error: {err}", file=sys.stderr)
-        return 2
     except (grpc.aio.AioRpcError, asyncio.TimeoutError) as err:
         detail = err.details() if isinstance(err, grpc.aio.AioRpcError) else "timed out"
         print(f"anogan-client: cannot stream to {args.target}: {detail}", file=sys.stderr)
+        return 2
+    except (DatasetError, OSError) as err:  # a bad source, an unreadable TLS file
+        # (after the clause above: TimeoutError is an OSError too)
+        print(f"anogan-client: error: {err}", file=sys.stderr)
         return 2
     if args.jsonl:
         args.jsonl.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,28 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InspectionService"].full_name
 
 
+@dataclass(frozen=True)
+class TlsConfig:
+    """PEM files for TLS; with `client_ca`, clients must present a certificate it signed."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """The server credentials; ValueError naming the file that cannot be read."""
+        def read(path: Path) -> bytes:
+            try:
+                return path.read_bytes()
+            except OSError as err:
+                raise ValueError(f"cannot read TLS file {path}: {err.strerror}") from err
+
+        return grpc.ssl_server_credentials(
+            [(read(self.key), read(self.cert))],
+            root_certificates=read(self.client_ca) if self.client_ca else None,
+            require_client_auth=self.client_ca is not None)
+
+
 @dataclass
 class ServerConfig:
     """Everything `anogan-serve` takes from its command line."""
@@ -36,6 +58,7 @@ class ServerConfig:
     grace_seconds: float = 30.0
     drain_delay_seconds: float = 1.0  # NOT_SERVING, still serving, before refusing frames
     port_file: Path | None = None  # written once listening (useful with port 0)
+    tls: TlsConfig | None = None  # None: plain text
 
 
 def load_models(config: ServerConfig) -> dict[str, ServedModel]:
@@ -67,7 +90,8 @@ class InspectionServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         address = f"{config.host}:{config.port}"
         try:
-            self.port = self.server.add_insecure_port(address)
+            self.port = (self.server.add_secure_port(address, config.tls.credentials())
+                         if config.tls else self.server.add_insecure_port(address))
         except RuntimeError as err:  # grpc's "Failed to bind to address ..."
             raise ValueError(f"cannot listen on {address}: {err}") from err
         self._stopped = asyncio.Event()
@@ -78,7 +102,9 @@ class InspectionServer:
             model.start()
         await self.server.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("listening on %s:%d (models: %s)", self.config.host, self.port,
+        log.info("listening on %s:%d, %s (models: %s)", self.config.host, self.port,
+                 "TLS" + (" with client certificates" if self.config.tls.client_ca else "")
+                 if self.config.tls else "plain text",
                  ", ".join(f"{m.name} on {m.device}" for m in self.models.values()))
         if self.config.port_file:
             self.config.port_file.write_text(f"{self.port}\n")
@@ -118,6 +144,8 @@ class InspectionServer:
 
 async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT, then drain and return 0."""
+    if config.tls:
+        config.tls.credentials()  # unreadable TLS files fail now, not after loading models
     models = load_models(config)
     server = await InspectionServer(config, models).start()
     loop = asyncio.get_running_loop()

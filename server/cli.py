@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from anogan_inspect.bundle import BundleError
-from server.app import ServerConfig, serve
+from server.app import ServerConfig, TlsConfig, serve
 from server.frames import FrameLimits
 from server.models import EngineOptions
 
@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on SIGTERM: how long frames in flight may take to finish, s")
     parser.add_argument("--drain-delay", type=float, default=ServerConfig.drain_delay_seconds,
                         help="on SIGTERM: report NOT_SERVING but keep serving this long, s")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM",
+                        help="serve TLS with this certificate chain (needs --tls-key)")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    parser.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                        help="require client certificates signed by this CA (mutual TLS)")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once listening (for --port 0)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -60,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> ServerConfig:
+    if (args.tls_cert is None) != (args.tls_key is None) or \
+            (args.tls_client_ca and not args.tls_cert):
+        raise ValueError("TLS needs --tls-cert and --tls-key together "
+                         "(and both for --tls-client-ca)")
+    tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     engine = EngineOptions(device=args.device, max_batch=args.max_batch,
                            fast_max_batch=args.fast_max_batch, search_steps=args.steps,
                            search_lr=args.search_lr, patience=args.patience,
@@ -69,7 +79,7 @@ def config_from_args(args) -> ServerConfig:
                         max_message_bytes=args.max_message_bytes,
                         max_in_flight=args.max_in_flight, grace_seconds=args.grace,
                         drain_delay_seconds=args.drain_delay,
-                        port_file=args.port_file)
+                        port_file=args.port_file, tls=tls)
 
 
 def main(argv: list[str] | None = None) -> int:
