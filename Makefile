@@ -51,7 +51,6 @@ demo: install $(BUNDLE)/manifest.json
 		--normal-labels $(NORMAL) --anomaly-labels $(ANOMALY)
 
 proto: install
-	$(PY) proto/generate.py
 	$(PY) proto/generate.py --descriptor-set gen/inspection.binpb
 
 proto-check: install
@@ -68,7 +67,8 @@ serve: install $(BUNDLE)/manifest.json
 smoke: install $(BUNDLE)/manifest.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" clients/smoke.sh --start-server $(BUNDLE)
 
-test: install proto-check proto-lint
+# proto-lint checks the stubs too (proto-check), then runs buf lint.
+test: install proto-lint
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 lint: install

@@ -19,16 +19,23 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(path: Path | str, device: str = "cpu", intra_op_threads: int = 0):
-    """An InferenceSession with full graph optimisation and explicit providers."""
+def make_session(model: Path | str | bytes, device: str = "cpu", intra_op_threads: int = 0,
+                 optimization: str = "all"):
+    """An InferenceSession with explicit providers and full graph optimisation (the other
+    levels, 'disable', 'basic', 'extended', are for experiments). model: path or bytes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
     options.intra_op_num_threads = intra_op_threads  # 0: one per physical core
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers_for(device))
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=providers_for(device))
 
 
 def max_parity_error(session, torch_fn: Callable[[torch.Tensor], torch.Tensor],

@@ -52,12 +52,8 @@ def fast_inputs(bundle, batch: int) -> np.ndarray:
 def three_sessions(bundle, threads: int, level: str = "all"):
     """E, G and f as the server runs them: one session each, numpy between them.
     Returns run(x) → (z, reconstruction, features of [x; reconstruction])."""
-    if level == "all":
-        sessions = {n: make_session(bundle.file(n, "onnx"), "cpu", threads)
-                    for n in FAST_NETWORKS}
-    else:
-        sessions = {n: cpu_session(bundle.file(n, "onnx"), threads, level)
-                    for n in FAST_NETWORKS}
+    sessions = {n: make_session(bundle.file(n, "onnx"), "cpu", threads, level)
+                for n in FAST_NETWORKS}
 
     def run(x: np.ndarray) -> tuple[np.ndarray, ...]:
         z = sessions["encoder"].run(None, {"image": x})[0]
@@ -65,25 +61,6 @@ def three_sessions(bundle, threads: int, level: str = "all"):
         return z, xr, sessions["features"].run(None, {"image": np.concatenate([x, xr])})[0]
 
     return run
-
-
-def cpu_session(model, threads: int, level: str):
-    """A CPU InferenceSession like anogan_inspect.onnxrt.make_session's, at another graph
-    optimisation level ('disable', 'basic', 'extended', 'all'); model: path or bytes."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    options.intra_op_num_threads = threads
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=options,
-                                providers=["CPUExecutionProvider"])
 
 
 def merged_fast_model(bundle) -> bytes:
@@ -107,7 +84,7 @@ def merged_fast_model(bundle) -> bytes:
 
 
 def merged_session(bundle, threads: int):
-    session = cpu_session(merged_fast_model(bundle), threads, "all")
+    session = make_session(merged_fast_model(bundle), "cpu", threads)
     return lambda x: tuple(session.run(None, {"e_image": x}))
 
 

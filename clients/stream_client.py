@@ -26,7 +26,6 @@ from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
 from clients.sources import SourceFrame, csv_frames, folder_frames, generated_frames
 from trainer.data import DatasetError
-from trainer.scoring import save_roc_plot
 
 MODES = {"fast": pb.MODE_FAST, "search": pb.MODE_SEARCH, "cascade": pb.MODE_CASCADE,
          "default": pb.MODE_UNSPECIFIED}
@@ -101,7 +100,10 @@ async def run_stream(stub, index: int, frames: list[tuple[int, SourceFrame]],
             record = to_record(result, index, sent, truth, result.sequence in provisional)
             report.records.append(record)
             on_record(record)
-    except grpc.aio.AioRpcError as err:  # e.g. UNAVAILABLE from a draining server
+    except grpc.aio.AioRpcError as err:
+        if err.code() != grpc.StatusCode.UNAVAILABLE:  # refused (bad model, mode, steps)
+            raise
+        # A draining or lost server: keep what came back.
         report.problems.append(f"stream {index} ended early: {err.code().name}: "
                                f"{err.details()}")
     missing = list(expected)
@@ -294,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     if args.roc and "auroc" in summary:
+        from trainer.scoring import save_roc_plot  # imports torch: only when asked
+
         labelled = [r for r in records if r.error is None and r.is_anomaly is not None]
         save_roc_plot({"server scores": (np.array([r.score for r in labelled]),
                                          np.array([r.is_anomaly for r in labelled]))},

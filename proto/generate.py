@@ -2,7 +2,7 @@
 
     python proto/generate.py                 # Python stubs into anogan/v1/ (checked in)
     python proto/generate.py --check         # exit 1 when the checked-in stubs differ
-    python proto/generate.py --descriptor-set gen/inspection.binpb   # for buf, other languages
+    python proto/generate.py --descriptor-set gen/inspection.binpb   # also for buf, others
 
 Other languages: the descriptor set (all imports included) is what buf, grpcurl, Postman
 and every language's protoc plugins accept (`buf generate gen/inspection.binpb`, or
@@ -64,8 +64,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--descriptor-set", type=Path,
-                        help="write a FileDescriptorSet with imports (for other languages and "
-                             "buf) instead of the Python stubs")
+                        help="also write a FileDescriptorSet with imports (for other "
+                             "languages and buf)")
     args = parser.parse_args()
     if args.descriptor_set:
         args.descriptor_set.parent.mkdir(parents=True, exist_ok=True)
@@ -74,8 +74,6 @@ def main() -> int:
         print(f"wrote descriptor set {args.descriptor_set}")
     if args.check:
         return check()
-    if args.descriptor_set:
-        return 0
     generate_python(ROOT)
     for package in (ROOT / "anogan", ROOT / "anogan/v1"):
         init = package / "__init__.py"

@@ -142,7 +142,7 @@ class ServedModel:
             fast = await self.fast.submit(x.numpy())
             outcome = self._fast_outcome(fast, mode, arrived)
             if mode is Mode.FAST or fast_clears(fast.score, self.threshold):
-                return await _with_residual_map(
+                return _with_residual_map(
                     outcome, x, fast.reconstruction if want_reconstruction else None)
             if on_provisional is not None:
                 on_provisional(dataclasses.replace(outcome, final=False))
@@ -161,7 +161,7 @@ class ServedModel:
                           result.feature, result.steps, result.score > self.threshold,
                           request.enqueued - arrived - fast_seconds + searched.queue_seconds,
                           fast_seconds + searched.compute_seconds)
-        return await _with_residual_map(outcome, x, searched.reconstruction)
+        return _with_residual_map(outcome, x, searched.reconstruction)
 
     def _fast_outcome(self, fast: FastScore, mode: Mode, arrived: float) -> Outcome:
         total = time.perf_counter() - arrived
@@ -180,13 +180,13 @@ class ServedModel:
         }
 
 
-async def _with_residual_map(outcome: Outcome, x: torch.Tensor,
-                             reconstruction: np.ndarray | None) -> Outcome:
-    """The outcome with the (H, W) map of |x - G(z)| (made on a worker thread), if asked for."""
+def _with_residual_map(outcome: Outcome, x: torch.Tensor,
+                       reconstruction: np.ndarray | None) -> Outcome:
+    """The outcome with the (H, W) map of |x - G(z)|, if asked for (model-sized: computed
+    inline, cheaper than a hop to a worker thread)."""
     if reconstruction is None:
         return outcome
-    residual_map = await asyncio.to_thread(
-        lambda: residual_maps(x[None], torch.as_tensor(reconstruction)[None])[0, 0].numpy())
+    residual_map = residual_maps(x[None], torch.as_tensor(reconstruction)[None])[0, 0].numpy()
     return dataclasses.replace(outcome, residual_map=residual_map)
 
 

@@ -156,6 +156,10 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             self._read(request_iterator, out, ordered, in_flight, tasks))
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
+        # Cancelled by start_draining (or at the stream's end, when nobody reads it any more),
+        # even before it first ran: the frames before it get their results, then UNAVAILABLE.
+        reader.add_done_callback(lambda task: task.cancelled() and ordered.put_nowait(
+            StreamError(grpc.StatusCode.UNAVAILABLE, DRAINING)))
         sequencer = asyncio.create_task(self._sequence(ordered, out, in_flight))
         try:
             while (message := await out.get()) is not None:
@@ -189,9 +193,6 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         except StreamError as err:
             ordered.put_nowait(err)
             return
-        except asyncio.CancelledError:  # by start_draining, or the stream is over anyway
-            ordered.put_nowait(StreamError(grpc.StatusCode.UNAVAILABLE, DRAINING))
-            raise
         ordered.put_nowait(None)
 
     async def _sequence(self, ordered, out, in_flight) -> None:

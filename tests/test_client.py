@@ -63,7 +63,7 @@ def test_client_keeps_what_came_back_when_the_server_drains(tiny_bundle, tmp_pat
         killer.join()
         assert code == 1
         captured = capsys.readouterr()
-        assert "stream 0 ended early: UNAVAILABLE" in captured.err
+        assert "stream 0 ended early: UNAVAILABLE: server is draining" in captured.err
         assert "no result for" in captured.err
         records = [json.loads(line) for line in jsonl.read_text().splitlines()]
         assert 10 <= len(records) < 300
@@ -79,3 +79,10 @@ def test_client_writes_a_roc_plot(server, tmp_path):
                                "--quiet", "--roc", str(roc)])
     assert code == 0
     assert roc.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and roc.stat().st_size > 1000
+
+
+def test_client_exits_2_when_the_server_refuses_the_stream(server, capsys):
+    code = stream_client.main(["--target", server.target, *DIGITS, "--limit", "4",
+                               "--quiet", "--model", "nope"])
+    assert code == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err

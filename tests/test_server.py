@@ -326,7 +326,7 @@ def test_concurrent_streams_share_engine_batches_and_drain_on_sigterm(fresh_serv
 
 def test_sigterm_reports_not_serving_then_ends_open_streams(tiny_bundle, tmp_path, digits):
     proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
-                         "--grace", "300", "--drain-delay", "3", cwd=ROOT)
+                         "--grace", "300", "--drain-delay", "10", cwd=ROOT)
     try:
         with proc.channel() as channel:
             stub = pb_grpc.InspectionServiceStub(channel)

@@ -250,7 +250,7 @@ def run_evaluate(args) -> int:
         raise DatasetError(f"{args.data}: evaluation needs labels "
                            "(--normal-labels/--anomaly-labels for CSV, test/ folders for MVTec)")
     x = to_model_input(data.images, bundle.image_size, bundle.channels).to(device)
-    threshold = _threshold_steps(bundle, cfg.steps, start)  # warns before the search
+    threshold = _threshold_steps(bundle, cfg, start)  # warns before the search
     started = time.time()
     result = search_scores(models, x, cfg, start, device, args.search_batch, args.seed,
                            desc="evaluate")
@@ -286,20 +286,19 @@ def run_evaluate(args) -> int:
     return 0
 
 
-def _threshold_steps(bundle: Bundle, steps: int, start: str) -> dict:
-    """The threshold with the search it was calibrated with (steps, start) and this one's."""
-    recorded = bundle.manifest["threshold"]
-    calibrated = recorded.get("steps", bundle.search_config.steps)
-    calibrated_start = recorded.get("start", start)
-    if (steps, start) != (calibrated, calibrated_start):
+def _threshold_steps(bundle: Bundle, cfg: SearchConfig, start: str) -> dict:
+    """The threshold with the search it was calibrated with (the manifest's `search`, and
+    its start) and this one's; warns when they differ."""
+    calibrated_start = bundle.manifest["threshold"].get("start", start)
+    if cfg != bundle.search_config or start != calibrated_start:
         # Search scores fall as steps grow, so the verdicts shift; the ranking metrics do not.
-        log.warning("this search (%d steps from %s) differs from the one the threshold %.2f "
-                    "was calibrated with (%d steps from %s): the search verdicts and confusion "
-                    "counts use a threshold calibrated for another search (AUROC and AUPRC do "
-                    "not use it and are unaffected)",
-                    steps, start, bundle.threshold, calibrated, calibrated_start)
-    return {"value": bundle.threshold, "calibrated_steps": calibrated,
-            "calibrated_start": calibrated_start, "evaluated_steps": steps,
+        log.warning("this search (%s, from %s) differs from the one the threshold %.2f was "
+                    "calibrated with (%s, from %s): the search verdicts and confusion counts "
+                    "use a threshold calibrated for another search (AUROC and AUPRC do not "
+                    "use it and are unaffected)", cfg.to_dict(), start, bundle.threshold,
+                    bundle.search_config.to_dict(), calibrated_start)
+    return {"value": bundle.threshold, "calibrated_steps": bundle.search_config.steps,
+            "calibrated_start": calibrated_start, "evaluated_steps": cfg.steps,
             "evaluated_start": start}
 
 

@@ -214,7 +214,7 @@ class Trainer:
             "opt_e": self.opt_e.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "gan_order": self.gan_order.get_state(),
                     "encoder_order": self.encoder_order.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda"
                     else []},
         }
         path = self.run_dir / "checkpoint.pt"
@@ -242,7 +242,7 @@ class Trainer:
             torch.set_rng_state(rng["torch"].cpu())
             self.gan_order.set_state(rng["gan_order"].cpu())
             self.encoder_order.set_state(rng["encoder_order"].cpu())
-            if rng["cuda"] and torch.cuda.is_available():
+            if rng["cuda"] and self.device.type == "cuda":
                 torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         log.info("resumed from %s at GAN epoch %d, encoder epoch %d",
                  path, self.gan_epoch, self.encoder_epoch)
