@@ -215,6 +215,7 @@ async def run(args) -> tuple[dict, list[Record], list[str]]:
     async with open_channel(args) as channel:
         await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
         stub = pb_grpc.InspectionServiceStub(channel)
+        await check_model(stub, config)
         started = time.perf_counter()
         reports = await asyncio.gather(*(run_stream(stub, i, part, config, rate, table)
                                          for i, part in enumerate(per_stream) if part))
@@ -222,6 +223,26 @@ async def run(args) -> tuple[dict, list[Record], list[str]]:
     records = sorted((r for rep in reports for r in rep.records), key=lambda r: r.sequence)
     problems = [p for rep in reports for p in rep.problems]
     return summarize(records, seconds), records, problems
+
+
+class Refused(Exception):
+    """The server cannot serve what was asked (an unknown model, a mode it lacks)."""
+
+
+async def check_model(stub, config: pb.InspectionConfig) -> None:
+    """Ask GetModel first, so a stream the server would refuse is a clear error up front
+    (a refusal mid-stream races the frames already being written)."""
+    try:
+        model = (await stub.GetModel(pb.GetModelRequest(name=config.model))).model
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.NOT_FOUND:
+            raise Refused(err.details()) from err
+        raise
+    if config.mode != pb.MODE_UNSPECIFIED and config.mode not in model.modes:
+        modes = ", ".join(pb.Mode.Name(m).removeprefix("MODE_").lower() for m in model.modes)
+        raise Refused(f"model {model.name} does not serve "
+                      f"{pb.Mode.Name(config.mode).removeprefix('MODE_').lower()} "
+                      f"(it serves: {modes})")
 
 
 def open_channel(args) -> grpc.aio.Channel:
@@ -232,6 +253,13 @@ def open_channel(args) -> grpc.aio.Channel:
     credentials = grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key),
                                                read(args.tls_cert))
     return grpc.aio.secure_channel(args.target, credentials)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
 
 
 def parse_labels(text: str) -> list[int]:
@@ -255,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, help="frames/s over all streams (default: max)")
     parser.add_argument("--streams", type=int, default=1, help="concurrent streams")
     parser.add_argument("--mode", choices=sorted(MODES), default="default")
-    parser.add_argument("--steps", type=int, help="search steps (default: the model's)")
+    parser.add_argument("--steps", type=positive_int,
+                        help="search steps (default: the model's)")
     parser.add_argument("--model", help="model name (default: the server's default)")
     parser.add_argument("--provisional", action="store_true",
                         help="ask for provisional fast-path results before the final ones")
@@ -284,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         detail = err.details() if isinstance(err, grpc.aio.AioRpcError) else "timed out"
         print(f"anogan-client: cannot stream to {args.target}: {detail}", file=sys.stderr)
         return 2
-    except (DatasetError, OSError) as err:  # a bad source, an unreadable TLS file
+    except (DatasetError, OSError, Refused) as err:  # a bad source, TLS file or request
         # (after the clause above: TimeoutError is an OSError too)
         print(f"anogan-client: error: {err}", file=sys.stderr)
         return 2

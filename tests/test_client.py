@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from anogan.v1 import inspection_pb2 as pb
@@ -81,8 +82,12 @@ def test_client_writes_a_roc_plot(server, tmp_path):
     assert roc.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and roc.stat().st_size > 1000
 
 
-def test_client_exits_2_when_the_server_refuses_the_stream(server, capsys):
+@pytest.mark.parametrize("request_, message", [
+    (["--model", "nope"], "unknown model 'nope'"),
+    (["--model", "noenc", "--mode", "fast"], "model noenc does not serve fast (it serves: search)"),
+])
+def test_client_exits_2_when_the_server_cannot_serve_it(server, capsys, request_, message):
     code = stream_client.main(["--target", server.target, *DIGITS, "--limit", "4",
-                               "--quiet", "--model", "nope"])
+                               "--quiet", *request_])
     assert code == 2
-    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
