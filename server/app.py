@@ -75,7 +75,9 @@ def load_models(config: ServerConfig) -> dict[str, ServedModel]:
 class InspectionServer:
     """A running server: start(), then wait(); drain() on SIGTERM."""
 
-    def __init__(self, config: ServerConfig, models: dict[str, ServedModel]):
+    def __init__(self, config: ServerConfig, models: dict[str, ServedModel],
+                 credentials: grpc.ServerCredentials | None = None):
+        """credentials: config.tls's, read by the caller (None: plain text)."""
         self.config, self.models = config, models
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes)]
@@ -90,8 +92,8 @@ class InspectionServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         address = f"{config.host}:{config.port}"
         try:
-            self.port = (self.server.add_secure_port(address, config.tls.credentials())
-                         if config.tls else self.server.add_insecure_port(address))
+            self.port = (self.server.add_secure_port(address, credentials)
+                         if credentials else self.server.add_insecure_port(address))
         except RuntimeError as err:  # grpc's "Failed to bind to address ..."
             raise ValueError(f"cannot listen on {address}: {err}") from err
         self._stopped = asyncio.Event()
@@ -144,10 +146,10 @@ class InspectionServer:
 
 async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT, then drain and return 0."""
-    if config.tls:
-        config.tls.credentials()  # unreadable TLS files fail now, not after loading models
+    # Read first: unreadable TLS files fail now, not after loading models.
+    credentials = config.tls.credentials() if config.tls else None
     models = load_models(config)
-    server = await InspectionServer(config, models).start()
+    server = await InspectionServer(config, models, credentials).start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.drain()))
