@@ -22,17 +22,22 @@ PYTEST_ARGS ?=
 # buf (npm's @bufbuild/buf) lints proto/ against buf's style guide.
 BUF ?= npx --yes @bufbuild/buf@1.75.0
 
-.PHONY: install train evaluate demo test clean proto proto-check proto-lint serve smoke bench \
+.PHONY: install train evaluate demo test test-fast clean proto proto-check proto-lint serve smoke bench \
 	bench-quick \
 	bench-quality bench-ablation gpu-check lint
 
 install: $(VENV)/.installed
 
+# Everything, for the README's commands and the tests: the pinned torch first, then the
+# project with every role's extra (`dev` = serve + train + codegen + test tools). An older
+# .venv may hold onnxruntime-gpu, which shares its module with onnxruntime: it goes first.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip uninstall -q -y onnxruntime-gpu 2>/dev/null || true
 	$(VENV)/bin/pip install -q $(PIP_TORCH_FLAGS) "$(TORCH_SPEC)"
-	$(VENV)/bin/pip install -q -e ".[dev]"
+	$(VENV)/bin/pip install -q -e ".[dev]" > $(VENV)/install.log 2>&1 || \
+		{ cat $(VENV)/install.log; exit 1; }
 	touch $@
 
 # The default bundle is committed; if it is missing it is trained on first use (minutes).
@@ -47,7 +52,7 @@ evaluate: install $(BUNDLE)/manifest.json
 		--normal-labels $(NORMAL) --anomaly-labels $(ANOMALY) $(if $(STEPS),--steps $(STEPS),)
 
 demo: install $(BUNDLE)/manifest.json
-	$(PY) -m clients.demo --bundle $(BUNDLE) --data $(DATA_TEST) \
+	$(PY) -m anogan_inspect.clients.demo --bundle $(BUNDLE) --data $(DATA_TEST) \
 		--normal-labels $(NORMAL) --anomaly-labels $(ANOMALY)
 
 proto: install
@@ -67,9 +72,15 @@ serve: install $(BUNDLE)/manifest.json
 smoke: install $(BUNDLE)/manifest.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" clients/smoke.sh --start-server $(BUNDLE)
 
-# proto-lint checks the stubs too (proto-check), then runs buf lint.
+# The whole suite, what CI runs: proto-lint checks the stubs too (proto-check), then runs
+# buf lint; pytest prints one line per test and the slowest ones at the end.
 test: install proto-lint
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -v --durations=10 $(PYTEST_ARGS)
+
+# The edit loop: unit tests and the service in-process, no subprocess servers, no training
+# beyond the shared tiny bundles, no packaging (tests marked `slow` are left out).
+test-fast: install
+	$(VENV)/bin/python -m pytest -v -m "not slow" --durations=5 $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -58,7 +58,7 @@ def ensure_seed_run(seed_run: Path, quick: bool, device: str) -> str:
         torch.save(state, seed_run / "checkpoint.pt")
         print(f"bench: seed networks from {COMMITTED_SEED.name} ({state['source']})")
         return f"{COMMITTED_SEED.relative_to(ROOT)} converted to float32: {state['source']}"
-    from trainer.cli import main as train_main
+    from anogan_inspect.trainer.cli import main as train_main
 
     epochs = "1" if quick else "30"
     print(f"bench: no seed checkpoint in {seed_run}; training the seed preset "

@@ -14,8 +14,8 @@ import argparse
 import json
 import sys
 
+from anogan_inspect.trainer.cli import main as train_main
 from bench.common import ROOT, TEST_CSV, TRAIN_CSV, header, markdown_table, write_json
-from trainer.cli import main as train_main
 
 VARIANTS = {
     "LayerNorm D, G BN re-estimated (default)": [],

@@ -31,8 +31,8 @@ from anogan_inspect.networks import (
     init_weights,
 )
 from anogan_inspect.search import ScoringModels, SearchConfig, SlotTable, score_parts
+from anogan_inspect.server.fastpath import FastPath
 from bench.common import Context, markdown_table, rate, save_figure
-from server.fastpath import FastPath
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_BATCHES = (1, 8, 64)

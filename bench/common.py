@@ -50,7 +50,7 @@ class Context:
     def test_set(self) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """The 300 labelled test digits at the bundle's geometry: (x, is_anomaly, labels)."""
         if "test" not in self._cache:
-            from trainer.data import load_dataset
+            from anogan_inspect.datasets import load_dataset
 
             data = load_dataset(TEST_CSV, normal_labels=[7, 8], anomaly_labels=[2])
             x = to_model_input(data.images, self.bundle.image_size, self.bundle.channels)

@@ -15,7 +15,7 @@ import torch
 
 from anogan_inspect.bundle import check_parity, load_torch_models, read_bundle
 from anogan_inspect.search import SearchConfig
-from server.engine import SearchEngine
+from anogan_inspect.server.engine import SearchEngine
 
 FRAMES, STEPS, SLOTS = 40, 30, 16
 

@@ -16,10 +16,10 @@ import time
 import numpy as np
 import torch
 
+from anogan_inspect.server.engine import EngineStats, SearchEngine
+from anogan_inspect.server.fastpath import FastPath
 from bench.ceilings import cycled_test_images, min_seconds, search_step_rate
 from bench.common import Context, markdown_table
-from server.engine import EngineStats, SearchEngine
-from server.fastpath import FastPath
 
 BUDGETS, QUICK_BUDGETS = (10, 50, 100), (10, 50)
 FRAMES, QUICK_FRAMES = 512, 128

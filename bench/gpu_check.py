@@ -77,7 +77,7 @@ def set_tf32(enabled: bool) -> None:
 
 
 def train(out: Path, preset: str, epochs: int, extra: list[str]) -> Path:
-    from trainer.cli import main as train_main
+    from anogan_inspect.trainer.cli import main as train_main
 
     code = train_main(["train", "--data", str(ROOT / "data/mnist_train.csv.gz"),
                        "--normal-labels", "7,8", "--preset", preset, "--epochs", str(epochs),
@@ -174,8 +174,8 @@ def graphed_rate(models: ScoringModels, capacity: int, seconds: float = 2.0) -> 
 def parity(bundle: Path, frames: int = 64, steps: int = 50) -> dict:
     """Search scores on CPU and CUDA for the same frames and z0 (TF32 off)."""
     from anogan_inspect.bundle import load_torch_models, read_bundle
+    from anogan_inspect.datasets import load_dataset
     from anogan_inspect.preprocess import to_model_input
-    from trainer.data import load_dataset
 
     set_tf32(False)
     b = read_bundle(bundle)
@@ -201,7 +201,7 @@ def fast_path(bundle: Path) -> dict:
     import onnxruntime as ort
 
     from anogan_inspect.bundle import read_bundle
-    from server.fastpath import FastPath
+    from anogan_inspect.server.fastpath import FastPath
 
     b = read_bundle(bundle)
     x = (np.random.default_rng(0).random((256, *b.image_shape), dtype=np.float32) * 2 - 1)
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate_seed(bundle: Path, out: Path, steps: int) -> dict:
     """The seed preset, eval-mode search from random z, on the 300 test digits."""
-    from trainer.cli import main as train_main
+    from anogan_inspect.trainer.cli import main as train_main
 
     code = train_main(["evaluate", "--bundle", str(bundle), "--data",
                        str(ROOT / "data/mnist_test.csv.gz"), "--normal-labels", "7,8",

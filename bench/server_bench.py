@@ -20,11 +20,11 @@ import numpy as np
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
+from anogan_inspect.clients.launcher import ServerProcess
+from anogan_inspect.clients.sources import SourceFrame, csv_frames
+from anogan_inspect.clients.stream_client import Record, run_stream
 from bench.common import ROOT, TEST_CSV, Context, markdown_table
 from bench.engine_bench import engine_inputs, engine_run
-from clients.launcher import ServerProcess
-from clients.sources import SourceFrame, csv_frames
-from clients.stream_client import Record, run_stream
 
 MODES = {"FAST": pb.MODE_FAST, "CASCADE": pb.MODE_CASCADE, "SEARCH": pb.MODE_SEARCH}
 STREAMS, QUICK_STREAMS = (1, 4, 8, 16), (1, 8)

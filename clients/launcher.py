@@ -16,7 +16,8 @@ import grpc
 
 
 class ServerProcess:
-    """`python -m server --port 0` serving `bundles` ('PATH' or 'NAME=PATH'); log to log_path."""
+    """`python -m anogan_inspect.server --port 0` serving `bundles` ('PATH' or
+    'NAME=PATH'); its output goes to log_path."""
 
     def __init__(self, bundles: list[str], log_path: Path, *extra: str,
                  start_timeout: float = 180.0, cwd: Path | None = None):
@@ -28,8 +29,9 @@ class ServerProcess:
         self._log = open(log_path, "w")
         bundle_args = [arg for bundle in bundles for arg in ("--bundle", str(bundle))]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", "0", "--port-file", str(port_file),
-             *bundle_args, *extra], stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
+            [sys.executable, "-m", "anogan_inspect.server", "--port", "0",
+             "--port-file", str(port_file), *bundle_args, *extra],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
         self.port = self._wait_for_port(port_file, start_timeout)
         self.target = f"localhost:{self.port}"
 

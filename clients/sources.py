@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data import ImageSet, load_dataset
+from anogan_inspect.datasets import ImageSet, load_dataset
 
 
 @dataclass
@@ -37,8 +37,14 @@ def folder_frames(path: Path, split: str = "test") -> Iterator[SourceFrame]:
     return from_image_set(load_dataset(path, split=split), Path(path).name)
 
 
+GENERATED_FRAMES = ("gray frames of one bright straight stroke at a random angle on black, "
+                    "labelled normal; every 10th also carries a small bright disc, labelled "
+                    "anomalous (a load generator: a digit model was not trained on strokes, "
+                    "so its AUROC on them says little)")
+
+
 def generated_frames(count: int, size: int = 28, seed: int = 0) -> Iterator[SourceFrame]:
-    """Synthetic frames: a bright stroke on dark background, every 10th with a blob defect."""
+    """Synthetic frames (see GENERATED_FRAMES): a stroke, every 10th with a disc defect."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     for i in range(count):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import sys
 import time
@@ -24,8 +25,16 @@ import numpy as np
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
-from clients.sources import SourceFrame, csv_frames, folder_frames, generated_frames
-from trainer.data import DatasetError
+from anogan_inspect.clients.sources import (
+    GENERATED_FRAMES,
+    SourceFrame,
+    csv_frames,
+    folder_frames,
+    generated_frames,
+)
+from anogan_inspect.datasets import DatasetError
+from anogan_inspect.help_format import HelpFormatter
+from anogan_inspect.metrics import auroc, confusion, confusion_table, save_roc_plot
 
 MODES = {"fast": pb.MODE_FAST, "search": pb.MODE_SEARCH, "cascade": pb.MODE_CASCADE,
          "default": pb.MODE_UNSPECIFIED}
@@ -49,6 +58,7 @@ class Record:
     error: str | None
     is_anomaly: bool | None
     provisional: bool = False  # a provisional result arrived before this final one
+    received: float = 0.0  # time.perf_counter() when it arrived (not written to JSONL)
 
 
 @dataclass
@@ -125,7 +135,8 @@ def to_record(result: pb.InspectionResult, stream: int, sent: dict[int, float],
         search_steps=result.search_steps, latency_ms=round(latency, 3),
         queue_ms=round(result.queue_time.ToNanoseconds() / 1e6, 3),
         compute_ms=round(result.compute_time.ToNanoseconds() / 1e6, 3),
-        error=error, is_anomaly=truth.get(result.sequence), provisional=had_provisional)
+        error=error, is_anomaly=truth.get(result.sequence), provisional=had_provisional,
+        received=time.perf_counter())
 
 
 class LiveTable:
@@ -134,8 +145,12 @@ class LiveTable:
     COLUMNS = f"{'frame':<24} {'str':>3} {'score':>10} {'verdict':<8} {'stage':<7} " \
               f"{'steps':>5} {'latency ms':>10}"
 
-    def __init__(self, every: int, out=None):
+    def __init__(self, every: int, out=None, total: int | None = None):
         self.every, self.out, self.count = every, out or sys.stdout, 0
+        if every > 1:
+            of = f" of {total}" if total else ""
+            print(f"showing 1 result in {every}{of} as they arrive (--every {every}); "
+                  "the summary counts them all", file=self.out)
         if every:
             print(self.COLUMNS, file=self.out)
 
@@ -150,7 +165,8 @@ class LiveTable:
               file=self.out, flush=True)
 
 
-def summarize(records: list[Record], seconds: float) -> dict:
+def summarize(records: list[Record], seconds: float, requested_rate: float | None = None
+              ) -> dict:
     """Counts, throughput, latency percentiles, and AUROC/confusion when labels are known."""
     scored = [r for r in records if r.error is None]
     latencies = np.array([r.latency_ms for r in scored]) if scored else np.zeros(1)
@@ -162,19 +178,37 @@ def summarize(records: list[Record], seconds: float) -> dict:
         "latency_ms": {"p50": round(float(np.percentile(latencies, 50)), 2),
                        "p99": round(float(np.percentile(latencies, 99)), 2)},
     }
+    if requested_rate:
+        summary["requested_frames_per_second"] = requested_rate
+        # Results per second from the first result to the last: with a steady latency it is
+        # the rate the frames were sent at; when the server falls behind, it is lower.
+        received = [r.received for r in records]
+        if len(received) > 1 and max(received) > min(received):
+            summary["results_per_second"] = round(
+                (len(received) - 1) / (max(received) - min(received)), 2)
     labelled = [r for r in scored if r.is_anomaly is not None]
     truth = np.array([r.is_anomaly for r in labelled], dtype=bool)
     if labelled and truth.any() and not truth.all():
-        from sklearn.metrics import roc_auc_score
-
         scores = np.array([r.score for r in labelled])
         fail = np.array([r.verdict == "FAIL" for r in labelled])
-        summary["auroc"] = round(float(roc_auc_score(truth, scores)), 4)
-        summary["confusion"] = {"true_positive": int(np.sum(fail & truth)),
-                                "false_positive": int(np.sum(fail & ~truth)),
-                                "true_negative": int(np.sum(~fail & ~truth)),
-                                "false_negative": int(np.sum(~fail & truth))}
+        summary["auroc"] = round(auroc(scores, truth), 4)
+        summary["confusion"] = confusion(fail, truth)
     return summary
+
+
+# Below this share of the requested rate, the summary says the server fell behind.
+KEPT_UP_SHARE = 0.95
+
+
+def fell_behind(summary: dict) -> str | None:
+    """A warning when frames came back slower than they were asked to be sent."""
+    asked = summary.get("requested_frames_per_second")
+    got = summary.get("results_per_second")
+    if not asked or got is None or got >= KEPT_UP_SHARE * asked:
+        return None
+    return (f"the server fell behind: frames sent at {asked:g}/s, results came back at "
+            f"{got:g}/s (latency p99 {summary['latency_ms']['p99']:g} ms); lower --rate, or "
+            "give the server more slots (--max-batch), cores or replicas")
 
 
 def print_summary(summary: dict, out=None) -> None:
@@ -187,8 +221,8 @@ def print_summary(summary: dict, out=None) -> None:
           f"p50 {summary['latency_ms']['p50']} ms, p99 {summary['latency_ms']['p99']} ms",
           file=out)
     if "auroc" in summary:
-        print(f"AUROC {summary['auroc']:.4f}; at the model's threshold: "
-              f"{summary['confusion']}", file=out)
+        print(f"AUROC {summary['auroc']:.4f}; at the model's threshold:", file=out)
+        print(confusion_table(summary["confusion"]), file=out)
 
 
 def load_frames(args) -> list[SourceFrame]:
@@ -197,6 +231,9 @@ def load_frames(args) -> list[SourceFrame]:
     elif args.folder:
         frames = folder_frames(args.folder, args.split)
     else:
+        if not args.quiet:
+            print(f"generated frames: {GENERATED_FRAMES} ({args.generate} frames, "
+                  f"{args.size}×{args.size})")
         frames = generated_frames(args.generate, args.size, args.seed)
     frames = list(frames)
     return frames[:args.limit] if args.limit else frames
@@ -211,22 +248,63 @@ async def run(args) -> tuple[dict, list[Record], list[str]]:
     for sequence, frame in enumerate(frames):
         per_stream[sequence % args.streams].append((sequence, frame))
     rate = args.rate / args.streams if args.rate else None
-    table = LiveTable(0 if args.quiet else args.every)
     async with open_channel(args) as channel:
-        await asyncio.wait_for(channel.channel_ready(), args.connect_timeout)
+        await connect(channel, args)
         stub = pb_grpc.InspectionServiceStub(channel)
         await check_model(stub, config)
+        table = LiveTable(0 if args.quiet else args.every, total=len(frames))
         started = time.perf_counter()
         reports = await asyncio.gather(*(run_stream(stub, i, part, config, rate, table)
                                          for i, part in enumerate(per_stream) if part))
         seconds = time.perf_counter() - started
     records = sorted((r for rep in reports for r in rep.records), key=lambda r: r.sequence)
     problems = [p for rep in reports for p in rep.problems]
-    return summarize(records, seconds), records, problems
+    return summarize(records, seconds, args.rate), records, problems
 
 
 class Refused(Exception):
     """The server cannot serve what was asked (an unknown model, a mode it lacks)."""
+
+
+class NoServer(Exception):
+    """Nothing answers at the target."""
+
+
+async def connect(channel: grpc.aio.Channel, args) -> None:
+    """Wait until the channel is ready. NoServer at once when the connection fails (gRPC
+    would retry quietly until the timeout), or after --connect-timeout."""
+    deadline = time.monotonic() + args.connect_timeout
+    state = channel.get_state(try_to_connect=True)
+    while state != grpc.ChannelConnectivity.READY:
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            raise NoServer(await _connection_problem(channel, args))
+        remaining = deadline - time.monotonic()
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), max(remaining, 0))
+        except asyncio.TimeoutError:
+            raise NoServer(f"no answer from {args.target} within {args.connect_timeout:g} s "
+                           f"(--connect-timeout): {NO_SERVER_HINT}") from None
+        state = channel.get_state(try_to_connect=True)
+
+
+NO_SERVER_HINT = "start one with `make serve` or pass --target HOST:PORT"
+
+
+async def _connection_problem(channel: grpc.aio.Channel, args) -> str:
+    """Why the channel failed, in words: a refused connection means nothing listens;
+    anything else (a TLS handshake, a name that does not resolve) is quoted from gRPC."""
+    try:
+        await pb_grpc.InspectionServiceStub(channel).ListModels(
+            pb.ListModelsRequest(), timeout=5, wait_for_ready=False)
+    except grpc.aio.AioRpcError as err:
+        detail = err.details() or err.code().name
+    else:
+        return f"the connection to {args.target} failed and then worked: try again"
+    if "refused" in detail.lower():
+        return f"no server at {args.target}: {NO_SERVER_HINT}"
+    hint = (" (TLS: check --tls-ca, and --tls-cert/--tls-key where the server asks for "
+            "client certificates)") if args.tls_ca else ""
+    return f"cannot connect to {args.target}: {detail}{hint}"
 
 
 async def check_model(stub, config: pb.InspectionConfig) -> None:
@@ -266,23 +344,34 @@ def parse_labels(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
+MODE_HELP = ("default: the model's own (cascade with an encoder, else search); "
+             "fast: the fast path alone, s0 at E(x); search: always the latent search; "
+             "cascade: the fast path, then the search for frames it does not pass")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anogan-client", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="localhost:50051")
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--target", default="localhost:50051",
+                        help="server address, HOST:PORT")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", type=Path, help="MNIST-style CSV (.csv or .csv.gz)")
     source.add_argument("--folder", type=Path, help="image folder (MVTec layout: --split)")
-    source.add_argument("--generate", type=int, metavar="N", help="N synthetic frames")
-    parser.add_argument("--normal-labels", type=parse_labels, help="CSV: normal labels (7,8)")
-    parser.add_argument("--anomaly-labels", type=parse_labels, help="CSV: anomaly labels (2)")
+    source.add_argument("--generate", type=positive_int, metavar="N",
+                        help=f"N synthetic frames: {GENERATED_FRAMES}")
+    parser.add_argument("--normal-labels", type=parse_labels,
+                        help="CSV: labels of normal rows, e.g. 7,8")
+    parser.add_argument("--anomaly-labels", type=parse_labels,
+                        help="CSV: labels of anomalous rows, e.g. 2")
     parser.add_argument("--split", default="test", help="MVTec split to stream")
-    parser.add_argument("--size", type=int, default=28, help="generated frame size")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, help="stream at most N frames")
-    parser.add_argument("--rate", type=float, help="frames/s over all streams (default: max)")
-    parser.add_argument("--streams", type=int, default=1, help="concurrent streams")
-    parser.add_argument("--mode", choices=sorted(MODES), default="default")
+    parser.add_argument("--size", type=int, default=28, help="generated frame size, pixels")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated frames")
+    parser.add_argument("--limit", type=int, help="stream at most N frames (default: all)")
+    parser.add_argument("--rate", type=float,
+                        help="frames/s over all streams, like a camera (default: as fast as "
+                             "the server answers)")
+    parser.add_argument("--streams", type=positive_int, default=1, help="concurrent streams")
+    parser.add_argument("--mode", choices=sorted(MODES), default="default", help=MODE_HELP)
     parser.add_argument("--steps", type=positive_int,
                         help="search steps (default: the model's)")
     parser.add_argument("--model", help="model name (default: the server's default)")
@@ -292,11 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--summary-json", type=Path, help="write the summary as JSON")
     parser.add_argument("--roc", type=Path, metavar="PNG",
                         help="with labels: write the ROC curve of the scores as a PNG")
-    parser.add_argument("--every", type=int, default=1, help="print every N-th result")
+    parser.add_argument("--every", type=positive_int, default=1,
+                        help="print every N-th result in the live table (all are summarised)")
     parser.add_argument("--quiet", action="store_true", help="print the summary only")
     parser.add_argument("--fail-on-error", action="store_true",
                         help="exit 1 when any frame comes back with an error")
-    parser.add_argument("--connect-timeout", type=float, default=30.0)
+    parser.add_argument("--connect-timeout", type=float, default=30.0,
+                        help="seconds to wait for a server that does not answer at all (a "
+                             "refused connection fails at once)")
     parser.add_argument("--tls-ca", type=Path, metavar="PEM",
                         help="connect with TLS, trusting this CA (the server's --tls-cert)")
     parser.add_argument("--tls-cert", type=Path, metavar="PEM",
@@ -307,31 +399,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.roc and importlib.util.find_spec("matplotlib") is None:
+        print("anogan-client: error: --roc needs matplotlib: pip install matplotlib",
+              file=sys.stderr)
+        return 2
     try:
         summary, records, problems = asyncio.run(run(args))
-    except (grpc.aio.AioRpcError, asyncio.TimeoutError) as err:
-        detail = err.details() if isinstance(err, grpc.aio.AioRpcError) else "timed out"
-        print(f"anogan-client: cannot stream to {args.target}: {detail}", file=sys.stderr)
+    except grpc.aio.AioRpcError as err:
+        print(f"anogan-client: cannot stream to {args.target}: {err.details()}",
+              file=sys.stderr)
         return 2
-    except (DatasetError, OSError, Refused) as err:  # a bad source, TLS file or request
-        # (after the clause above: TimeoutError is an OSError too)
+    except (DatasetError, OSError, Refused, NoServer) as err:  # a bad source, TLS file,
+        # request or target
         print(f"anogan-client: error: {err}", file=sys.stderr)
         return 2
     if args.jsonl:
         args.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(args.jsonl, "w") as out:
             for record in records:
-                out.write(json.dumps(asdict(record)) + "\n")
+                fields = asdict(record)
+                del fields["received"]
+                out.write(json.dumps(fields) + "\n")
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     if args.roc and "auroc" in summary:
-        from trainer.scoring import save_roc_plot  # imports torch: only when asked
-
         labelled = [r for r in records if r.error is None and r.is_anomaly is not None]
         save_roc_plot({"server scores": (np.array([r.score for r in labelled]),
                                          np.array([r.is_anomaly for r in labelled]))},
                       args.roc, f"{args.target}: {len(labelled)} frames")
     print_summary(summary)
+    if warning := fell_behind(summary):
+        print(f"anogan-client: warning: {warning}", file=sys.stderr)
     for problem in problems:
         print(f"anogan-client: {problem}", file=sys.stderr)
     if problems or (args.fail_on_error and summary["errors"]):

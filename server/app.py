@@ -14,9 +14,9 @@ from grpc_reflection.v1alpha import reflection
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
-from server.frames import FrameLimits
-from server.models import EngineOptions, ServedModel, load_model
-from server.service import InspectionService
+from anogan_inspect.server.frames import FrameLimits
+from anogan_inspect.server.models import EngineOptions, ServedModel, load_model
+from anogan_inspect.server.service import InspectionService
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InspectionService"].full_name

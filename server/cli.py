@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from anogan_inspect.bundle import BundleError
-from server.app import ServerConfig, TlsConfig, serve
-from server.frames import FrameLimits
-from server.models import EngineOptions
+from anogan_inspect.help_format import HelpFormatter
+from anogan_inspect.server.app import ServerConfig, TlsConfig, serve
+from anogan_inspect.server.frames import FrameLimits
+from anogan_inspect.server.models import EngineOptions
 
 
 def parse_bundle(text: str) -> tuple[str | None, Path]:
@@ -23,32 +24,43 @@ def parse_bundle(text: str) -> tuple[str | None, Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anogan-serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="anogan-serve", description=__doc__,
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--bundle", action="append", type=parse_bundle, required=True,
                         metavar="[NAME=]PATH",
                         help="bundle to serve (repeat; the first is the default)")
-    parser.add_argument("--host", default=ServerConfig.host)
+    parser.add_argument("--host", default=ServerConfig.host,
+                        help="address to listen on ([::] is every interface)")
     parser.add_argument("--port", type=int, default=ServerConfig.port, help="0 picks a free port")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the torch models live (default: cuda when present)")
     parser.add_argument("--max-batch", type=int, default=EngineOptions.max_batch,
-                        help="search engine slots")
+                        help="search engine slots: searches batched in one step")
     parser.add_argument("--fast-max-batch", type=int, default=EngineOptions.fast_max_batch,
-                        help="fast-path batch")
+                        help="largest fast-path batch (frames scored in one ONNX run)")
     parser.add_argument("--steps", type=int, help="search steps (default: the bundle's)")
-    parser.add_argument("--search-lr", type=float, help="search learning rate")
+    parser.add_argument("--search-lr", type=float,
+                        help="search learning rate (default: the bundle's)")
     parser.add_argument("--patience", type=int,
-                        help="early stopping: steps without improvement (0: off)")
+                        help="early stopping: steps without improvement, 0: off "
+                             "(default: the bundle's)")
     parser.add_argument("--ort-threads", type=int, default=EngineOptions.ort_threads,
                         help="ONNX Runtime intra-op threads (0: one per core)")
-    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--torch-threads", type=int,
+                        help="torch intra-op threads (default: torch's, one per core)")
     parser.add_argument("--parity-tolerance", type=float,
-                        default=EngineOptions.parity_tolerance)
-    parser.add_argument("--max-pixels", type=int, default=FrameLimits.max_pixels)
+                        default=EngineOptions.parity_tolerance,
+                        help="at load: largest ONNX-vs-torch difference per output element "
+                             "on random inputs before the bundle is refused")
+    parser.add_argument("--max-pixels", type=int, default=FrameLimits.max_pixels,
+                        help="largest frame accepted, height × width (larger: a per-frame "
+                             "INVALID_ARGUMENT)")
     parser.add_argument("--max-message-bytes", type=int,
-                        default=ServerConfig.max_message_bytes)
+                        default=ServerConfig.max_message_bytes,
+                        help="largest gRPC message received or sent")
     parser.add_argument("--max-in-flight", type=int, default=ServerConfig.max_in_flight,
-                        help="frames per stream")
+                        help="frames per stream sent and not yet answered; the stream "
+                             "stops reading beyond it (flow control)")
     parser.add_argument("--grace", type=float, default=ServerConfig.grace_seconds,
                         help="on SIGTERM: how long frames in flight may take to finish, s")
     parser.add_argument("--drain-delay", type=float, default=ServerConfig.drain_delay_seconds,
@@ -60,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="require client certificates signed by this CA (mutual TLS)")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once listening (for --port 0)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 

@@ -9,9 +9,7 @@ requests (their stream ended) leave the queue and their slots before the next st
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,21 +18,20 @@ import numpy as np
 import torch
 
 from anogan_inspect.search import ScoringModels, SearchConfig, SlotResult, SlotTable
+from anogan_inspect.server.worker import Job, Worker
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SearchRequest:
+@dataclass(eq=False)
+class SearchRequest(Job):
     """One frame's search: input x (C, H, W) in [-1, 1], start z0 (None: E(x), computed
-    by the engine at admission), budget, and its future."""
+    by the engine at admission), budget; await ``future`` for its :class:`SearchOutcome`."""
 
-    x: torch.Tensor
-    z0: torch.Tensor | None
-    steps: int
-    want_reconstruction: bool
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+    x: torch.Tensor = None
+    z0: torch.Tensor | None = None
+    steps: int = 0
+    want_reconstruction: bool = False
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     cancelled: bool = False
@@ -59,39 +56,22 @@ class EngineStats:
     cancelled: int = 0
 
 
-class SearchEngine:
+class SearchEngine(Worker):
     """A slot table on one device, driven by one thread; ``submit`` is called from asyncio."""
 
     def __init__(self, models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int, ...],
                  capacity: int = 64, device: torch.device | str = "cpu", name: str = "engine"):
+        super().__init__(f"search-{name}")
         self.table = SlotTable(models, cfg, capacity, image_shape, device)
-        self.models, self.device, self.name = models, torch.device(device), name
+        self.models, self.device = models, torch.device(device)
         self.stats = EngineStats()
-        self._queue: deque[SearchRequest] = deque()
-        self._cond = threading.Condition()
         self._cancel_pending = False
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"search-{name}", daemon=True)
-
-    def start(self) -> SearchEngine:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join()
 
     def submit(self, x: torch.Tensor, z0: torch.Tensor | None, steps: int,
                want_reconstruction: bool = False) -> SearchRequest:
         """Queue a search; await ``request.future`` for its :class:`SearchOutcome`."""
-        loop = asyncio.get_running_loop()
-        request = SearchRequest(x, z0, steps, want_reconstruction, loop.create_future(), loop)
-        with self._cond:
-            self._queue.append(request)
-            self._cond.notify()
-        return request
+        return self._put(SearchRequest(x=x, z0=z0, steps=steps,
+                                       want_reconstruction=want_reconstruction))
 
     def cancel(self, request: SearchRequest) -> None:
         """Drop a request wherever it is (queue or slot) before the engine's next step."""
@@ -100,41 +80,33 @@ class SearchEngine:
             self._cancel_pending = True
             self._cond.notify()
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     # -- engine thread -----------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _on_thread_start(self) -> None:
         torch.set_grad_enabled(True)
-        while True:
-            admitted = self._next_work()
-            if admitted is None:
-                return
-            try:
-                self._admit(admitted)
-                self._step()
-            except Exception as err:  # never leave futures hanging on a failed step
-                log.exception("search step failed")
-                with self._cond:
-                    self._fail_all(err)
 
-    def _next_work(self) -> list[SearchRequest] | None:
-        """Wait for work; drop cancelled requests; take as many queued ones as slots are free."""
-        with self._cond:
-            while not self._stopping and not self._queue and self.table.n == 0:
-                self._cond.wait()
-            if self._stopping:
-                self._fail_all(RuntimeError("search engine stopped"))
-                return None
-            if self._cancel_pending:
-                self._cancel_pending = False
-                kept = [r for r in self._queue if not r.cancelled]
-                dropped = len(self._queue) - len(kept) + self.table.remove(lambda r: r.cancelled)
-                self._queue = deque(kept)
-                self.stats.cancelled += dropped
-            return [self._queue.popleft() for _ in range(min(self.table.free, len(self._queue)))]
+    def _busy(self) -> bool:
+        return self.table.n > 0
+
+    def _in_progress(self) -> list[SearchRequest]:
+        return list(self.table.tags)
+
+    def _abandon_in_progress(self) -> None:
+        self.table.remove(lambda r: True)
+
+    def _take(self) -> list[SearchRequest]:
+        """Drop cancelled requests; take as many queued ones as slots are free."""
+        if self._cancel_pending:
+            self._cancel_pending = False
+            kept = [r for r in self._queue if not r.cancelled]
+            dropped = len(self._queue) - len(kept) + self.table.remove(lambda r: r.cancelled)
+            self._queue = deque(kept)
+            self.stats.cancelled += dropped
+        return [self._queue.popleft() for _ in range(min(self.table.free, len(self._queue)))]
+
+    def _work(self, admitted: list[SearchRequest]) -> None:
+        self._admit(admitted)
+        self._step()
 
     def _admit(self, requests: list[SearchRequest]) -> None:
         if not requests:
@@ -183,24 +155,5 @@ class SearchEngine:
         for result in finished:
             request: SearchRequest = result.tag
             self.stats.completed += 1
-            outcome = SearchOutcome(result, request.started - request.enqueued,
-                                    now - request.started, reconstructions.get(id(result)))
-            request.loop.call_soon_threadsafe(_resolve, request.future, outcome)
-
-    def _fail_all(self, err: Exception) -> None:
-        """Fail every queued and active request (engine stopping or a step raising)."""
-        requests = list(self._queue) + list(self.table.tags)
-        self._queue.clear()
-        self.table.remove(lambda r: True)
-        for request in requests:
-            request.loop.call_soon_threadsafe(_fail, request.future, err)
-
-
-def _resolve(future: asyncio.Future, outcome: SearchOutcome) -> None:
-    if not future.done():
-        future.set_result(outcome)
-
-
-def _fail(future: asyncio.Future, err: Exception) -> None:
-    if not future.done():
-        future.set_exception(err)
+            request.resolve(SearchOutcome(result, request.started - request.enqueued,
+                                          now - request.started, reconstructions.get(id(result))))

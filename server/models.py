@@ -25,8 +25,8 @@ from anogan_inspect.bundle import (
 )
 from anogan_inspect.pictures import residual_maps
 from anogan_inspect.preprocess import to_model_input
-from server.engine import SearchEngine
-from server.fastpath import FastPath, FastScore
+from anogan_inspect.server.engine import SearchEngine
+from anogan_inspect.server.fastpath import FastPath, FastScore
 
 log = logging.getLogger(__name__)
 # The fast path passes a frame at once only when s0 is below the threshold by this relative

@@ -24,8 +24,8 @@ from google.rpc import code_pb2, status_pb2
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
-from server.frames import FrameError, FrameLimits, decode_frame
-from server.models import Mode, Outcome, ServedModel, Stage
+from anogan_inspect.server.frames import FrameError, FrameLimits, decode_frame
+from anogan_inspect.server.models import Mode, Outcome, ServedModel, Stage
 
 log = logging.getLogger(__name__)
 

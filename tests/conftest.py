@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import threading
 from pathlib import Path
 
+import grpc
 import pytest
 
-from clients.launcher import ServerProcess
-from trainer.cli import main as train_main
+from anogan_inspect.server.app import InspectionServer, ServerConfig, load_models
+from anogan_inspect.server.cli import parse_bundle
+from anogan_inspect.server.models import EngineOptions
+from anogan_inspect.trainer.cli import main as train_main
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_CSV = ROOT / "data" / "mnist_train.csv.gz"
@@ -37,14 +42,49 @@ def tiny_bundle_no_encoder(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("bundles") / "noenc", "--no-encoder")
 
 
+class InProcessServer:
+    """The real gRPC server (models, engine, fast path, health, reflection) on an ephemeral
+    port, run by an event loop on a thread of the test process: no process start, and the
+    service's code is covered in this process. ServerProcess (clients/launcher.py) runs
+    `anogan-serve` itself, for what only a process shows (signals, exit codes)."""
+
+    def __init__(self, bundles: list[str], engine: EngineOptions):
+        config = ServerConfig(bundles=[parse_bundle(b) for b in bundles], host="localhost",
+                              port=0, engine=engine, drain_delay_seconds=0.0)
+        models = load_models(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="test-server",
+                                        daemon=True)
+        self._thread.start()
+        self.server = self._call(self._start(config, models))
+        self.target = f"localhost:{self.server.port}"
+
+    @staticmethod
+    async def _start(config: ServerConfig, models) -> InspectionServer:
+        return await InspectionServer(config, models).start()
+
+    def _call(self, coroutine, timeout: float = 120.0):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.target)
+
+    def stop(self) -> None:
+        """Drain (as on SIGTERM) and stop the loop."""
+        self._call(self.server.drain())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self._loop.close()
+
+
 @pytest.fixture(scope="session")
-def server(tiny_bundle, tiny_bundle_no_encoder, tmp_path_factory):
-    """One server for the session: 'tiny' (default, with encoder) and 'noenc' (without)."""
-    proc = ServerProcess([f"tiny={tiny_bundle}", f"noenc={tiny_bundle_no_encoder}"],
-                         tmp_path_factory.mktemp("server") / "server.log",
-                         "--device", "cpu", "--max-batch", "32", cwd=ROOT)
-    yield proc
-    proc.stop()
+def server(tiny_bundle, tiny_bundle_no_encoder):
+    """One in-process server for the session: 'tiny' (default, with encoder) and 'noenc'
+    (without)."""
+    running = InProcessServer([f"tiny={tiny_bundle}", f"noenc={tiny_bundle_no_encoder}"],
+                              EngineOptions(device="cpu", max_batch=32))
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="session")

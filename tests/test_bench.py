@@ -107,6 +107,7 @@ def finite_positive(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow
 def test_ceilings_quick(ctx):
     result = ceilings.run(ctx)
     check_section(result, ["what", "batch", "per_s", "unit", "slot_table_per_s",
@@ -124,6 +125,7 @@ def test_ceilings_quick(ctx):
     assert result["seed_gflop_per_frame_step"] > result["gflop_per_frame_step"]
 
 
+@pytest.mark.slow
 def test_engine_bench_quick(ctx):
     result = engine_bench.run(ctx)
     check_section(result, engine_bench.COLUMNS)
@@ -138,6 +140,7 @@ def test_engine_bench_quick(ctx):
     assert result["efficiency"] == result["rows"][-1]["efficiency"]  # the longest budget
 
 
+@pytest.mark.slow
 def test_server_bench_one_stream(ctx):
     result = server_bench.run(ctx, streams=(1,), n_frames=16)
     check_section(result, server_bench.COLUMNS)
@@ -158,6 +161,7 @@ def test_server_bench_one_stream(ctx):
     assert result["efficiency_8_streams"] is None  # 8 streams not measured here
 
 
+@pytest.mark.slow
 def test_scaling_quick(ctx):
     result = scaling.run(ctx)
     check_section(result, scaling.COLUMNS)
@@ -169,6 +173,7 @@ def test_scaling_quick(ctx):
     assert base["relative_cost"] == 1.0
 
 
+@pytest.mark.slow
 def test_versus_seed_quick(ctx):
     result = versus_seed.run(ctx)
     check_section(result, ["method", "batch", "frame_steps_per_s", "speedup"])
@@ -181,6 +186,7 @@ def test_versus_seed_quick(ctx):
         sixty_four["frame_steps_per_s"] / seed["frame_steps_per_s"])
 
 
+@pytest.mark.slow
 def test_quality_quick_and_targets(ctx):
     result = quality.run(ctx)
     check_section(result, ["method", "steps", "frames_per_s", "frame_steps_per_s",
@@ -242,6 +248,7 @@ def test_gpu_check_saves_after_every_step(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["gpu-check-x.json"]  # no partial left
 
 
+@pytest.mark.slow
 def test_gpu_check_fast_path_line_says_when_cuda_was_not_measured(tiny_bundle, monkeypatch):
     monkeypatch.setattr(gpu_check, "DEVICE", "cpu")  # the dry run: the CPU provider only
     fast = gpu_check.fast_path(tiny_bundle)

@@ -23,10 +23,10 @@ from anogan_inspect.bundle import (
 )
 from anogan_inspect.networks import PRESETS, Discriminator, FeatureExtractor, Generator
 from anogan_inspect.onnxrt import make_session
+from anogan_inspect.trainer import export as export_module
+from anogan_inspect.trainer.cli import main as train_main
+from anogan_inspect.trainer.train import Networks, TrainConfig, Trainer
 from tests.conftest import TEST_CSV, TINY_STEPS, TRAIN_CSV
-from trainer import export as export_module
-from trainer.cli import main as train_main
-from trainer.train import Networks, TrainConfig, Trainer
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -106,6 +106,7 @@ def test_exported_program_backpropagates_to_its_input(tiny_bundle):
     assert z.grad is not None and z.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_parity_failure_leaves_no_bundle(tmp_path, monkeypatch):
     cfg = PRESETS["tiny"]
     networks = {"generator": Generator(cfg),
@@ -203,6 +204,7 @@ def test_bad_dataset_stops_training_and_writes_nothing(tmp_path, monkeypatch, ca
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_class_folders_train_on_good_only(tmp_path):
     data = tmp_path / "parts"
     write_gray_images(data / "good", {f"{i}.png": (16, 16) for i in range(8)}, value=40)
@@ -216,6 +218,7 @@ def test_class_folders_train_on_good_only(tmp_path):
     assert images["train"] + images["heldout"] == 8
 
 
+@pytest.mark.slow
 def test_resume_continues_from_checkpoint(tmp_path):
     run = tmp_path / "run"
     common = ["train", "--data", str(TRAIN_CSV), "--normal-labels", "7,8", "--preset", "tiny",

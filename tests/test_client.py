@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
-from clients import stream_client
-from clients.launcher import ServerProcess
+from anogan_inspect.clients import stream_client
+from anogan_inspect.clients.launcher import ServerProcess
 from tests.conftest import ROOT, TEST_CSV
 from tests.test_server import wait_for
 
@@ -39,12 +41,65 @@ def test_client_streams_digits_and_writes_jsonl_and_summary(server, tmp_path, ca
     fails = [r for r in records if r["verdict"] == "FAIL"]
     assert summary["confusion"]["true_positive"] == sum(r["is_anomaly"] for r in fails)
     assert 0 < summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
-    # The live table: a header and every 10th result; then the printed summary.
-    assert out.splitlines()[0] == stream_client.LiveTable.COLUMNS
-    assert len([line for line in out.splitlines() if line.startswith("mnist_test")]) == 30
+    # The live table: what it shows, a header and every 10th result; then the summary, with
+    # the confusion as a table (rows: truth, columns: verdict).
+    lines = out.splitlines()
+    assert lines[0] == ("showing 1 result in 10 of 300 as they arrive (--every 10); "
+                        "the summary counts them all")
+    assert lines[1] == stream_client.LiveTable.COLUMNS
+    assert len([line for line in lines if line.startswith("mnist_test")]) == 30
     assert f"AUROC {summary['auroc']:.4f}" in out
+    confusion = summary["confusion"]
+    anomalous_row = next(line for line in lines if line.startswith("anomalous"))
+    assert anomalous_row.split()[1:] == [str(confusion["true_positive"]),
+                                         str(confusion["false_negative"])]
+    normal_row = next(line for line in lines if line.startswith("normal "))
+    assert normal_row.split()[1:] == [str(confusion["false_positive"]),
+                                      str(confusion["true_negative"])]
+    assert "fell behind" not in capsys.readouterr().err  # no --rate asked
 
 
+def test_client_says_when_nothing_listens(capsys):
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    code = stream_client.main(["--target", f"localhost:{port}", "--generate", "5", "--quiet"])
+    assert code == 2
+    assert time.monotonic() - started < 10  # refused at once, not after --connect-timeout
+    assert (f"no server at localhost:{port}: start one with `make serve` or pass --target"
+            in capsys.readouterr().err)
+
+
+def test_client_warns_when_the_server_falls_behind_the_rate(server, tmp_path, capsys):
+    # 600 frames/s of 300-step searches is far beyond this tiny CPU server.
+    code = stream_client.main(["--target", server.target, *DIGITS, "--limit", "64",
+                               "--mode", "search", "--steps", "300", "--rate", "600",
+                               "--quiet", "--summary-json", str(tmp_path / "summary.json")])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["results_per_second"] < 0.95 * 600
+    err = capsys.readouterr().err
+    assert ("anogan-client: warning: the server fell behind: frames sent at 600/s, results "
+            f"came back at {summary['results_per_second']:g}/s") in err
+
+
+def test_client_is_quiet_about_a_rate_the_server_keeps_up_with(server, capsys):
+    code = stream_client.main(["--target", server.target, *DIGITS, "--limit", "40",
+                               "--mode", "fast", "--rate", "40", "--quiet"])
+    assert code == 0
+    assert "fell behind" not in capsys.readouterr().err
+
+
+def test_generated_frames_are_explained(server, capsys):
+    code = stream_client.main(["--target", server.target, "--generate", "20", "--every", "5"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("generated frames: gray frames of one bright straight stroke")
+    assert "every 10th also carries a small bright disc, labelled anomalous" in out
+
+
+@pytest.mark.slow
 def test_client_keeps_what_came_back_when_the_server_drains(tiny_bundle, tmp_path, capsys):
     proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
                          "--drain-delay", "0", cwd=ROOT)

@@ -1,4 +1,4 @@
-"""Tests for trainer.data: CSV, folder and .npy loaders, dispatch and the holdout split."""
+"""anogan_inspect.datasets: CSV, folder and .npy loaders, dispatch and the holdout split."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.data import (
+from anogan_inspect.datasets import (
     DatasetError,
     ImageSet,
     heldout_split,

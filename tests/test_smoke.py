@@ -8,6 +8,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "clients" / "smoke.sh"
 
@@ -38,6 +40,7 @@ def test_smoke_against_running_server(server, venv_bin):
     assert result.stdout.count("ok - ") == 6, result.stdout
 
 
+@pytest.mark.slow
 def test_smoke_starts_and_drains_a_server(tiny_bundle, venv_bin):
     result = run_smoke(venv_bin, "--start-server", str(tiny_bundle), "--device", "cpu")
     assert result.returncode == 0, result.stdout

@@ -15,9 +15,12 @@ from cryptography.x509.oid import NameOID
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
-from clients import stream_client
-from clients.launcher import ServerProcess
+from anogan_inspect.clients import stream_client
+from anogan_inspect.clients.launcher import ServerProcess
 from tests.conftest import ROOT, TEST_CSV
+
+# Each test starts `anogan-serve` with TLS files: a process of its own.
+pytestmark = pytest.mark.slow
 
 FRAMES = ["--csv", str(TEST_CSV), "--normal-labels", "7,8", "--anomaly-labels", "2",
           "--limit", "12", "--mode", "fast", "--quiet"]
@@ -87,7 +90,8 @@ def test_mutual_tls_requires_a_client_certificate(tiny_bundle, tmp_path, pki, ca
     try:
         trust = ["--target", proc.target, *FRAMES, "--tls-ca", str(pki["ca"][2])]
         assert stream_client.main([*trust, "--connect-timeout", "3"]) == 2
-        assert "cannot stream" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert f"cannot connect to {proc.target}:" in err and "--tls-cert/--tls-key" in err
         assert stream_client.main([*trust, "--tls-cert", str(pki["client"][2]),
                                    "--tls-key", str(pki["client"][3])]) == 0
         assert proc.stop() == 0
@@ -96,7 +100,7 @@ def test_mutual_tls_requires_a_client_certificate(tiny_bundle, tmp_path, pki, ca
 
 
 def test_server_refuses_half_a_tls_config(tiny_bundle, pki, capsys):
-    from server.cli import main as serve_main
+    from anogan_inspect.server.cli import main as serve_main
 
     assert serve_main(["--bundle", str(tiny_bundle), "--tls-cert", str(pki["server"][2])]) == 2
     assert "--tls-cert and --tls-key together" in capsys.readouterr().err

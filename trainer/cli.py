@@ -15,21 +15,28 @@ import numpy as np
 import torch
 
 from anogan_inspect.bundle import Bundle, BundleError, load_torch_models, read_bundle
+from anogan_inspect.datasets import (
+    DatasetError,
+    ImageSet,
+    heldout_split,
+    load_dataset,
+    normal_subset,
+)
+from anogan_inspect.help_format import HelpFormatter
+from anogan_inspect.metrics import confusion_table, save_roc_plot
 from anogan_inspect.networks import NORMS, PRESETS, FeatureExtractor, ModelConfig
 from anogan_inspect.preprocess import to_model_input
 from anogan_inspect.search import ScoringModels, SearchConfig, fast_score
-from trainer.data import DatasetError, ImageSet, heldout_split, load_dataset, normal_subset
-from trainer.export import ExportError, export_bundle
-from trainer.scoring import (
+from anogan_inspect.trainer.export import ExportError, export_bundle
+from anogan_inspect.trainer.scoring import (
     calibrate,
     metrics,
     save_reconstruction_grid,
-    save_roc_plot,
     search_scores,
     summarize,
     write_json,
 )
-from trainer.train import Networks, TrainConfig, Trainer
+from anogan_inspect.trainer.train import Networks, TrainConfig, Trainer
 
 log = logging.getLogger("anogan-train")
 # Training defaults per preset: the seed's recipe for "seed", a few CPU minutes for "default".
@@ -56,12 +63,21 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def per_preset(key: str) -> str:
+    """'default: 150, seed: 30, tiny: 2': a value of each preset, for help texts."""
+    values = {name: (getattr(PRESETS[name], key) if hasattr(PRESETS[name], key)
+                     else PRESET_TRAINING[name][key]) for name in sorted(PRESETS)}
+    return "(default: the preset's; " + ", ".join(f"{n} {v}" for n, v in values.items()) + ")"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anogan-train", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(prog="anogan-train", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train on normal images and export a bundle")
+    train = sub.add_parser("train", help="train on normal images and export a bundle",
+                           formatter_class=HelpFormatter)
     train.add_argument("--data", required=True, type=Path,
                        help="MNIST-style CSV (.csv/.csv.gz), image folder (MVTec ok) or .npy")
     train.add_argument("--normal-labels", type=parse_labels,
@@ -71,46 +87,69 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", type=Path,
                        help="checkpoints and sample grids (default: runs/<name>)")
     train.add_argument("--resume", action="store_true", help="continue from run-dir's checkpoint")
-    train.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    train.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                       help="network and training sizes: default (32×32, a few CPU minutes), "
+                            "seed (the seed's 64×64 DCGAN), tiny (tests)")
     for field in ("image_size", "channels", "latent_dim", "width"):
-        train.add_argument(f"--{field.replace('_', '-')}", type=int, help="override the preset")
-    train.add_argument("--disc-norm", choices=NORMS, help="override the preset")
-    train.add_argument("--epochs", type=int, help="GAN epochs")
-    train.add_argument("--encoder-epochs", type=int, help="encoder epochs")
+        train.add_argument(f"--{field.replace('_', '-')}", type=int,
+                           help=f"override the preset {per_preset(field)}")
+    train.add_argument("--disc-norm", choices=NORMS,
+                       help=f"override the preset {per_preset('disc_norm')}")
+    train.add_argument("--epochs", type=int, help=f"GAN epochs {per_preset('epochs')}")
+    train.add_argument("--encoder-epochs", type=int,
+                       help=f"encoder epochs {per_preset('encoder_epochs')}")
     train.add_argument("--no-encoder", action="store_true",
                        help="skip the encoder (the bundle then serves SEARCH only)")
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--batch-size", type=int,
+                       help=f"training batch {per_preset('batch_size')}")
     train.add_argument("--no-bn-recalibration", action="store_true",
                        help="keep G's BatchNorm running statistics from training (ablation)")
-    train.add_argument("--lr-g", type=float, default=TrainConfig.lr_g)
-    train.add_argument("--lr-d", type=float, default=TrainConfig.lr_d)
+    train.add_argument("--lr-g", type=float, default=TrainConfig.lr_g,
+                       help="generator's Adam learning rate")
+    train.add_argument("--lr-d", type=float, default=TrainConfig.lr_d,
+                       help="discriminator's Adam learning rate")
     train.add_argument("--holdout", type=float, default=0.15,
                        help="fraction of normal images held out for calibration")
     train.add_argument("--quantile", type=float, default=0.95,
                        help="threshold at this quantile of held-out normal scores")
-    train.add_argument("--target-fpr", type=float, help="same as --quantile 1-FPR")
-    _add_search_options(train)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default=default_device())
+    train.add_argument("--target-fpr", type=float,
+                       help="the same as --quantile 1-FPR (overrides --quantile)")
+    _add_search_options(train, calibrating=True)
+    _add_run_options(train)
 
-    evaluate = sub.add_parser("evaluate", help="score a labelled set with a bundle")
-    evaluate.add_argument("--bundle", required=True, type=Path)
-    evaluate.add_argument("--data", required=True, type=Path)
-    evaluate.add_argument("--normal-labels", type=parse_labels)
-    evaluate.add_argument("--anomaly-labels", type=parse_labels)
+    evaluate = sub.add_parser("evaluate", help="score a labelled set with a bundle",
+                              formatter_class=HelpFormatter)
+    evaluate.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    evaluate.add_argument("--data", required=True, type=Path,
+                          help="labelled data: MNIST-style CSV (with --normal-labels and "
+                               "--anomaly-labels), MVTec-layout folder (test split) or .npy")
+    evaluate.add_argument("--normal-labels", type=parse_labels,
+                          help="CSV labels that are normal, e.g. 7,8")
+    evaluate.add_argument("--anomaly-labels", type=parse_labels,
+                          help="CSV labels that are anomalous, e.g. 2")
     evaluate.add_argument("--start", choices=("encoder", "random"),
                           help="search start (default: encoder when the bundle has one)")
     evaluate.add_argument("--out", type=Path, help="report directory (default: reports/<name>)")
-    _add_search_options(evaluate)
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--device", default=default_device())
+    _add_search_options(evaluate, calibrating=False)
+    _add_run_options(evaluate)
     return parser
 
 
-def _add_search_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, help="latent-search steps")
-    parser.add_argument("--search-lr", type=float, help="Adam learning rate on z")
+def _add_search_options(parser: argparse.ArgumentParser, calibrating: bool) -> None:
+    """The search to calibrate with (train) or to evaluate with (the bundle's by default)."""
+    base = SearchConfig()
+    default = (lambda value: f"{value:g}") if calibrating else (lambda value: "the bundle's")
+    parser.add_argument("--steps", type=int,
+                        help=f"latent-search steps (default: {default(base.steps)})")
+    parser.add_argument("--search-lr", type=float,
+                        help=f"Adam learning rate on z (default: {default(base.lr)})")
     parser.add_argument("--search-batch", type=int, default=64, help="searches run at once")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--device", default=default_device(),
+                        help="cpu or cuda (default: cuda when present)")
 
 
 def search_config(args, base: SearchConfig) -> SearchConfig:
@@ -270,15 +309,14 @@ def run_evaluate(args) -> int:
         report["fast"] = metrics(fast, data.is_anomaly, bundle.threshold)
         curves["fast path (encoder)"] = (fast, data.is_anomaly)
     save_roc_plot(curves, out / "roc.png", f"{bundle.name} on {args.data.name}")
-    order = np.argsort(-result.score)  # most anomalous first
-    save_reconstruction_grid(models, x[torch.as_tensor(order.copy())], result.z[order],
-                             out / "reconstructions.png")
+    save_reconstruction_grid(models, x, result.z, result.score, bundle.threshold,
+                             data.is_anomaly, out / "reconstructions.png")
     write_json(out / "report.json", report)
     search_metrics = report["search"]
     print(f"{bundle.name}: AUROC {search_metrics['auroc']:.4f}  AUPRC "
           f"{search_metrics['auprc']:.4f}  ({len(data)} images, {cfg.steps} steps from {start}, "
-          f"{report['frames_per_second']} frames/s); confusion at threshold "
-          f"{bundle.threshold:.2f}: {search_metrics['confusion']}")
+          f"{report['frames_per_second']} frames/s); at threshold {bundle.threshold:.2f}:")
+    print(confusion_table(search_metrics["confusion"]))
     if "fast" in report:
         print(f"fast path: AUROC {report['fast']['auroc']:.4f}")
     print(f"report: {out / 'report.json'}, ROC: {out / 'roc.png'}, "

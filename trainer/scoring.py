@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anogan_inspect.pictures import residual_maps, save_grid
+from anogan_inspect.metrics import auroc, confusion
+from anogan_inspect.pictures import residual_maps
+from anogan_inspect.preprocess import to_unit_range
 from anogan_inspect.search import (
     ScoringModels,
     SearchConfig,
@@ -64,55 +66,66 @@ def calibrate(scores: np.ndarray, quantile: float) -> dict:
 
 def metrics(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float) -> dict:
     """AUROC, AUPRC and the confusion counts at the threshold."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.metrics import average_precision_score
 
-    predicted = scores > threshold
     both = len(set(is_anomaly.tolist())) == 2
     return {
-        "auroc": float(roc_auc_score(is_anomaly, scores)) if both else None,
+        "auroc": auroc(scores, is_anomaly) if both else None,
         "auprc": float(average_precision_score(is_anomaly, scores)) if both else None,
         "threshold": threshold,
-        "confusion": {
-            "true_positive": int(np.sum(predicted & is_anomaly)),
-            "false_positive": int(np.sum(predicted & ~is_anomaly)),
-            "true_negative": int(np.sum(~predicted & ~is_anomaly)),
-            "false_negative": int(np.sum(~predicted & is_anomaly)),
-        },
+        "confusion": confusion(scores > threshold, is_anomaly),
     }
-
-
-def save_roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
-                  title: str) -> Path:
-    """ROC curves (name → (scores, is_anomaly)) in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, (scores, labels) in curves.items():
-        fpr, tpr, _ = roc_curve(labels, scores)
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(labels, scores):.3f})")
-    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 @torch.no_grad()
 def save_reconstruction_grid(models: ScoringModels, x: torch.Tensor, z: np.ndarray,
-                             path: Path, limit: int = 16) -> Path:
-    """Rows of (input, G(z), residual map) for the first `limit` images."""
-    x = x[:limit]
-    reconstruction = models.generator(torch.as_tensor(z[:limit], device=x.device))
-    residual = residual_maps(x, reconstruction).expand(-1, x.shape[1], -1, -1) * 2 - 1
-    triples = torch.stack([x, reconstruction, residual], 1).flatten(0, 1).cpu()
-    return save_grid(triples, path, nrow=6)
+                             scores: np.ndarray, threshold: float,
+                             is_anomaly: np.ndarray | None, path: Path,
+                             most: int = 8, least: int = 4) -> Path:
+    """A labelled figure, one row per image: input, G(z), residual |x − G(z)| as a heat
+    map, with the score, the verdict at `threshold` and the truth. Rows: the `most`
+    highest-scoring images, then the `least` lowest-scoring, for comparison."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(-scores, kind="stable")
+    rows = np.r_[order[:most], order[max(most, len(order) - least):]]
+    picked = torch.as_tensor(rows.copy(), device=x.device)
+    inputs = x[picked]
+    reconstruction = models.generator(torch.as_tensor(z[rows], device=x.device))
+    residual = residual_maps(inputs, reconstruction)[:, 0].cpu().numpy()
+    to_image = lambda t: to_unit_range(t).permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
+    columns = [("input x", to_image(inputs)), ("G(z), the search's best", to_image(reconstruction)),
+               ("residual |x − G(z)|", residual)]
+    height = 1.6 * len(rows) + 0.6
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.2, height), squeeze=False)
+    for r, index in enumerate(rows):
+        verdict = "FAIL" if scores[index] > threshold else "PASS"
+        truth = "" if is_anomaly is None else \
+            ("\nanomalous" if is_anomaly[index] else "\nnormal")
+        rank = r + 1 if r < most else len(order) - (len(rows) - 1 - r)
+        axes[r, 0].set_ylabel(f"#{rank}\nscore {scores[index]:.1f}\n{verdict}{truth}",
+                              fontsize=9, rotation=0, ha="right", va="center", labelpad=8,
+                              color="firebrick" if verdict == "FAIL" else "black")
+        for c, (title, images) in enumerate(columns):
+            image = images[r]
+            gray = image.ndim == 2 or image.shape[-1] == 1
+            axes[r, c].imshow(image.squeeze(), cmap=("inferno" if c == 2 else "gray")
+                              if gray else None, vmin=0, vmax=1, interpolation="nearest")
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(title, fontsize=9)
+    fig.suptitle(f"rank by score, score, verdict at threshold {threshold:.2f}, truth: the "
+                 f"{min(most, len(order))} highest, then the {len(rows) - min(most, len(order))}"
+                 " lowest", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def write_json(path: Path, data: dict) -> Path:

@@ -1,0 +1,107 @@
+"""The worker base of the search engine and the fast path: results, errors, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+
+import pytest
+
+from anogan_inspect.server.worker import Job, Worker, WorkerStopped
+
+
+@dataclass(eq=False)
+class Square(Job):
+    value: int = 0
+
+
+class SquareWorker(Worker):
+    """Squares numbers in batches of up to 2; a batch holding -1 raises; `gate` holds the
+    thread inside its work until set."""
+
+    def __init__(self):
+        super().__init__("squares")
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.in_work = threading.Event()
+
+    def submit(self, value: int) -> asyncio.Future:
+        return self._put(Square(value=value)).future
+
+    def _take(self) -> list[Square]:
+        return [self._queue.popleft() for _ in range(min(2, len(self._queue)))]
+
+    def _work(self, jobs: list[Square]) -> None:
+        self.in_work.set()
+        self.gate.wait()
+        self.batches.append([j.value for j in jobs])
+        if any(j.value == -1 for j in jobs):
+            raise ValueError("negative one")
+        for job in jobs:
+            job.resolve(job.value ** 2)
+
+
+def test_results_come_back_in_batches():
+    async def run():
+        worker = SquareWorker().start()
+        try:
+            return await asyncio.gather(*(worker.submit(v) for v in range(5))), worker.batches
+        finally:
+            worker.stop()
+
+    results, batches = asyncio.run(run())
+    assert results == [0, 1, 4, 9, 16]
+    assert sorted(v for batch in batches for v in batch) == list(range(5))
+    assert max(len(batch) for batch in batches) <= 2
+
+
+def test_a_failing_batch_fails_its_jobs_only_and_the_thread_goes_on():
+    async def run():
+        worker = SquareWorker()
+        worker.gate.clear()
+        worker.start()
+        first = worker.submit(7)  # taken alone: the thread waits in its work
+        await asyncio.to_thread(worker.in_work.wait, 10)
+        bad, same_batch = worker.submit(-1), worker.submit(3)
+        worker.gate.set()
+        later = worker.submit(4)
+        outcomes = await asyncio.gather(first, bad, same_batch, later, return_exceptions=True)
+        worker.stop()
+        return outcomes
+
+    first, bad, same_batch, later = asyncio.run(run())
+    assert first == 49 and later == 16
+    assert isinstance(bad, ValueError) and isinstance(same_batch, ValueError)
+
+
+def test_stop_fails_what_is_queued_and_refuses_new_jobs():
+    async def run():
+        worker = SquareWorker()
+        worker.gate.clear()
+        worker.start()
+        running = worker.submit(1)
+        await asyncio.to_thread(worker.in_work.wait, 10)
+        queued = [worker.submit(v) for v in (2, 3, 4)]
+        stopper = asyncio.get_running_loop().run_in_executor(None, worker.stop)
+        await asyncio.sleep(0.05)
+        worker.gate.set()  # the batch in progress finishes; the queue is failed
+        await stopper
+        after = worker.submit(5)
+        return await asyncio.gather(running, *queued, after, return_exceptions=True)
+
+    running, *rest = asyncio.run(run())
+    assert running == 1
+    assert all(isinstance(outcome, WorkerStopped) for outcome in rest)
+
+
+def test_stop_before_start_fails_the_queue():
+    async def run():
+        worker = SquareWorker()
+        pending = worker.submit(2)
+        worker.stop()
+        with pytest.raises(WorkerStopped):
+            await pending
+
+    asyncio.run(run())
