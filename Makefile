@@ -18,11 +18,16 @@ ANOMALY ?= 2
 PORT ?= 50051
 STEPS ?=
 PYTEST_ARGS ?=
+# The texture benchmark (full-resolution frames, tiles): generated from data/textures/grass.png.
+TEXTURE_DATA ?= data/texture
+TEXTURE_BUNDLE ?= bundles/texture
+TEXTURE_TRAIN_ARGS ?= --patch-size 32 --stride 16 --epochs 15 --encoder-epochs 10 --steps 30
 
 # buf (npm's @bufbuild/buf) lints proto/ against buf's style guide.
 BUF ?= npx --yes @bufbuild/buf@1.75.0
 
-.PHONY: install train evaluate demo test test-fast clean proto proto-check proto-lint serve smoke bench \
+.PHONY: install train evaluate demo demo-texture texture-data texture-bundle texture-evaluate \
+	test test-fast clean proto proto-check proto-lint serve smoke bench \
 	bench-quick \
 	bench-quality bench-ablation gpu-check lint
 
@@ -50,6 +55,25 @@ train: install
 evaluate: install $(BUNDLE)/manifest.json
 	$(VENV)/bin/anogan-train evaluate --bundle $(BUNDLE) --data $(DATA_TEST) \
 		--normal-labels $(NORMAL) --anomaly-labels $(ANOMALY) $(if $(STEPS),--steps $(STEPS),)
+
+# Texture frames with small defects (MVTec layout, masks included), and a tiled bundle on them.
+$(TEXTURE_DATA)/train: | $(VENV)/.installed
+	$(PY) -m bench.texture_data --out $(TEXTURE_DATA)
+
+texture-data: install $(TEXTURE_DATA)/train
+
+$(TEXTURE_BUNDLE)/manifest.json: | $(TEXTURE_DATA)/train
+	$(VENV)/bin/anogan-train train --data $(TEXTURE_DATA) $(TEXTURE_TRAIN_ARGS) --out $(TEXTURE_BUNDLE)
+
+texture-bundle: install $(TEXTURE_BUNDLE)/manifest.json
+
+texture-evaluate: install $(TEXTURE_BUNDLE)/manifest.json
+	$(VENV)/bin/anogan-train evaluate --bundle $(TEXTURE_BUNDLE) --data $(TEXTURE_DATA)
+
+# Serve the tiled texture bundle, stream the texture test frames, save overlays (map + boxes).
+demo-texture: install $(TEXTURE_BUNDLE)/manifest.json
+	$(PY) -m anogan_inspect.clients.demo --bundle $(TEXTURE_BUNDLE) --folder $(TEXTURE_DATA) \
+		--overlays reports/demo-texture --rate 0
 
 demo: install $(BUNDLE)/manifest.json
 	$(PY) -m anogan_inspect.clients.demo --bundle $(BUNDLE) --data $(DATA_TEST) \
@@ -85,11 +109,11 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-bench: install $(BUNDLE)/manifest.json
-	$(PY) -m bench --bundle $(BUNDLE)
+bench: install $(BUNDLE)/manifest.json $(TEXTURE_BUNDLE)/manifest.json
+	$(PY) -m bench --bundle $(BUNDLE) --tiled-bundle $(TEXTURE_BUNDLE)
 
-bench-quick: install $(BUNDLE)/manifest.json
-	$(PY) -m bench --bundle $(BUNDLE) --quick
+bench-quick: install $(BUNDLE)/manifest.json $(TEXTURE_BUNDLE)/manifest.json
+	$(PY) -m bench --bundle $(BUNDLE) --tiled-bundle $(TEXTURE_BUNDLE) --quick
 
 # Quality against speed only (AUROC and frames/s of the seed's method, fast path, search
 # budgets and cascade): the figures of docs/performance.md, one command.

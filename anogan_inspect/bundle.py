@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from anogan_inspect.search import ScoringModels, SearchConfig
+from anogan_inspect.tiling import Tiling
 
 FORMAT = "anogan-inspect-bundle"
 FORMAT_VERSION = 1
@@ -80,6 +81,18 @@ class Bundle:
     @property
     def search_config(self) -> SearchConfig:
         return SearchConfig.from_dict(self.manifest["search"])
+
+    @property
+    def tiling(self) -> Tiling | None:
+        """How frames are tiled (a tiled bundle), or None (whole frames, resized)."""
+        entry = self.manifest.get("tiling")
+        return Tiling.from_dict(entry) if entry else None
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        """Anomaly-map value above which pixels form regions (tiled bundles)."""
+        entry = self.manifest.get("tiling")
+        return float(entry["pixel_threshold"]) if entry else None
 
     @property
     def has_encoder(self) -> bool:

@@ -45,6 +45,8 @@ class ImageSet:
     labels: np.ndarray
     is_anomaly: np.ndarray | None
     source: str
+    # Image folders: each image's path relative to the split folder ("scratch/003.png").
+    files: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         """Check that the arrays agree in shape."""
@@ -55,6 +57,8 @@ class ImageSet:
             raise ValueError(f"labels must have shape ({n},), got {self.labels.shape}")
         if self.is_anomaly is not None and self.is_anomaly.shape != (n,):
             raise ValueError(f"is_anomaly must have shape ({n},), got {self.is_anomaly.shape}")
+        if self.files is not None and len(self.files) != n:
+            raise ValueError(f"files must name {n} images, got {len(self.files)}")
 
     def __len__(self) -> int:
         """Number of images."""
@@ -64,7 +68,8 @@ class ImageSet:
         """Return the images selected by ``idx`` (indices, boolean mask or slice)."""
         sel = idx if isinstance(idx, slice) else np.asarray(idx)
         flags = None if self.is_anomaly is None else self.is_anomaly[sel]
-        return ImageSet(self.images[sel], self.labels[sel], flags, self.source)
+        files = None if self.files is None else tuple(np.asarray(self.files)[sel].tolist())
+        return ImageSet(self.images[sel], self.labels[sel], flags, self.source, files)
 
 
 # --------------------------------------------------------------------------------------- CSV
@@ -282,7 +287,7 @@ def load_folder(path: PathLike, split: str = "train") -> ImageSet:
     files = _image_files(root)
     images = _decode_all(root, files)
     labels = np.full(len(files), UNKNOWN, dtype=np.int64)
-    return ImageSet(images, labels, None, str(root))
+    return ImageSet(images, labels, None, str(root), tuple(f.name for f in files))
 
 
 def _visible_entries(folder: Path) -> list[Path]:
@@ -320,7 +325,8 @@ def _load_class_folders(folder: Path, source: str) -> ImageSet:
         labels += [NORMAL if entry.name == GOOD_CLASS else ANOMALOUS] * len(class_files)
     images = _decode_all(folder, files)
     label_array = np.array(labels, dtype=np.int64)
-    return ImageSet(images, label_array, label_array == ANOMALOUS, source)
+    return ImageSet(images, label_array, label_array == ANOMALOUS, source,
+                    tuple(str(f.relative_to(folder)) for f in files))
 
 
 def _decode_all(folder: Path, files: list[Path]) -> np.ndarray:

@@ -33,6 +33,49 @@ def auroc(scores: np.ndarray, is_anomaly: np.ndarray) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
 
 
+def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
+    """AUROC of every pixel's map value against its mask (MVTec AD's pixel AUROC)."""
+    return auroc(np.asarray(maps).ravel(), np.asarray(masks, dtype=bool).ravel())
+
+
+def pro_score(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3,
+              thresholds: int = 200) -> float:
+    """Per-region overlap (MVTec AD), integrated over false-positive rates up to max_fpr
+    and divided by max_fpr (1.0 is perfect).
+
+    At each threshold, a ground-truth region's overlap is the share of its pixels above the
+    threshold, PRO is the mean over all regions of all images, and the FPR is the share of
+    normal pixels above it. Needs at least one region and one normal pixel.
+    """
+    from anogan_inspect.tiling import label_components  # torch: only for pixel metrics
+
+    maps = np.asarray(maps, dtype=np.float64)
+    masks = np.asarray(masks, dtype=bool)
+    regions = []  # (image index, flat pixel indices) per ground-truth region
+    for i, mask in enumerate(masks):
+        labels, count = label_components(mask)
+        regions += [(i, np.flatnonzero(labels == k)) for k in range(1, count + 1)]
+    normal = maps[~masks]
+    if not regions or normal.size == 0:
+        raise ValueError("PRO needs ground-truth regions and normal pixels")
+    levels = np.unique(np.quantile(normal, np.linspace(1 - max_fpr * 1.2, 1, thresholds)
+                                   .clip(0, 1)))
+    flat = maps.reshape(len(maps), -1)
+    # The curve from (0, 0) (nothing flagged) to (1, 1) (everything flagged), one point per
+    # threshold; ties between thresholds are joined by straight lines, as in a ROC curve.
+    points = [(0.0, 0.0), (1.0, 1.0)]
+    for level in levels:
+        points.append((float(np.mean(normal > level)),
+                       float(np.mean([np.mean(flat[i][pixels] > level) for i, pixels in regions]))))
+    points.sort()  # by FPR, then PRO: both grow as the threshold falls
+    fprs, pros = np.array(points).T
+    after = int(np.argmax(fprs > max_fpr))  # the first point past max_fpr ((1, 1) at most)
+    share = (max_fpr - fprs[after - 1]) / (fprs[after] - fprs[after - 1])
+    f = np.r_[fprs[:after], max_fpr]
+    p = np.r_[pros[:after], pros[after - 1] + share * (pros[after] - pros[after - 1])]
+    return float(np.sum(np.diff(f) * (p[1:] + p[:-1]) / 2.0) / max_fpr)
+
+
 def confusion(fail: np.ndarray, is_anomaly: np.ndarray) -> dict[str, int]:
     """Counts of verdicts (FAIL = True) against the truth (anomalous = True)."""
     fail, truth = np.asarray(fail, dtype=bool), np.asarray(is_anomaly, dtype=bool)

@@ -309,3 +309,16 @@ def fast_score(models: ScoringModels, x: torch.Tensor, lam: float,
     if not scores:
         return np.zeros(0), torch.zeros(0, models.latent_dim)
     return np.concatenate(scores).astype(np.float64), torch.cat(zs)
+
+
+# The fast path passes a frame (or a tile) at once only when s0 is below the threshold by
+# this relative margin, so ONNX-vs-torch rounding can never make the cascade disagree with
+# the search.
+CASCADE_MARGIN = 1e-4
+
+
+def fast_clears(fast_score, threshold: float):
+    """Exact cascade: the search from E(x) can only lower s0, so s0 ≤ threshold PASSes.
+
+    Works on floats and arrays alike."""
+    return fast_score <= threshold - CASCADE_MARGIN * abs(threshold)

@@ -11,6 +11,7 @@ the machine, the command and the date. Sections, in order:
   versus_seed  the engine against the seed's loop on the seed's own networks
   quality      AUROC against frames/s: seed's method, fast path, search budgets, cascade
   scaling      frames/s against image size and network width
+  tiles        512×512 frames: tiled against whole-frame scoring (--tiled-bundle)
 
 The seed's networks come from `--seed-run` (a trainer run directory with checkpoint.pt);
 when it has none, from bench/seed_networks.pt (committed), else the seed preset is trained.
@@ -29,8 +30,9 @@ import torch
 
 from bench.common import ROOT, TRAIN_CSV, Context, header, markdown_table, write_json
 
-SECTIONS = ["ceilings", "engine", "server", "versus_seed", "quality", "scaling"]
-MODULES = {"engine": "bench.engine_bench", "server": "bench.server_bench"}
+SECTIONS = ["ceilings", "engine", "server", "versus_seed", "quality", "scaling", "tiles"]
+MODULES = {"engine": "bench.engine_bench", "server": "bench.server_bench",
+           "tiles": "bench.tiles_bench"}
 # The seed preset's G and D (float16), so that a fresh clone needs no 10-minute training.
 COMMITTED_SEED = ROOT / "bench" / "seed_networks.pt"
 
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "default")
+    parser.add_argument("--tiled-bundle", type=Path, default=ROOT / "bundles" / "texture",
+                        help="tiled bundle for the tiles section")
     parser.add_argument("--quick", action="store_true", help="a few minutes, for development")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sections", default=",".join(SECTIONS))
@@ -146,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     seed_source = None
     if {"versus_seed", "quality"} & set(sections):
         seed_source = ensure_seed_run(args.seed_run, args.quick, args.device)
-    ctx = Context(args.bundle, args.device, args.quick, out_dir, args.seed_run)
+    ctx = Context(args.bundle, args.device, args.quick, out_dir, args.seed_run,
+                  tiled_bundle_path=args.tiled_bundle)
     meta = {"name": name, **header(["python", "-m", "bench", *(argv or sys.argv[1:])]),
             "device": args.device, "bundle": str(args.bundle), "seed_run": shown(args.seed_run),
             "seed_source": seed_source,

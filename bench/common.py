@@ -34,6 +34,7 @@ class Context:
     quick: bool
     out_dir: Path
     seed_run: Path
+    tiled_bundle_path: Path | None = None  # the tiles section's bundle
     _cache: dict = field(default_factory=dict)
 
     @property

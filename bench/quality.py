@@ -11,9 +11,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anogan_inspect.preprocess import to_model_input
-from anogan_inspect.search import search
+from anogan_inspect.search import fast_clears, search
 from anogan_inspect.server.fastpath import FastPath
-from anogan_inspect.server.models import fast_clears
 from bench.common import Context, markdown_table, save_figure
 from bench.seed_method import SEED_BATCH, load_seed_networks, seed_scores
 

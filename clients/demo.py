@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="bundle to serve")
     parser.add_argument("--data", type=Path, default=Path("data/mnist_test.csv.gz"),
                         help="labelled MNIST-style CSV to stream")
+    parser.add_argument("--folder", type=Path,
+                        help="stream this MVTec-layout folder's test split instead of --data")
+    parser.add_argument("--overlays", type=Path, metavar="DIR",
+                        help="tiled bundles: save an overlay per frame here (map, regions)")
     parser.add_argument("--normal-labels", default="7,8", help="labels of normal rows")
     parser.add_argument("--anomaly-labels", default="2", help="labels of anomalous rows")
     parser.add_argument("--streams", type=int, default=4, help="concurrent streams")
@@ -42,12 +46,16 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as err:
             print(f"demo: {err}", file=sys.stderr)
             return 1
-        print(f"demo: serving {args.bundle} at {server.target}; streaming {args.data} "
-              f"over {args.streams} streams at {args.rate or 'max'} frames/s\n")
+        source = (["--folder", str(args.folder)] if args.folder else
+                  ["--csv", str(args.data), "--normal-labels", args.normal_labels,
+                   "--anomaly-labels", args.anomaly_labels])
+        print(f"demo: serving {args.bundle} at {server.target}; streaming "
+              f"{args.folder or args.data} over {args.streams} streams at "
+              f"{args.rate or 'max'} frames/s\n")
         try:
             code = stream_client.main([
-                "--target", server.target, "--csv", str(args.data),
-                "--normal-labels", args.normal_labels, "--anomaly-labels", args.anomaly_labels,
+                "--target", server.target, *source,
+                *(["--overlays", str(args.overlays)] if args.overlays else []),
                 "--streams", str(args.streams), "--every", str(args.every),
                 *(["--rate", str(args.rate)] if args.rate else []), "--fail-on-error"])
         finally:
@@ -56,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"demo: server exited {server_code}\n{server.log_path.read_text()}",
                   file=sys.stderr)
             return 1
+        if args.overlays:
+            print(f"demo: overlays (frame, anomaly map, regions) in {args.overlays}/")
         print("demo: server drained and stopped cleanly")
         return code
 

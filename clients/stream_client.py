@@ -25,6 +25,7 @@ import numpy as np
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
+from anogan_inspect.clients.overlay import save_overlay
 from anogan_inspect.clients.sources import (
     GENERATED_FRAMES,
     SourceFrame,
@@ -79,10 +80,12 @@ def frame_message(frame: SourceFrame, sequence: int) -> pb.Frame:
 
 
 async def run_stream(stub, index: int, frames: list[tuple[int, SourceFrame]],
-                     config: pb.InspectionConfig, rate: float | None, on_record
-                     ) -> StreamReport:
-    """Send frames on one stream at `rate` frames/s; check one in-order final per frame."""
+                     config: pb.InspectionConfig, rate: float | None, on_record,
+                     overlays: Path | None = None) -> StreamReport:
+    """Send frames on one stream at `rate` frames/s; check one in-order final per frame;
+    save an overlay for each result with an anomaly map when `overlays` names a folder."""
     report = StreamReport()
+    pixels = {seq: frame.pixels for seq, frame in frames}
     sent: dict[int, float] = {}
     provisional: set[int] = set()
     truth = {seq: frame.is_anomaly for seq, frame in frames}
@@ -109,6 +112,9 @@ async def run_stream(stub, index: int, frames: list[tuple[int, SourceFrame]],
                                        f"expected {want}")
             record = to_record(result, index, sent, truth, result.sequence in provisional)
             report.records.append(record)
+            if overlays is not None and result.HasField("anomaly_map") and \
+                    result.sequence in pixels:
+                await asyncio.to_thread(save_overlay, overlays, pixels[result.sequence], result)
             on_record(record)
     except grpc.aio.AioRpcError as err:
         if err.code() != grpc.StatusCode.UNAVAILABLE:  # refused (bad model, mode, steps)
@@ -243,7 +249,9 @@ async def run(args) -> tuple[dict, list[Record], list[str]]:
     frames = load_frames(args)
     config = pb.InspectionConfig(model=args.model or "", mode=MODES[args.mode],
                                  search_steps=args.steps or 0,
-                                 provisional_results=args.provisional)
+                                 provisional_results=args.provisional,
+                                 return_residual_map=bool(args.overlays),
+                                 map_encoding=pb.MAP_ENCODING_PNG)
     per_stream: list[list[tuple[int, SourceFrame]]] = [[] for _ in range(args.streams)]
     for sequence, frame in enumerate(frames):
         per_stream[sequence % args.streams].append((sequence, frame))
@@ -254,7 +262,8 @@ async def run(args) -> tuple[dict, list[Record], list[str]]:
         await check_model(stub, config)
         table = LiveTable(0 if args.quiet else args.every, total=len(frames))
         started = time.perf_counter()
-        reports = await asyncio.gather(*(run_stream(stub, i, part, config, rate, table)
+        reports = await asyncio.gather(*(run_stream(stub, i, part, config, rate, table,
+                                                    args.overlays)
                                          for i, part in enumerate(per_stream) if part))
         seconds = time.perf_counter() - started
     records = sorted((r for rep in reports for r in rep.records), key=lambda r: r.sequence)
@@ -379,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ask for provisional fast-path results before the final ones")
     parser.add_argument("--jsonl", type=Path, help="write one JSON line per result")
     parser.add_argument("--summary-json", type=Path, help="write the summary as JSON")
+    parser.add_argument("--overlays", type=Path, metavar="DIR",
+                        help="tiled models: ask for anomaly maps and save one PNG per frame "
+                             "here (frame, heat tint, region boxes, score, verdict)")
     parser.add_argument("--roc", type=Path, metavar="PNG",
                         help="with labels: write the ROC curve of the scores as a PNG")
     parser.add_argument("--every", type=positive_int, default=1,

@@ -25,22 +25,20 @@ from anogan_inspect.bundle import (
 )
 from anogan_inspect.pictures import residual_maps
 from anogan_inspect.preprocess import to_model_input
+from anogan_inspect.search import fast_clears
 from anogan_inspect.server.engine import SearchEngine
 from anogan_inspect.server.fastpath import FastPath, FastScore
+from anogan_inspect.tiling import (
+    Region,
+    cut_tiles,
+    find_regions,
+    resize_map,
+    scale_frame,
+    smooth,
+    stitch,
+)
 
 log = logging.getLogger(__name__)
-# The fast path passes a frame at once only when s0 is below the threshold by this relative
-# margin, so ONNX-vs-torch rounding can never make the cascade disagree with the search.
-CASCADE_MARGIN = 1e-4
-
-
-def fast_clears(fast_score, threshold: float):
-    """Exact cascade: the search from E(x) can only lower s0, so s0 ≤ threshold PASSes.
-
-    Works on floats and arrays alike."""
-    return fast_score <= threshold - CASCADE_MARGIN * abs(threshold)
-
-
 class Mode(enum.Enum):
     FAST = "fast"
     SEARCH = "search"
@@ -82,6 +80,21 @@ class Outcome:
     queue_seconds: float
     compute_seconds: float
     residual_map: np.ndarray | None = None  # (H, W) float32 in [0, 1]
+    # Tiled models: the frame-sized anomaly map and its regions, and tile counts.
+    anomaly_map: np.ndarray | None = None
+    regions: list[Region] | None = None
+    tiles: int = 0
+    tiles_searched: int = 0
+
+
+@dataclass
+class TiledFrame:
+    """A frame cut into a tiled model's tiles."""
+
+    tiles: torch.Tensor  # (T, C, P, P) in [-1, 1]
+    origins: list[tuple[int, int]]
+    scaled_size: tuple[int, int]
+    frame_size: tuple[int, int]
 
 
 class ServedModel:
@@ -91,6 +104,7 @@ class ServedModel:
         self.bundle, self.options = bundle, options
         self.name, self.device = bundle.name, torch.device(options.device)
         self.threshold = bundle.threshold
+        self.tiling, self.pixel_threshold = bundle.tiling, bundle.pixel_threshold
         base = bundle.search_config
         overrides = {"steps": options.search_steps, "lr": options.search_lr,
                      "patience": options.patience}
@@ -123,11 +137,17 @@ class ServedModel:
         if self.fast:
             self.fast.stop()
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """(C, H, W) in [0, 1], any size → the model's (C, S, S) in [-1, 1]."""
-        return to_model_input(image[None], self.bundle.image_size, self.bundle.channels)[0]
+    def preprocess(self, image: np.ndarray) -> torch.Tensor | TiledFrame:
+        """(C, H, W) in [0, 1], any size → the model's (C, S, S) in [-1, 1], or, for a
+        tiled model, the frame's tiles (ValueError when it is smaller than one tile)."""
+        if self.tiling is None:
+            return to_model_input(image[None], self.bundle.image_size, self.bundle.channels)[0]
+        scaled = scale_frame(torch.as_tensor(image, dtype=torch.float32), self.tiling)
+        tiles, origins = cut_tiles(scaled, self.tiling)
+        return TiledFrame(to_model_input(tiles, self.tiling.patch, self.bundle.channels),
+                          origins, tuple(scaled.shape[-2:]), tuple(image.shape[-2:]))
 
-    async def inspect(self, x: torch.Tensor, mode: Mode, steps: int | None = None,
+    async def inspect(self, x: torch.Tensor | TiledFrame, mode: Mode, steps: int | None = None,
                       want_reconstruction: bool = False,
                       on_provisional: Callable[[Outcome], None] | None = None) -> Outcome:
         """Score one preprocessed frame; cancelling the caller frees its slot."""
@@ -135,6 +155,9 @@ class ServedModel:
             raise ValueError(f"model {self.name} does not serve {mode.name} "
                              f"(it has no encoder; modes: {[m.name for m in self.modes]})")
         steps = steps or self.search_config.steps
+        if isinstance(x, TiledFrame):
+            return await self._inspect_tiles(x, mode, steps, want_reconstruction,
+                                             on_provisional)
         arrived = time.perf_counter()
         fast: FastScore | None = None
         z0: torch.Tensor | None = None  # None: the engine starts from E(x) (torch, batched)
@@ -162,6 +185,89 @@ class ServedModel:
                           request.enqueued - arrived - fast_seconds + searched.queue_seconds,
                           fast_seconds + searched.compute_seconds)
         return _with_residual_map(outcome, x, searched.reconstruction)
+
+    async def _inspect_tiles(self, frame: TiledFrame, mode: Mode, steps: int, want_map: bool,
+                             on_provisional: Callable[[Outcome], None] | None) -> Outcome:
+        """Every tile through the fast path (batched with all other frames' tiles), the
+        suspect ones through the engine; the frame's score aggregates the tiles'."""
+        arrived = time.perf_counter()
+        n = len(frame.tiles)
+        score, residual, feature = np.zeros(n), np.zeros(n), np.zeros(n)
+        reconstruction: list[np.ndarray | None] = [None] * n
+        z0: list[torch.Tensor | None] = [None] * n
+        fast_seconds = 0.0
+        if mode is Mode.SEARCH:
+            suspect = np.ones(n, dtype=bool)
+            if self.models.encoder is None:
+                z0 = [torch.randn(self.bundle.latent_dim, generator=self._random)
+                      for _ in range(n)]
+        else:
+            fast = await asyncio.gather(*(self.fast.submit(t.numpy()) for t in frame.tiles))
+            for i, tile in enumerate(fast):
+                score[i], residual[i], feature[i] = tile.score, tile.residual, tile.feature
+                reconstruction[i], z0[i] = tile.reconstruction, torch.as_tensor(tile.z0)
+            fast_seconds = sum({t.seconds for t in fast})  # one value per fast-path batch
+            suspect = np.zeros(n, dtype=bool) if mode is Mode.FAST else self._suspect(score)
+            if suspect.any() and on_provisional is not None:
+                on_provisional(await self._tiled_outcome(
+                    frame, Stage.FAST, mode, score, residual, feature, 0, 0, reconstruction,
+                    False, arrived, fast_seconds, final=False))
+        searched = np.flatnonzero(suspect)
+        if not len(searched):
+            return await self._tiled_outcome(frame, Stage.FAST, mode, score, residual, feature,
+                                             0, 0, reconstruction, want_map, arrived,
+                                             fast_seconds)
+        requests = [self.engine.submit(frame.tiles[i], z0[i], steps, want_map)
+                    for i in searched]
+        try:
+            outcomes = await asyncio.gather(*(r.future for r in requests))
+        except BaseException:  # cancelled, or the engine failed: free every slot
+            for request in requests:
+                self.engine.cancel(request)
+            raise
+        for i, done in zip(searched, outcomes):
+            result = done.result
+            score[i], residual[i], feature[i] = result.score, result.residual, result.feature
+            reconstruction[i] = done.reconstruction
+        steps_run = max(done.result.steps for done in outcomes)
+        return await self._tiled_outcome(frame, Stage.SEARCH, mode, score, residual, feature,
+                                         steps_run, len(searched), reconstruction, want_map,
+                                         arrived, fast_seconds)
+
+    def _suspect(self, fast_scores: np.ndarray) -> np.ndarray:
+        """Tiles the search must decide. With the max over tiles, a tile whose s0 clears
+        the threshold can never make the frame FAIL, so it is cleared on its own; with a
+        top-k mean that does not hold per tile: either s0's aggregate clears the frame at
+        once, or every tile is searched."""
+        if self.tiling.aggregate == "max":
+            return ~fast_clears(fast_scores, self.threshold)
+        if fast_clears(self.tiling.aggregate_scores(fast_scores), self.threshold):
+            return np.zeros(len(fast_scores), dtype=bool)
+        return np.ones(len(fast_scores), dtype=bool)
+
+    async def _tiled_outcome(self, frame: TiledFrame, stage: Stage, mode: Mode,
+                             score: np.ndarray, residual: np.ndarray, feature: np.ndarray,
+                             steps: int, searched: int, reconstruction: list, want_map: bool,
+                             arrived: float, fast_seconds: float, final: bool = True
+                             ) -> Outcome:
+        frame_score = self.tiling.aggregate_scores(score)
+        worst = int(np.argmax(score))  # the parts of the tile that decides a max
+        total = time.perf_counter() - arrived
+        outcome = Outcome(final, stage, mode, frame_score, float(residual[worst]),
+                          float(feature[worst]), steps, frame_score > self.threshold,
+                          max(0.0, total - fast_seconds), fast_seconds, tiles=len(score),
+                          tiles_searched=searched)
+        if not want_map or any(r is None for r in reconstruction):
+            return outcome
+        anomaly_map = await asyncio.to_thread(self._anomaly_map, frame, reconstruction)
+        regions = find_regions(anomaly_map, self.pixel_threshold)
+        return dataclasses.replace(outcome, anomaly_map=anomaly_map, regions=regions)
+
+    def _anomaly_map(self, frame: TiledFrame, reconstruction: list[np.ndarray]) -> np.ndarray:
+        """Tile residuals stitched (overlaps averaged), smoothed, at the frame's size."""
+        tile_maps = residual_maps(frame.tiles, torch.as_tensor(np.stack(reconstruction)))
+        stitched = stitch(tile_maps[:, 0].numpy(), frame.origins, frame.scaled_size)
+        return resize_map(smooth(stitched, self.tiling.smoothing), frame.frame_size)
 
     def _fast_outcome(self, fast: FastScore, mode: Mode, arrived: float) -> Outcome:
         total = time.perf_counter() - arrived

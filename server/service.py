@@ -20,11 +20,12 @@ import logging
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 from google.rpc import code_pb2, status_pb2
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
-from anogan_inspect.server.frames import FrameError, FrameLimits, decode_frame
+from anogan_inspect.server.frames import FrameError, FrameLimits, decode_frame, encode_png
 from anogan_inspect.server.models import Mode, Outcome, ServedModel, Stage
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class StreamOptions:
     steps: int | None
     provisional: bool
     residual_map: bool
+    map_encoding: int = pb.MAP_ENCODING_PNG
 
 
 class InspectionService(pb_grpc.InspectionServiceServicer):
@@ -236,7 +238,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             log.exception("scoring failed for frame %r", frame.frame_id)
             return pb.InspectionResult(
                 error=status_pb2.Status(code=code_pb2.INTERNAL, message=str(err)), **echo)
-        return result_message(outcome, model, echo, options.residual_map)
+        return result_message(outcome, model, echo, options.residual_map, options.map_encoding)
 
     async def _prepare(self, frame: pb.Frame, model: ServedModel):
         """Decode and resize; off the event loop unless the frame is raw and small."""
@@ -259,29 +261,53 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             raise StreamError(grpc.StatusCode.FAILED_PRECONDITION,
                               f"model {name} does not serve {mode.name}: it has no encoder "
                               f"(modes: {', '.join(m.name for m in model.modes)})")
+        if config.map_encoding not in pb.MapEncoding.values():
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"unknown map_encoding {config.map_encoding}")
         return StreamOptions(model, mode, config.search_steps or None,
-                             config.provisional_results, config.return_residual_map)
+                             config.provisional_results, config.return_residual_map,
+                             config.map_encoding or pb.MAP_ENCODING_PNG)
 
     def _unknown_model(self, name: str) -> str:
         return f"unknown model {name!r}; served: {', '.join(self.models)}"
 
 
-def result_message(outcome: Outcome, model: ServedModel, echo: dict, residual_map: bool
-                   ) -> pb.InspectionResult:
+def result_message(outcome: Outcome, model: ServedModel, echo: dict, residual_map: bool,
+                   map_encoding: int = pb.MAP_ENCODING_PNG) -> pb.InspectionResult:
     """Domain outcome → InspectionResult."""
     result = pb.InspectionResult(
         provisional=not outcome.final,
         verdict=pb.VERDICT_FAIL if outcome.fail else pb.VERDICT_PASS,
         score=outcome.score, residual_score=outcome.residual, feature_score=outcome.feature,
         threshold=model.threshold, stage=STAGE_PB[outcome.stage], search_steps=outcome.steps,
-        mode=MODE_PB[outcome.mode], **echo)
+        mode=MODE_PB[outcome.mode], tiles=outcome.tiles,
+        tiles_searched=outcome.tiles_searched, **echo)
     result.queue_time.FromNanoseconds(int(outcome.queue_seconds * 1e9))
     result.compute_time.FromNanoseconds(int(outcome.compute_seconds * 1e9))
     if residual_map and outcome.final and outcome.residual_map is not None:
         height, width = outcome.residual_map.shape
         result.residual_map.CopyFrom(pb.ResidualMap(
             data=outcome.residual_map.astype("<f4").tobytes(), height=height, width=width))
+    if residual_map and outcome.final and outcome.anomaly_map is not None:
+        result.anomaly_map.CopyFrom(anomaly_map_message(outcome, model, map_encoding))
     return result
+
+
+def anomaly_map_message(outcome: Outcome, model: ServedModel, encoding: int) -> pb.AnomalyMap:
+    """The frame-sized map, as a PNG heat map or float16 values, with its regions."""
+    values = outcome.anomaly_map
+    height, width = values.shape
+    message = pb.AnomalyMap(height=height, width=width, pixel_threshold=model.pixel_threshold,
+                            regions=[pb.Region(top=r.top, left=r.left, height=r.height,
+                                               width=r.width, peak=r.peak, area=r.area)
+                                     for r in outcome.regions or []])
+    if encoding == pb.MAP_ENCODING_FLOAT16:
+        message.float16_data = values.astype("<f2").tobytes()
+    else:
+        scale = float(max(values.max(), 1e-6))
+        message.png = encode_png((values / scale * 255 + 0.5).clip(0, 255).astype(np.uint8))
+        message.png_scale = scale
+    return message
 
 
 def model_message(model: ServedModel) -> pb.Model:
@@ -294,6 +320,12 @@ def model_message(model: ServedModel) -> pb.Model:
         search_learning_rate=model.search_config.lr, has_encoder=bundle.has_encoder,
         modes=[MODE_PB[m] for m in model.modes], default_mode=MODE_PB[model.default_mode],
         device=str(model.device), feature_weight=model.search_config.lam)
+    if model.tiling is not None:
+        tiling = model.tiling
+        message.tiling.CopyFrom(pb.Tiling(
+            patch=tiling.patch, stride=tiling.stride, scale=tiling.scale,
+            aggregate=tiling.aggregate, top_k=tiling.top_k,
+            pixel_threshold=model.pixel_threshold))
     if "created" in bundle.manifest:
         message.create_time.FromJsonString(bundle.manifest["created"].replace("+00:00", "Z"))
     return message

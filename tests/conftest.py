@@ -14,6 +14,7 @@ from anogan_inspect.server.app import InspectionServer, ServerConfig, load_model
 from anogan_inspect.server.cli import parse_bundle
 from anogan_inspect.server.models import EngineOptions
 from anogan_inspect.trainer.cli import main as train_main
+from bench.texture_data import write_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_CSV = ROOT / "data" / "mnist_train.csv.gz"
@@ -78,10 +79,30 @@ class InProcessServer:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_bundle, tiny_bundle_no_encoder):
-    """One in-process server for the session: 'tiny' (default, with encoder) and 'noenc'
-    (without)."""
-    running = InProcessServer([f"tiny={tiny_bundle}", f"noenc={tiny_bundle_no_encoder}"],
+def texture_data(tmp_path_factory) -> Path:
+    """A small texture benchmark (bench/texture_data.py): 48×48 frames, MVTec layout."""
+    return write_benchmark(tmp_path_factory.mktemp("data") / "texture", size=48, n_train=16,
+                           n_test_good=8, n_per_defect=3, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_tiled_bundle(tmp_path_factory, texture_data) -> Path:
+    """The tiny preset on 16×16 tiles of the texture frames, every 8 pixels (25 a frame)."""
+    out = tmp_path_factory.mktemp("bundles") / "tex"
+    code = train_main(["train", "--data", str(texture_data), "--preset", "tiny",
+                       "--patch-size", "16", "--stride", "8", "--epochs", "2",
+                       "--encoder-epochs", "2", "--steps", str(TINY_STEPS), "--out", str(out),
+                       "--run-dir", str(out.parent / "run-tex"), "--device", "cpu"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def server(tiny_bundle, tiny_bundle_no_encoder, tiny_tiled_bundle):
+    """One in-process server for the session: 'tiny' (default, with encoder), 'noenc'
+    (without) and 'tex' (tiled)."""
+    running = InProcessServer([f"tiny={tiny_bundle}", f"noenc={tiny_bundle_no_encoder}",
+                               f"tex={tiny_tiled_bundle}"],
                               EngineOptions(device="cpu", max_batch=32))
     yield running
     running.stop()

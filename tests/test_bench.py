@@ -13,7 +13,16 @@ import torch
 from torch import nn
 
 from anogan_inspect.networks import PRESETS, Discriminator, Generator
-from bench import ceilings, engine_bench, gpu_check, quality, scaling, server_bench, versus_seed
+from bench import (
+    ceilings,
+    engine_bench,
+    gpu_check,
+    quality,
+    scaling,
+    server_bench,
+    tiles_bench,
+    versus_seed,
+)
 from bench.__main__ import ensure_seed_run, render, targets
 from bench.common import Context, git_version, markdown_table
 
@@ -171,6 +180,17 @@ def test_scaling_quick(ctx):
     assert gflop[(64, 32)] > gflop[(32, 32)] > gflop[(32, 16)]
     base = result["rows"][0]
     assert base["relative_cost"] == 1.0
+
+
+@pytest.mark.slow
+def test_tiles_quick(ctx, tiny_tiled_bundle):
+    result = tiles_bench.run(dataclasses.replace(ctx, tiled_bundle_path=tiny_tiled_bundle,
+                                                 _cache={}))
+    tiled, whole = result["rows"]
+    assert (tiled["scoring"], whole["scoring"]) == ("tiled", "whole frame")
+    assert tiled["tiles_per_frame"] == 63 * 63 and whole["tiles_per_frame"] == 1
+    assert 0 <= tiled["tiles_searched_share"] <= 1 and tiled["frames"] == 4
+    assert "tiles_searched_share" in table_columns(result["table"])
 
 
 @pytest.mark.slow

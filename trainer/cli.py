@@ -27,15 +27,20 @@ from anogan_inspect.metrics import confusion_table, save_roc_plot
 from anogan_inspect.networks import NORMS, PRESETS, FeatureExtractor, ModelConfig
 from anogan_inspect.preprocess import to_model_input
 from anogan_inspect.search import ScoringModels, SearchConfig, fast_score
+from anogan_inspect.tiling import AGGREGATES, Tiling
+from anogan_inspect.trainer.evaluate_tiles import evaluate_tiled, print_tiled_report
 from anogan_inspect.trainer.export import ExportError, export_bundle
 from anogan_inspect.trainer.scoring import (
+    FIT_RATIO,
     calibrate,
+    fit_report,
     metrics,
     save_reconstruction_grid,
     search_scores,
     summarize,
     write_json,
 )
+from anogan_inspect.trainer.tiles import frame_tiles, score_frames
 from anogan_inspect.trainer.train import Networks, TrainConfig, Trainer
 
 log = logging.getLogger("anogan-train")
@@ -114,6 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threshold at this quantile of held-out normal scores")
     train.add_argument("--target-fpr", type=float,
                        help="the same as --quantile 1-FPR (overrides --quantile)")
+    tiles = train.add_argument_group(
+        "tiles", "full-resolution frames: learn from tiles of the frames instead of whole "
+                 "frames squeezed to the model's size; the server and evaluate tile the same "
+                 "way (the manifest's `tiling`)")
+    tiles.add_argument("--patch-size", type=int,
+                       help="tile side in pixels of the scaled frame; also the model's image "
+                            "size (default: off, whole frames)")
+    tiles.add_argument("--stride", type=int,
+                       help="pixels between tiles (default: half the patch size)")
+    tiles.add_argument("--scale", type=float, default=1.0,
+                       help="resize frames by this factor before tiling (1: native pixels)")
+    tiles.add_argument("--aggregate", choices=AGGREGATES, default="max",
+                       help="frame score from its tiles: max (the exact cascade clears "
+                            "tiles one by one) or topk (mean of the --top-k highest)")
+    tiles.add_argument("--top-k", type=int, default=3, help="tiles averaged by --aggregate topk")
+    tiles.add_argument("--pixel-quantile", type=float, default=0.999,
+                       help="regions: the anomaly-map threshold is this quantile of the "
+                            "held-out normal frames' map values")
+    train.add_argument("--require-fit", action="store_true",
+                       help="refuse to write a bundle when the generator does not reproduce "
+                            "held-out normal data better than the mean training image "
+                            "(default: a loud warning)")
     _add_search_options(train, calibrating=True)
     _add_run_options(train)
 
@@ -161,7 +188,20 @@ def search_config(args, base: SearchConfig) -> SearchConfig:
 def model_config(args) -> ModelConfig:
     overrides = {f: getattr(args, f) for f in ("image_size", "channels", "latent_dim", "width",
                                                "disc_norm") if getattr(args, f) is not None}
+    if getattr(args, "patch_size", None):
+        if args.image_size not in (None, args.patch_size):
+            raise ValueError("--image-size and --patch-size differ: a tiled model's image "
+                             "size is its patch size")
+        overrides["image_size"] = args.patch_size
     return dataclasses.replace(PRESETS[args.preset], **overrides)
+
+
+def tiling_config(args) -> Tiling | None:
+    """The tiling asked for (--patch-size), or None for whole frames."""
+    if not args.patch_size:
+        return None
+    return Tiling(patch=args.patch_size, stride=args.stride or max(1, args.patch_size // 2),
+                  scale=args.scale, aggregate=args.aggregate, top_k=args.top_k)
 
 
 def train_config(args) -> TrainConfig:
@@ -179,12 +219,12 @@ def train_config(args) -> TrainConfig:
 def run_train(args) -> int:
     name = args.name or args.out.name
     run_dir = args.run_dir or Path("runs") / name
-    model, cfg = model_config(args), train_config(args)
+    model, cfg, tiling = model_config(args), train_config(args), tiling_config(args)
     quantile = 1.0 - args.target_fpr if args.target_fpr is not None else args.quantile
     search_cfg = search_config(args, SearchConfig())
     device = torch.device(args.device)
 
-    data, train_idx, holdout_idx, images = _training_images(args, model)
+    data, train_idx, holdout_idx, train_x, heldout_x = _training_images(args, model, tiling)
     log.info("model %s, device %s", model, device)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -195,23 +235,37 @@ def run_train(args) -> int:
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
         trainer.load_checkpoint(checkpoint)
     started = time.time()
-    trainer.train_gan(images[train_idx])
+    trainer.train_gan(train_x)
     nets = trainer.nets
     networks = {"generator": nets.generator, "features": FeatureExtractor(nets.discriminator)}
     if cfg.encoder_epochs > 0:
-        trainer.train_encoder(images[train_idx])
+        trainer.train_encoder(train_x)
         networks["encoder"] = nets.encoder
     train_seconds = time.time() - started
 
     models = ScoringModels(networks["generator"], networks["features"], model.latent_dim,
                            networks.get("encoder")).prepare()
     start = "encoder" if models.encoder is not None else "random"
-    heldout = search_scores(models, images[holdout_idx], search_cfg, start, device,
-                            args.search_batch, args.seed, desc="calibration")
-    threshold = calibrate(heldout.score, quantile)
+    extra: dict = {}
+    if tiling:
+        heldout_frames = data.images[holdout_idx]
+        tiled = score_frames(models, heldout_frames, tiling, search_cfg, device,
+                             batch_size=args.search_batch, desc="calibration tiles")
+        threshold = calibrate(tiled.score, quantile)
+        pixel_threshold = float(np.quantile(tiled.maps, args.pixel_quantile))
+        extra["tiling"] = {**tiling.to_dict(), "pixel_threshold": pixel_threshold,
+                           "pixel_quantile": args.pixel_quantile}
+        heldout_z = tiled.z
+    else:
+        heldout = search_scores(models, heldout_x, search_cfg, start, device,
+                                args.search_batch, args.seed, desc="calibration")
+        threshold = calibrate(heldout.score, quantile)
+        heldout_z = heldout.z
     threshold.update(steps=search_cfg.steps, start=start)
-    log.info("threshold %.2f at quantile %.3f of %d held-out scores", threshold["value"],
-             quantile, len(holdout_idx))
+    log.info("threshold %.2f at quantile %.3f of %d held-out %s scores", threshold["value"],
+             quantile, len(holdout_idx), "frame" if tiling else "image")
+    fit = fit_report(models, train_x, heldout_x, heldout_z, trainer.history, device)
+    _say_fit(fit, args.require_fit)
 
     created = datetime.now(timezone.utc)
     fields = {
@@ -221,10 +275,11 @@ def run_train(args) -> int:
         "lambda": search_cfg.lam,
         "search": search_cfg.to_dict(),
         "threshold": threshold,
-        "fast_threshold": _fast_threshold(models, images[holdout_idx].to(device), search_cfg,
-                                          threshold["value"]),
-        "training": _training_metadata(args, data, train_idx, holdout_idx, cfg, trainer,
-                                       train_seconds),
+        "fast_threshold": _fast_threshold(models, heldout_x.to(device), search_cfg,
+                                          threshold["value"], tiling, len(holdout_idx)),
+        "training": {**_training_metadata(args, data, train_idx, holdout_idx, cfg, trainer,
+                                          train_seconds), "fit": fit},
+        **extra,
     }
     export_bundle(args.out, model, networks, fields)
     print(f"bundle: {args.out} (threshold {threshold['value']:.2f}, "
@@ -232,9 +287,10 @@ def run_train(args) -> int:
     return 0
 
 
-def _training_images(args, model: ModelConfig
-                     ) -> tuple[ImageSet, np.ndarray, np.ndarray, torch.Tensor]:
-    """Normal images, split into train/held-out indices, and as model input.
+def _training_images(args, model: ModelConfig, tiling: Tiling | None
+                     ) -> tuple[ImageSet, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+    """Normal images, split into train/held-out indices (by frame), and the model inputs of
+    each part: the images resized to the model, or, tiled, every tile of each frame.
 
     Every data error fires here, before run_train writes anything.
     """
@@ -244,21 +300,48 @@ def _training_images(args, model: ModelConfig
     if len(holdout_idx) == 0:
         raise DatasetError(f"{data.source}: {len(data)} normal image(s) with --holdout "
                            f"{args.holdout} leave none held out to calibrate the threshold on")
-    images = to_model_input(data.images, model.image_size, model.channels)
     log.info("%s: %d normal images (%d train, %d held out; %d anomalous left out)",
              args.data, len(data), len(train_idx), len(holdout_idx), len(loaded) - len(data))
-    return data, train_idx, holdout_idx, images
+    if tiling is None:
+        images = to_model_input(data.images, model.image_size, model.channels)
+        return data, train_idx, holdout_idx, images[train_idx], images[holdout_idx]
+    try:
+        train_x, _, _ = frame_tiles(data.images[train_idx], tiling, model.channels)
+    except ValueError as err:  # frames smaller than a tile
+        raise DatasetError(f"{data.source}: {err}") from err
+    heldout_x, _, _ = frame_tiles(data.images[holdout_idx], tiling, model.channels)
+    log.info("tiles: %d for training, %d held out (%s)", len(train_x), len(heldout_x), tiling)
+    return data, train_idx, holdout_idx, train_x, heldout_x
 
 
 def _fast_threshold(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig,
-                    threshold: float) -> dict | None:
-    """The fast score s0 shares the search threshold (same formula, s0 ≥ search score)."""
+                    threshold: float, tiling: Tiling | None, frames: int) -> dict | None:
+    """The fast score s0 shares the search threshold (same formula, s0 ≥ search score);
+    tiled, x holds every tile of the held-out frames, and a frame's s0 aggregates them."""
     if models.encoder is None:
         return None
     scores, _ = fast_score(models, x, cfg.lam)
+    if tiling:
+        scores = np.array([tiling.aggregate_scores(t) for t in scores.reshape(frames, -1)])
     return {"value": threshold, "shared_with_search": True,
             "heldout_pass_rate": float(np.mean(scores <= threshold)),
             "scores": summarize(scores)}
+
+
+def _say_fit(fit: dict, require: bool) -> None:
+    """Warn loudly (or refuse, with --require-fit) when G did not learn the data."""
+    if fit["learned"]:
+        log.info("fit: G reproduces held-out normal data at %.3f of the mean image's error",
+                 fit["reconstruction_vs_mean_image"])
+        return
+    message = (f"the generator did not learn the data: its reconstruction of held-out normal "
+               f"images is {fit['reconstruction_vs_mean_image']:.2f} times the error of the "
+               f"mean training image (learned below {FIT_RATIO}); its scores will not "
+               "separate defects. Train longer, or a wider model (--width), or check the data")
+    if require:
+        raise ValueError(f"{message} (--require-fit: no bundle written)")
+    log.warning("WARNING: %s", message)
+    print(f"anogan-train: WARNING: {message}", file=sys.stderr)
 
 
 def _training_metadata(args, data: ImageSet, train_idx, holdout_idx, cfg: TrainConfig,
@@ -288,13 +371,19 @@ def run_evaluate(args) -> int:
     if data.is_anomaly is None:
         raise DatasetError(f"{args.data}: evaluation needs labels "
                            "(--normal-labels/--anomaly-labels for CSV, test/ folders for MVTec)")
+    out = args.out or Path("reports") / bundle.name
+    if bundle.tiling is not None:
+        _threshold_steps(bundle, cfg, start)  # warns before the search
+        report = evaluate_tiled(bundle, models, cfg, data, args.data, out, device,
+                                args.search_batch)
+        print_tiled_report(report, out)
+        return 0
     x = to_model_input(data.images, bundle.image_size, bundle.channels).to(device)
     threshold = _threshold_steps(bundle, cfg, start)  # warns before the search
     started = time.time()
     result = search_scores(models, x, cfg, start, device, args.search_batch, args.seed,
                            desc="evaluate")
     seconds = time.time() - started
-    out = args.out or Path("reports") / bundle.name
     report = {
         "bundle": str(args.bundle), "model": bundle.name, "version": bundle.version,
         "data": str(args.data), "images": len(data),

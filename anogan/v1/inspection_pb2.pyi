@@ -31,6 +31,12 @@ class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STAGE_FAST: _ClassVar[Stage]
     STAGE_SEARCH: _ClassVar[Stage]
 
+class MapEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MAP_ENCODING_UNSPECIFIED: _ClassVar[MapEncoding]
+    MAP_ENCODING_PNG: _ClassVar[MapEncoding]
+    MAP_ENCODING_FLOAT16: _ClassVar[MapEncoding]
+
 class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DATA_TYPE_UNSPECIFIED: _ClassVar[DataType]
@@ -47,24 +53,29 @@ VERDICT_FAIL: Verdict
 STAGE_UNSPECIFIED: Stage
 STAGE_FAST: Stage
 STAGE_SEARCH: Stage
+MAP_ENCODING_UNSPECIFIED: MapEncoding
+MAP_ENCODING_PNG: MapEncoding
+MAP_ENCODING_FLOAT16: MapEncoding
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_UINT8: DataType
 DATA_TYPE_UINT16: DataType
 DATA_TYPE_FLOAT32: DataType
 
 class InspectionConfig(_message.Message):
-    __slots__ = ("model", "mode", "search_steps", "provisional_results", "return_residual_map")
+    __slots__ = ("model", "mode", "search_steps", "provisional_results", "return_residual_map", "map_encoding")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     SEARCH_STEPS_FIELD_NUMBER: _ClassVar[int]
     PROVISIONAL_RESULTS_FIELD_NUMBER: _ClassVar[int]
     RETURN_RESIDUAL_MAP_FIELD_NUMBER: _ClassVar[int]
+    MAP_ENCODING_FIELD_NUMBER: _ClassVar[int]
     model: str
     mode: Mode
     search_steps: int
     provisional_results: bool
     return_residual_map: bool
-    def __init__(self, model: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., search_steps: _Optional[int] = ..., provisional_results: _Optional[bool] = ..., return_residual_map: _Optional[bool] = ...) -> None: ...
+    map_encoding: MapEncoding
+    def __init__(self, model: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ..., search_steps: _Optional[int] = ..., provisional_results: _Optional[bool] = ..., return_residual_map: _Optional[bool] = ..., map_encoding: _Optional[_Union[MapEncoding, str]] = ...) -> None: ...
 
 class RawImage(_message.Message):
     __slots__ = ("data", "data_type", "height", "width", "channels")
@@ -140,8 +151,42 @@ class ResidualMap(_message.Message):
     width: int
     def __init__(self, data: _Optional[bytes] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
+class AnomalyMap(_message.Message):
+    __slots__ = ("height", "width", "png", "png_scale", "float16_data", "pixel_threshold", "regions")
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    PNG_SCALE_FIELD_NUMBER: _ClassVar[int]
+    FLOAT16_DATA_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    height: int
+    width: int
+    png: bytes
+    png_scale: float
+    float16_data: bytes
+    pixel_threshold: float
+    regions: _containers.RepeatedCompositeFieldContainer[Region]
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., png: _Optional[bytes] = ..., png_scale: _Optional[float] = ..., float16_data: _Optional[bytes] = ..., pixel_threshold: _Optional[float] = ..., regions: _Optional[_Iterable[_Union[Region, _Mapping]]] = ...) -> None: ...
+
+class Region(_message.Message):
+    __slots__ = ("top", "left", "height", "width", "peak", "area")
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    PEAK_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    top: int
+    left: int
+    height: int
+    width: int
+    peak: float
+    area: int
+    def __init__(self, top: _Optional[int] = ..., left: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., peak: _Optional[float] = ..., area: _Optional[int] = ...) -> None: ...
+
 class InspectionResult(_message.Message):
-    __slots__ = ("frame_id", "sequence", "capture_time", "verdict", "score", "residual_score", "feature_score", "threshold", "stage", "search_steps", "model", "model_version", "queue_time", "compute_time", "residual_map", "error", "mode", "provisional")
+    __slots__ = ("frame_id", "sequence", "capture_time", "verdict", "score", "residual_score", "feature_score", "threshold", "stage", "search_steps", "model", "model_version", "queue_time", "compute_time", "residual_map", "error", "mode", "provisional", "anomaly_map", "tiles", "tiles_searched")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +205,9 @@ class InspectionResult(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     PROVISIONAL_FIELD_NUMBER: _ClassVar[int]
+    ANOMALY_MAP_FIELD_NUMBER: _ClassVar[int]
+    TILES_FIELD_NUMBER: _ClassVar[int]
+    TILES_SEARCHED_FIELD_NUMBER: _ClassVar[int]
     frame_id: str
     sequence: int
     capture_time: _timestamp_pb2.Timestamp
@@ -178,7 +226,10 @@ class InspectionResult(_message.Message):
     error: _status_pb2.Status
     mode: Mode
     provisional: bool
-    def __init__(self, frame_id: _Optional[str] = ..., sequence: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., score: _Optional[float] = ..., residual_score: _Optional[float] = ..., feature_score: _Optional[float] = ..., threshold: _Optional[float] = ..., stage: _Optional[_Union[Stage, str]] = ..., search_steps: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., queue_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., compute_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., residual_map: _Optional[_Union[ResidualMap, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., provisional: _Optional[bool] = ...) -> None: ...
+    anomaly_map: AnomalyMap
+    tiles: int
+    tiles_searched: int
+    def __init__(self, frame_id: _Optional[str] = ..., sequence: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., score: _Optional[float] = ..., residual_score: _Optional[float] = ..., feature_score: _Optional[float] = ..., threshold: _Optional[float] = ..., stage: _Optional[_Union[Stage, str]] = ..., search_steps: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., queue_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., compute_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., residual_map: _Optional[_Union[ResidualMap, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., provisional: _Optional[bool] = ..., anomaly_map: _Optional[_Union[AnomalyMap, _Mapping]] = ..., tiles: _Optional[int] = ..., tiles_searched: _Optional[int] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("name",)
@@ -209,7 +260,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "version", "format_version", "channels", "height", "width", "latent_dim", "threshold", "default_search_steps", "search_learning_rate", "has_encoder", "modes", "default_mode", "device", "create_time", "feature_weight")
+    __slots__ = ("name", "version", "format_version", "channels", "height", "width", "latent_dim", "threshold", "default_search_steps", "search_learning_rate", "has_encoder", "modes", "default_mode", "device", "create_time", "feature_weight", "tiling")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +277,7 @@ class Model(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     FEATURE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TILING_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     format_version: int
@@ -242,7 +294,24 @@ class Model(_message.Message):
     device: str
     create_time: _timestamp_pb2.Timestamp
     feature_weight: float
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format_version: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., latent_dim: _Optional[int] = ..., threshold: _Optional[float] = ..., default_search_steps: _Optional[int] = ..., search_learning_rate: _Optional[float] = ..., has_encoder: _Optional[bool] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., default_mode: _Optional[_Union[Mode, str]] = ..., device: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_weight: _Optional[float] = ...) -> None: ...
+    tiling: Tiling
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format_version: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., latent_dim: _Optional[int] = ..., threshold: _Optional[float] = ..., default_search_steps: _Optional[int] = ..., search_learning_rate: _Optional[float] = ..., has_encoder: _Optional[bool] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., default_mode: _Optional[_Union[Mode, str]] = ..., device: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_weight: _Optional[float] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ...) -> None: ...
+
+class Tiling(_message.Message):
+    __slots__ = ("patch", "stride", "scale", "aggregate", "top_k", "pixel_threshold")
+    PATCH_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    patch: int
+    stride: int
+    scale: float
+    aggregate: str
+    top_k: int
+    pixel_threshold: float
+    def __init__(self, patch: _Optional[int] = ..., stride: _Optional[int] = ..., scale: _Optional[float] = ..., aggregate: _Optional[str] = ..., top_k: _Optional[int] = ..., pixel_threshold: _Optional[float] = ...) -> None: ...
 
 class GetServerStatsRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,142 @@
+"""The texture benchmark: normal frames cut from a texture, small defects drawn on others.
+
+    python -m bench.texture_data --out data/texture [--size 128] [--train 120] [--test 60]
+
+Writes an MVTec AD layout: ``train/good``, ``test/good``, ``test/<defect>`` and
+``ground_truth/<defect>/<name>_mask.png`` for four defect kinds a line camera meets:
+
+- ``scratch``: a thin line, 1–2 px wide, 15–45 px long, bright or dark;
+- ``hole``: a black disc 3–6 px across;
+- ``stain``: a soft-edged blob 10–20 px across, darker or lighter by 35–50 %;
+- ``patch``: a 12–20 px foreign patch (smooth, with fine noise).
+
+The texture is scikit-image's ``grass.png`` (CC0, ``data/textures/grass.png``). Training
+frames come from its left 320 columns, test frames from the rest, each crop flipped and
+rotated at random, so no test pixel was seen in training. Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.common import ROOT
+
+TEXTURE = ROOT / "data" / "textures" / "grass.png"
+TRAIN_COLUMNS = 320  # training crops from columns [0, 320), test crops from the rest
+DEFECTS = ("scratch", "hole", "stain", "patch")
+
+
+def load_texture(path: Path = TEXTURE) -> np.ndarray:
+    """The texture as float32 (H, W) in [0, 1]."""
+    return np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+
+
+def crop(texture: np.ndarray, size: int, columns: tuple[int, int], rng) -> np.ndarray:
+    """A random size×size crop within `columns`, flipped and rotated at random."""
+    top = rng.integers(0, texture.shape[0] - size + 1)
+    left = rng.integers(columns[0], columns[1] - size + 1)
+    frame = texture[top:top + size, left:left + size]
+    frame = np.rot90(frame, rng.integers(4))
+    return np.ascontiguousarray(frame[:, ::-1] if rng.random() < 0.5 else frame)
+
+
+def draw_scratch(frame, rng):
+    size = frame.shape[0]
+    length, angle = rng.uniform(15, 45), rng.uniform(0, np.pi)
+    cy, cx = rng.uniform(length / 2, size - length / 2, 2)
+    width = rng.uniform(0.6, 1.1)  # half-width: 1–2 px lines
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    dy, dx = np.sin(angle), np.cos(angle)
+    along = (yy - cy) * dy + (xx - cx) * dx
+    across = np.abs(-(yy - cy) * dx + (xx - cx) * dy)
+    mask = (across <= width) & (np.abs(along) <= length / 2)
+    value = 0.95 if rng.random() < 0.5 else 0.05
+    frame[mask] = value
+    return mask
+
+
+def draw_hole(frame, rng):
+    size = frame.shape[0]
+    radius = rng.uniform(1.5, 3.0)
+    cy, cx = rng.uniform(6, size - 6, 2)
+    yy, xx = np.mgrid[0:size, 0:size]
+    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+    frame[mask] = 0.0
+    return mask
+
+
+def draw_stain(frame, rng):
+    size = frame.shape[0]
+    radius = rng.uniform(5, 10)
+    cy, cx = rng.uniform(radius + 2, size - radius - 2, 2)
+    yy, xx = np.mgrid[0:size, 0:size]
+    weight = np.clip(1.5 - np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) / radius, 0, 1)
+    change = rng.uniform(0.35, 0.5) * (1 if rng.random() < 0.5 else -1)
+    frame[:] = np.clip(frame * (1 + change * weight), 0, 1)
+    return weight >= 0.5
+
+
+def draw_patch(frame, rng):
+    size = frame.shape[0]
+    h, w = rng.integers(12, 21, 2)
+    top, left = rng.integers(2, size - h - 2), rng.integers(2, size - w - 2)
+    level = rng.uniform(0.2, 0.8)
+    frame[top:top + h, left:left + w] = np.clip(
+        level + rng.normal(0, 0.03, (h, w)), 0, 1)
+    mask = np.zeros(frame.shape, dtype=bool)
+    mask[top:top + h, left:left + w] = True
+    return mask
+
+
+DRAW = {"scratch": draw_scratch, "hole": draw_hole, "stain": draw_stain, "patch": draw_patch}
+
+
+def save(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
+
+
+def write_benchmark(out: Path, size: int = 128, n_train: int = 120, n_test_good: int = 60,
+                    n_per_defect: int = 15, seed: int = 0) -> Path:
+    """Write the benchmark under `out` (MVTec layout); returns `out`."""
+    texture = load_texture()
+    if size > min(TRAIN_COLUMNS, texture.shape[1] - TRAIN_COLUMNS, texture.shape[0]):
+        raise ValueError(f"frames of {size} px do not fit the texture's halves")
+    rng = np.random.default_rng(seed)
+    train_columns, test_columns = (0, TRAIN_COLUMNS), (TRAIN_COLUMNS, texture.shape[1])
+    for i in range(n_train):
+        save(out / "train" / "good" / f"{i:03d}.png", crop(texture, size, train_columns, rng))
+    for i in range(n_test_good):
+        save(out / "test" / "good" / f"{i:03d}.png", crop(texture, size, test_columns, rng))
+    for defect in DEFECTS:
+        for i in range(n_per_defect):
+            frame = crop(texture, size, test_columns, rng).copy()
+            mask = DRAW[defect](frame, rng)
+            save(out / "test" / defect / f"{i:03d}.png", frame)
+            save(out / "ground_truth" / defect / f"{i:03d}_mask.png", mask.astype(np.float32))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.texture_data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "data" / "texture",
+                        help="where to write the MVTec layout (default: data/texture)")
+    parser.add_argument("--size", type=int, default=128, help="frame side, pixels")
+    parser.add_argument("--train", type=int, default=120, help="normal training frames")
+    parser.add_argument("--test", type=int, default=60, help="normal test frames")
+    parser.add_argument("--per-defect", type=int, default=15, help="test frames per defect")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    args = parser.parse_args(argv)
+    write_benchmark(args.out, args.size, args.train, args.test, args.per_defect, args.seed)
+    print(f"texture benchmark: {args.out} ({args.train} train, {args.test} normal and "
+          f"{args.per_defect * len(DEFECTS)} defective test frames of {args.size}×{args.size})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
