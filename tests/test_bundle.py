@@ -205,6 +205,23 @@ def test_bad_dataset_stops_training_and_writes_nothing(tmp_path, monkeypatch, ca
 
 
 @pytest.mark.slow
+def test_wgan_gp_trains_the_critic_more_often_than_the_generator(tmp_path):
+    model = PRESETS["tiny"]
+    images = torch.rand(64, model.channels, model.image_size, model.image_size) * 2 - 1
+    cfg = TrainConfig(epochs=1, encoder_epochs=0, batch_size=16, bn_recalibration_batches=1,
+                      gan_loss="wgan-gp", critic_steps=2)
+    trainer = Trainer(Networks.build(model, 0), cfg, tmp_path, torch.device("cpu"))
+    before = [p.clone() for p in trainer.nets.generator.parameters()]
+    trainer.train_gan(images)
+    assert trainer.critic_updates == 4 and trainer.opt_g.state  # 4 critic, 2 G steps
+    g_steps = next(iter(trainer.opt_g.state.values()))["step"]
+    assert int(g_steps) == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.nets.generator.parameters()))
+    with pytest.raises(ValueError, match="gan_loss"):
+        Trainer(Networks.build(model, 0), TrainConfig(gan_loss="hinge"), tmp_path,
+                torch.device("cpu"))
+
+
 def test_class_folders_train_on_good_only(tmp_path):
     data = tmp_path / "parts"
     write_gray_images(data / "good", {f"{i}.png": (16, 16) for i in range(8)}, value=40)
@@ -232,15 +249,16 @@ def test_resume_continues_from_checkpoint(tmp_path):
     assert (run / "samples" / "gan_epoch_002.png").exists()
 
 
+@pytest.mark.parametrize("gan_loss", ["bce", "wgan-gp"])
 @pytest.mark.parametrize("stop_after", [(1, 0), (2, 1)], ids=["in-gan", "in-encoder"])
-def test_resumed_training_equals_uninterrupted(tmp_path, stop_after):
+def test_resumed_training_equals_uninterrupted(tmp_path, stop_after, gan_loss):
     """Epoch orders, z draws and optimiser states all come back from the checkpoint."""
     model = PRESETS["tiny"]
     images = torch.rand(48, model.channels, model.image_size, model.image_size) * 2 - 1
 
     def run(epochs: int, encoder_epochs: int, name: str, resume: str | None = None) -> Trainer:
         cfg = TrainConfig(epochs=epochs, encoder_epochs=encoder_epochs, batch_size=16,
-                          bn_recalibration_batches=2)
+                          bn_recalibration_batches=2, gan_loss=gan_loss, critic_steps=2)
         trainer = Trainer(Networks.build(model, cfg.seed), cfg, tmp_path / name,
                           torch.device("cpu"))
         if resume:

@@ -41,7 +41,7 @@ from anogan_inspect.trainer.scoring import (
     write_json,
 )
 from anogan_inspect.trainer.tiles import frame_tiles, score_frames
-from anogan_inspect.trainer.train import Networks, TrainConfig, Trainer
+from anogan_inspect.trainer.train import GAN_LOSSES, Networks, TrainConfig, Trainer
 
 log = logging.getLogger("anogan-train")
 # Training defaults per preset: the seed's recipe for "seed", a few CPU minutes for "default".
@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="generator's Adam learning rate")
     train.add_argument("--lr-d", type=float, default=TrainConfig.lr_d,
                        help="discriminator's Adam learning rate")
+    train.add_argument("--gan-loss", choices=GAN_LOSSES, default=TrainConfig.gan_loss,
+                       help="bce: the seed's GAN loss; wgan-gp: a Wasserstein critic with a "
+                            "gradient penalty, one G step per --critic-steps (f-AnoGAN)")
+    train.add_argument("--critic-steps", type=int, default=TrainConfig.critic_steps,
+                       help="wgan-gp: critic updates per generator update")
     train.add_argument("--holdout", type=float, default=0.15,
                        help="fraction of normal images held out for calibration")
     train.add_argument("--quantile", type=float, default=0.95,
@@ -213,6 +218,7 @@ def train_config(args) -> TrainConfig:
         values["encoder_epochs"] = 0
     recalibration = 0 if args.no_bn_recalibration else TrainConfig.bn_recalibration_batches
     return TrainConfig(**values, lr_g=args.lr_g, lr_d=args.lr_d, seed=args.seed,
+                       gan_loss=args.gan_loss, critic_steps=args.critic_steps,
                        bn_recalibration_batches=recalibration)
 
 

@@ -38,6 +38,15 @@ class TrainConfig:
     seed: int = 0
     # Batches of z ~ N(0, 1) used to re-estimate G's BatchNorm statistics after training.
     bn_recalibration_batches: int = 50
+    # "bce": the seed's non-saturating GAN loss; "wgan-gp": a Wasserstein critic with a
+    # gradient penalty (Gulrajani et al. 2017, f-AnoGAN's choice), one G update every
+    # `critic_steps` critic updates.
+    gan_loss: str = "bce"
+    gp_weight: float = 10.0
+    critic_steps: int = 5
+
+
+GAN_LOSSES = ("bce", "wgan-gp")
 
 
 @dataclass
@@ -71,8 +80,12 @@ class Trainer:
         self.opt_g = torch.optim.Adam(nets.generator.parameters(), cfg.lr_g, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(nets.discriminator.parameters(), cfg.lr_d, betas=cfg.betas)
         self.opt_e = torch.optim.Adam(nets.encoder.parameters(), cfg.encoder_lr)
+        if cfg.gan_loss not in GAN_LOSSES:
+            raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {cfg.gan_loss!r}")
         self.gan_epoch = 0
         self.encoder_epoch = 0
+        self.critic_updates = 0  # wgan-gp: G steps after every critic_steps of these
+        self._last_loss_g = 0.0
         self.history: list[dict] = []
         self.fixed_z = torch.randn(64, nets.model.latent_dim,
                                    generator=torch.Generator().manual_seed(cfg.seed)).to(device)
@@ -107,6 +120,8 @@ class Trainer:
 
     def _gan_step(self, real: torch.Tensor) -> dict[str, float]:
         """One discriminator and one generator update (BCE with logits, as in the seed)."""
+        if self.cfg.gan_loss == "wgan-gp":
+            return self._wgan_gp_step(real)
         G, D = self.nets.generator, self.nets.discriminator
         G.train()
         D.train()
@@ -124,6 +139,28 @@ class Trainer:
         loss_g.backward()
         self.opt_g.step()
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+    def _wgan_gp_step(self, real: torch.Tensor) -> dict[str, float]:
+        """One critic update (Wasserstein loss + gradient penalty on interpolates); one
+        generator update every cfg.critic_steps of them."""
+        G, D = self.nets.generator, self.nets.discriminator
+        G.train()
+        D.train()
+        z = torch.randn(real.shape[0], self.nets.model.latent_dim, device=self.device)
+        fake = G(z).detach()
+        loss_d = D(fake).mean() - D(real).mean() + self.cfg.gp_weight * \
+            gradient_penalty(D, real, fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        self.critic_updates += 1
+        if self.critic_updates % self.cfg.critic_steps == 0:
+            loss_g = -D(G(z)).mean()
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
+            self._last_loss_g = loss_g.item()
+        return {"loss_d": loss_d.item(), "loss_g": self._last_loss_g}
 
     @torch.no_grad()
     def recalibrate_generator_bn(self) -> None:
@@ -205,6 +242,7 @@ class Trainer:
             "train_config": asdict(self.cfg),
             "gan_epoch": self.gan_epoch,
             "encoder_epoch": self.encoder_epoch,
+            "critic_updates": self.critic_updates,
             "history": self.history,
             "generator": self.nets.generator.state_dict(),
             "discriminator": self.nets.discriminator.state_dict(),
@@ -233,6 +271,7 @@ class Trainer:
         for name in ("opt_g", "opt_d", "opt_e"):
             getattr(self, name).load_state_dict(state[name])
         self.gan_epoch, self.encoder_epoch = state["gan_epoch"], state["encoder_epoch"]
+        self.critic_updates = state.get("critic_updates", 0)
         self.history = state["history"]
         rng = state.get("rng")
         if rng is None:
@@ -246,3 +285,12 @@ class Trainer:
                 torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         log.info("resumed from %s at GAN epoch %d, encoder epoch %d",
                  path, self.gan_epoch, self.encoder_epoch)
+
+
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor
+                     ) -> torch.Tensor:
+    """mean (‖∇ D(x̂)‖₂ − 1)² at random interpolates x̂ of real and fake images."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
