@@ -21,7 +21,8 @@ PYTEST_ARGS ?=
 # The texture benchmark (full-resolution frames, tiles): generated from data/textures/grass.png.
 TEXTURE_DATA ?= data/texture
 TEXTURE_BUNDLE ?= bundles/texture
-TEXTURE_TRAIN_ARGS ?= --patch-size 32 --stride 16 --epochs 15 --encoder-epochs 10 --steps 30
+TEXTURE_TRAIN_ARGS ?= --patch-size 16 --stride 8 --latent-dim 32 --epochs 15 --encoder-epochs 10 \
+	--steps 30
 
 # buf (npm's @bufbuild/buf) lints proto/ against buf's style guide.
 BUF ?= npx --yes @bufbuild/buf@1.75.0
