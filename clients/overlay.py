@@ -41,14 +41,22 @@ def overlay(pixels: np.ndarray, result: pb.InspectionResult) -> Image.Image:
         draw.rectangle([region.left - 1, region.top - 1, region.left + region.width,
                         region.top + region.height], outline=(255, 40, 40), width=2)
     verdict = pb.Verdict.Name(result.verdict).removeprefix("VERDICT_")
-    label = f"{result.frame_id}  score {result.score:.1f}  {verdict}  " \
-            f"({len(anomaly_map.regions)} regions)"
-    font = ImageFont.load_default(size=max(10, min(image.width, image.height) // 24))
-    box = draw.textbbox((4, 4), label, font=font)
-    draw.rectangle(box, fill=(0, 0, 0))
-    draw.text((4, 4), label, fill=(255, 80, 80) if verdict == "FAIL" else (120, 255, 120),
-              font=font)
-    return image
+    lines = [result.frame_id,
+             f"score {result.score:.1f} | {verdict} | {len(anomaly_map.regions)} regions"]
+    return _with_caption(image, lines, (255, 80, 80) if verdict == "FAIL" else (120, 220, 120))
+
+
+def _with_caption(image: Image.Image, lines: list[str], color) -> Image.Image:
+    """The image under a black strip holding the caption lines (never over the frame)."""
+    font = ImageFont.load_default(size=11)
+    height = 4 + 14 * len(lines)
+    width = max(image.width, max(int(font.getlength(line)) for line in lines) + 8)
+    canvas = Image.new("RGB", (width, image.height + height))
+    canvas.paste(image, (0, height))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((4, 2 + 14 * k), line, fill=color if k else (230, 230, 230), font=font)
+    return canvas
 
 
 def save_overlay(directory: Path, pixels: np.ndarray, result: pb.InspectionResult) -> Path:

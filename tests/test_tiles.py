@@ -303,5 +303,5 @@ def test_the_client_saves_overlays_of_maps_and_regions(server, texture_data, tmp
     pictures = sorted(overlays.glob("*.png"))
     assert len(pictures) == 20  # 8 normal and 3 of each of the 4 defects
     image = Image.open(pictures[0])
-    assert image.mode == "RGB" and image.size == (48, 48)
+    assert image.mode == "RGB" and image.height > 48  # the frame under its caption strip
     assert "AUROC" in capsys.readouterr().out  # the folder's labels: good vs defects
