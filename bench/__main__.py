@@ -111,8 +111,12 @@ def render(results: dict, meta: dict) -> str:
              + (f" ({meta['machine']['gpu']})" if meta['machine']['gpu'] else ""),
              f"- code: git `{meta['machine'].get('git_describe') or 'unknown'}`",
              f"- bundle: `{meta['bundle']}`; seed networks: `{meta['seed_run']}`"
-             + (f" ({meta['seed_source']})" if meta.get("seed_source") else ""), "",
-             "## Targets", "", markdown_table(results["targets"])]
+             + (f" ({meta['seed_source']})" if meta.get("seed_source") else "")
+             + (f"; tiled bundle: `{meta['tiled_bundle']}`" if "tiles" in results else ""),
+             ""]
+    measured = [row for row in results["targets"] if row["measured"] is not None]
+    if measured:  # a run of other sections only measures none of them
+        lines += ["## Targets", "", markdown_table(results["targets"])]
     for name in SECTIONS:
         if name not in results:
             continue
@@ -153,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(args.bundle, args.device, args.quick, out_dir, args.seed_run,
                   tiled_bundle_path=args.tiled_bundle)
     meta = {"name": name, **header(["python", "-m", "bench", *(argv or sys.argv[1:])]),
-            "device": args.device, "bundle": str(args.bundle), "seed_run": shown(args.seed_run),
+            "device": args.device, "bundle": shown(args.bundle), "seed_run": shown(args.seed_run),
+            "tiled_bundle": shown(args.tiled_bundle),
             "seed_source": seed_source,
             "quick": args.quick, "results_dir": results_dir}
     results: dict = {}
