@@ -20,6 +20,7 @@ from anogan_inspect.clients import stream_client
 from anogan_inspect.datasets import load_dataset
 from anogan_inspect.metrics import pixel_auroc, pro_score
 from anogan_inspect.search import fast_clears, fast_score
+from anogan_inspect.server.models import ServedModel
 from anogan_inspect.tiling import (
     Tiling,
     cut_tiles,
@@ -305,3 +306,15 @@ def test_the_client_saves_overlays_of_maps_and_regions(server, texture_data, tmp
     image = Image.open(pictures[0])
     assert image.mode == "RGB" and image.height > 48  # the frame under its caption strip
     assert "AUROC" in capsys.readouterr().out  # the folder's labels: good vs defects
+
+
+def test_which_tiles_the_server_searches_for_each_aggregate():
+    """max: each tile on its own bound; topk: the frame clears at once or all are searched."""
+    model = ServedModel.__new__(ServedModel)  # only the rule: no bundle, no engine
+    model.threshold = 10.0
+    s0 = np.array([3.0, 12.0, 9.0, 11.0])
+    model.tiling = Tiling(16, 8, aggregate="max")
+    np.testing.assert_array_equal(model._suspect(s0), [False, True, False, True])
+    model.tiling = Tiling(16, 8, aggregate="topk", top_k=2)  # top-2 mean of s0: 11.5
+    assert model._suspect(s0).all()
+    assert not model._suspect(np.array([3.0, 9.0, 9.5, 2.0])).any()  # top-2 mean 9.25
