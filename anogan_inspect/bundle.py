@@ -13,11 +13,10 @@ from pathlib import Path
 
 import torch
 
+from anogan_inspect.manifest import FORMAT, FORMAT_VERSION, validate_manifest
 from anogan_inspect.search import ScoringModels, SearchConfig
 from anogan_inspect.tiling import Tiling
 
-FORMAT = "anogan-inspect-bundle"
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # Fixed input/output names of the three networks, in torch and ONNX.
 SIGNATURES = {
@@ -26,9 +25,6 @@ SIGNATURES = {
     "encoder": ("image", "z"),
 }
 PARITY_TOLERANCE = 1e-4
-# What serving reads from a manifest (checked up front, so a bad one is a clear BundleError).
-REQUIRED = ("name", "version", "geometry", "latent_dim", "search", "threshold", "networks",
-            "files")
 
 
 class BundleError(Exception):
@@ -113,14 +109,15 @@ def read_bundle(path: Path | str) -> Bundle:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as err:
         raise BundleError(f"{manifest_path}: not valid JSON ({err})") from err
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or \
+            manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{manifest_path}: not a {FORMAT} v{FORMAT_VERSION} manifest")
-    missing = [key for key in REQUIRED if key not in manifest]
-    if missing:
-        raise BundleError(f"{manifest_path}: missing {', '.join(missing)}")
-    for network in ("generator", "features"):
-        if network not in manifest["networks"]:
-            raise BundleError(f"{manifest_path}: networks has no {network}")
+    try:
+        validate_manifest(manifest, manifest_path)  # anogan_inspect/manifest.py
+    except ValueError as err:
+        raise BundleError(str(err)) from None
+    if manifest["networks"].get("encoder") is None:
+        manifest["networks"].pop("encoder", None)
     return Bundle(path, manifest)
 
 
@@ -163,6 +160,57 @@ def example_input(bundle_or_shape, network: str, batch: int = 3, seed: int = 0) 
     if network == "generator":
         return torch.randn(batch, bundle_or_shape.latent_dim, generator=gen)
     return torch.rand(batch, *bundle_or_shape.image_shape, generator=gen) * 2 - 1
+
+
+Signature = tuple[tuple[str, list[int]], tuple[str, list[int] | None]]
+
+
+def expected_shapes(bundle: Bundle) -> dict[str, Signature]:
+    """Per network: (input name, shape), (output name, shape or None), batch left out."""
+    image = [bundle.channels, bundle.image_size, bundle.image_size]
+    return {"generator": (("z", [bundle.latent_dim]), ("image", image)),
+            "features": (("image", image), ("features", None)),
+            "encoder": (("image", image), ("z", [bundle.latent_dim]))}
+
+
+def check_shapes(bundle: Bundle, models: ScoringModels | None = None) -> None:
+    """Each ONNX program's input and output against the manifest's geometry and latent size,
+    and each torch program's output on an example input: a swapped or mismatched file is
+    refused by its shape (BundleError naming the file)."""
+    from anogan_inspect.onnxrt import make_session
+
+    expected = expected_shapes(bundle)
+    for network in bundle.manifest["networks"]:
+        (in_name, in_shape), (out_name, out_shape) = expected[network]
+        file = bundle.file(network, "onnx")
+        session = make_session(file, "cpu", intra_op_threads=1)
+        found_in = [(i.name, list(i.shape[1:])) for i in session.get_inputs()]
+        found_out = [(o.name, list(o.shape[1:])) for o in session.get_outputs()]
+        if found_in != [(in_name, in_shape)] or found_out[0][0] != out_name or \
+                (out_shape is not None and found_out[0][1] != out_shape):
+            raise BundleError(
+                f"{file}: the {network} should map {in_name} {in_shape} to {out_name} "
+                f"{out_shape or '[...]'} (geometry {bundle.image_shape}, latent_dim "
+                f"{bundle.latent_dim}); this file maps {found_in} to {found_out}")
+        if models is None:
+            continue
+        fn = getattr(models, network)
+        example = example_input(bundle, network, batch=2).to(_device(models))
+        try:
+            with torch.no_grad():
+                output = fn(example)
+        except Exception as err:  # a program for other shapes raises on our example
+            raise BundleError(f"{bundle.file(network, 'torch')}: the {network} program "
+                              f"does not take {in_name} {in_shape}: {err}") from err
+        want = [2, *out_shape] if out_shape is not None else None
+        if (want is not None and list(output.shape) != want) or output.dim() < 2:
+            raise BundleError(f"{bundle.file(network, 'torch')}: the {network} program "
+                              f"gives {out_name} {list(output.shape[1:])}, expected "
+                              f"{out_shape}")
+
+
+def _device(models: ScoringModels) -> torch.device:
+    return next(iter(_parameters(models.generator)), torch.zeros(0)).device
 
 
 def check_parity(bundle: Bundle, models: ScoringModels, tolerance: float = PARITY_TOLERANCE,

@@ -19,6 +19,7 @@ from anogan_inspect.bundle import (
     Bundle,
     BundleError,
     check_parity,
+    check_shapes,
     load_torch_models,
     read_bundle,
     verify_checksums,
@@ -302,7 +303,9 @@ def load_model(path: Path, options: EngineOptions, name: str | None = None) -> S
     if name:
         bundle.manifest["name"] = name
     verify_checksums(bundle)
+    check_shapes(bundle)  # before anything is built on the networks
     model = ServedModel(bundle, options)
+    check_shapes(bundle, model.models)
     errors = check_parity(bundle, model.models, options.parity_tolerance)
     log.info("loaded model %s version %s from %s on %s (modes %s; parity %s; fast path %s)",
              model.name, bundle.version, path, model.device,

@@ -380,7 +380,7 @@ def test_server_refuses_a_manifest_missing_what_it_serves(tiny_bundle, tmp_path)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     proc = run_server("--bundle", str(copy), "--port", "0")
     assert proc.returncode == 2
-    assert "manifest.json: missing threshold" in proc.stderr
+    assert "manifest.json: threshold: Field required" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

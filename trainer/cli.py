@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anogan_inspect.bundle import Bundle, BundleError, load_torch_models, read_bundle
+from anogan_inspect.bundle import (
+    Bundle,
+    BundleError,
+    check_shapes,
+    load_torch_models,
+    read_bundle,
+)
 from anogan_inspect.datasets import (
     DatasetError,
     ImageSet,
@@ -369,7 +375,9 @@ def _training_metadata(args, data: ImageSet, train_idx, holdout_idx, cfg: TrainC
 def run_evaluate(args) -> int:
     bundle = read_bundle(args.bundle)
     device = torch.device(args.device)
+    check_shapes(bundle)
     models = load_torch_models(bundle, device)
+    check_shapes(bundle, models)
     cfg = search_config(args, bundle.search_config)
     start = args.start or ("encoder" if bundle.has_encoder else "random")
     data = load_dataset(args.data, split="test", normal_labels=args.normal_labels,

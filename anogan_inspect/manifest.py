@@ -1,0 +1,158 @@
+"""The bundle manifest's schema, checked when a bundle is read (pydantic, strict types).
+
+What serving relies on is typed and bounded: finite positive thresholds, positive steps
+and rates, a geometry the networks share, file names the manifest's checksums cover.
+Fields the server does not read (training metadata, score summaries) may hold anything.
+A violation is one message per field, naming the file, the field, what was expected and
+what was found.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+FORMAT = "anogan-inspect-bundle"
+FORMAT_VERSION = 1
+NETWORK_NAMES = ("generator", "features", "encoder")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Strict(BaseModel):
+    """Strict types ("20" is not 20), no NaN or infinity; unknown keys allowed."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+
+
+class Geometry(_Strict):
+    channels: Literal[1, 3]
+    height: int = Field(gt=0, le=4096)
+    width: int = Field(gt=0, le=4096)
+
+    @model_validator(mode="after")
+    def _square(self) -> Geometry:
+        if self.height != self.width:
+            raise ValueError(f"height ({self.height}) and width ({self.width}) must be equal: "
+                             "the networks are square")
+        return self
+
+
+class Search(_Strict):
+    steps: int = Field(gt=0, le=1_000_000)
+    lr: float = Field(gt=0)
+    lam: float = Field(ge=0, le=1)
+    beta1: float = Field(ge=0, lt=1)
+    beta2: float = Field(ge=0, lt=1)
+    eps: float = Field(gt=0)
+    patience: int = Field(ge=0)
+    min_delta: float = Field(ge=0)
+
+
+class Threshold(_Strict):
+    value: float = Field(gt=0)
+
+
+class Network(_Strict):
+    torch: str = Field(min_length=1)
+    onnx: str = Field(min_length=1)
+
+
+class Networks(_Strict):
+    generator: Network
+    features: Network
+    encoder: Network | None = None
+
+
+class FileEntry(_Strict):
+    sha256: str
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        if not _SHA256.match(value):
+            raise ValueError("must be 64 lowercase hexadecimal digits")
+        return value
+
+
+class TilingEntry(_Strict):
+    patch: int = Field(gt=0)
+    stride: int = Field(gt=0)
+    scale: float = Field(gt=0, le=4)
+    aggregate: Literal["max", "topk"]
+    top_k: int = Field(gt=0)
+    smoothing: float = Field(ge=0)
+    pixel_threshold: float = Field(gt=0)
+
+
+class Manifest(_Strict):
+    format: Literal["anogan-inspect-bundle"]
+    format_version: Literal[1]
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    geometry: Geometry
+    latent_dim: int = Field(gt=0, le=4096)
+    search: Search
+    threshold: Threshold
+    networks: Networks
+    files: dict[str, FileEntry]
+    tiling: TilingEntry | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        for name in NETWORK_NAMES:
+            network = getattr(self.networks, name)
+            if network is None:
+                continue
+            for kind, suffix in (("torch", ".pt2"), ("onnx", ".onnx")):
+                file = getattr(network, kind)
+                if file not in self.files:
+                    raise ValueError(f"networks.{name}.{kind}: {file!r} is not among the "
+                                     "checksummed files")
+                if not file.endswith(suffix) or "/" in file or file.startswith("."):
+                    raise ValueError(f"networks.{name}.{kind}: expected a file name ending "
+                                     f"in {suffix} inside the bundle, got {file!r}")
+        if self.tiling is not None:
+            if self.tiling.patch != self.geometry.height:
+                raise ValueError(f"tiling.patch ({self.tiling.patch}) must equal "
+                                 f"geometry.height ({self.geometry.height})")
+            if self.tiling.stride > self.tiling.patch:
+                raise ValueError(f"tiling.stride ({self.tiling.stride}) must not exceed "
+                                 f"tiling.patch ({self.tiling.patch})")
+        return self
+
+
+def validate_manifest(data: object, path: Path) -> Manifest:
+    """The parsed manifest; ValueError with one line per problem, naming path and field."""
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as err:
+        raise ValueError(describe(err, path)) from None
+
+
+def describe(err: ValidationError, path: Path) -> str:
+    problems = []
+    for error in err.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        found = error.get("input")
+        shown = "" if error["type"] == "missing" or isinstance(found, dict | list) else \
+            f" (found {_show(found)})"
+        problems.append(f"{field}: {message}{shown}")
+    return f"{path}: " + "; ".join(problems)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return repr(value)

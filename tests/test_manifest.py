@@ -1,0 +1,128 @@
+"""The manifest's schema and the networks' shapes, checked at load: each kind of damage is
+refused with the file, the field and what was expected (and the server exits 2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from anogan_inspect.bundle import BundleError, check_shapes, load_torch_models, read_bundle
+from anogan_inspect.server.cli import main as serve_main
+
+
+def damaged(tiny_bundle, tmp_path, change) -> object:
+    """A copy of the tiny bundle whose manifest `change` edits (a dict → None)."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    return bundle
+
+
+def set_field(dotted: str, value):
+    def change(manifest):
+        *parents, last = dotted.split(".")
+        node = manifest
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return change
+
+
+SCHEMA = {
+    "threshold NaN": ("threshold.value", math.nan,
+                      "threshold.value: Input should be a finite number (found nan)"),
+    "threshold text": ("threshold.value", "abc",
+                       "threshold.value: Input should be a valid number (found 'abc')"),
+    "threshold zero": ("threshold.value", 0.0,
+                       "threshold.value: Input should be greater than 0 (found 0.0)"),
+    "latent as words": ("latent_dim", "twenty",
+                        "latent_dim: Input should be a valid integer (found 'twenty')"),
+    "latent as a string number": ("latent_dim", "8",
+                                  "latent_dim: Input should be a valid integer (found '8')"),
+    "search lr text": ("search.lr", "fast",
+                       "search.lr: Input should be a valid number (found 'fast')"),
+    "negative steps": ("search.steps", -5,
+                       "search.steps: Input should be greater than 0 (found -5)"),
+    "channels 2": ("geometry.channels", 2, "geometry.channels: Input should be 1 or 3"),
+    "not square": ("geometry.height", 64, "geometry: height (64) and width (16) must be equal"),
+    "file outside the checksums": ("networks.generator.onnx", "other.onnx",
+                                   "'other.onnx' is not among the checksummed files"),
+    "bad checksum text": ("files.generator.onnx", {"sha256": "xyz"},
+                          "must be 64 lowercase hexadecimal digits"),
+}
+
+
+@pytest.mark.parametrize("field, value, message", SCHEMA.values(), ids=SCHEMA.keys())
+def test_schema_refuses_each_kind_of_damage(tiny_bundle, tmp_path, field, value, message):
+    if field == "files.generator.onnx":  # a key with a dot in it
+        change = lambda m: m["files"].__setitem__("generator.onnx", value)  # noqa: E731
+    else:
+        change = set_field(field, value)
+    bundle = damaged(tiny_bundle, tmp_path, change)
+    with pytest.raises(BundleError) as err:
+        read_bundle(bundle)
+    text = str(err.value)
+    assert text.startswith(f"{bundle / 'manifest.json'}: ")
+    assert message in text
+
+
+def test_missing_fields_are_named(tiny_bundle, tmp_path):
+    bundle = damaged(tiny_bundle, tmp_path, lambda m: (m.pop("threshold"), m["search"].pop("lr")))
+    with pytest.raises(BundleError, match=r"search\.lr: Field required; threshold: Field required"):
+        read_bundle(bundle)
+
+
+SHAPES = {
+    "generator file is the encoder's": (
+        set_field("networks.generator.onnx", "encoder.onnx"),
+        "generator.onnx".replace("generator", "encoder"),
+        "the generator should map z [8] to image [1, 16, 16]"),
+    "three channels": (set_field("geometry.channels", 3), "generator.onnx",
+                       "to image [3, 16, 16]"),
+    "latent 21": (set_field("latent_dim", 21), "generator.onnx", "should map z [21]"),
+}
+
+
+@pytest.mark.parametrize("change, file, message", SHAPES.values(), ids=SHAPES.keys())
+def test_networks_that_do_not_fit_the_manifest_are_refused_by_shape(tiny_bundle, tmp_path,
+                                                                      change, file, message):
+    bundle = read_bundle(damaged(tiny_bundle, tmp_path, change))  # the schema passes
+    with pytest.raises(BundleError) as err:
+        check_shapes(bundle)
+    assert str(err.value).startswith(str(bundle.path / file)) and message in str(err.value)
+
+
+def test_torch_programs_are_checked_too(tiny_bundle, tmp_path):
+    # The ONNX files agree with the manifest, but the generator's torch program is the
+    # encoder's: its output has the wrong shape.
+    bundle_dir = damaged(tiny_bundle, tmp_path, set_field("networks.generator.torch",
+                                                          "encoder.pt2"))
+    bundle = read_bundle(bundle_dir)
+    check_shapes(bundle)
+    with pytest.raises(BundleError, match="encoder.pt2: the generator program"):
+        check_shapes(bundle, load_torch_models(bundle))
+
+
+def test_the_server_exits_2_naming_the_field(tiny_bundle, tmp_path, capsys):
+    bundle = damaged(tiny_bundle, tmp_path, set_field("search.steps", -5))
+    assert serve_main(["--bundle", str(bundle), "--port", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "anogan-serve: error:" in err and "search.steps: Input should be greater than 0" in err
+
+
+def test_the_server_exits_2_on_a_swapped_network(tiny_bundle, tmp_path, capsys):
+    bundle = damaged(tiny_bundle, tmp_path, set_field("latent_dim", 21))
+    assert serve_main(["--bundle", str(bundle), "--port", "0", "--device", "cpu"]) == 2
+    assert "should map z [21]" in capsys.readouterr().err
+
+
+def test_bundles_the_trainer_writes_pass(tiny_bundle, tiny_bundle_no_encoder, tiny_tiled_bundle):
+    for path in (tiny_bundle, tiny_bundle_no_encoder, tiny_tiled_bundle):
+        bundle = read_bundle(path)
+        check_shapes(bundle, load_torch_models(bundle))
