@@ -60,6 +60,9 @@ def pro_score(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3,
         raise ValueError("PRO needs ground-truth regions and normal pixels")
     levels = np.unique(np.quantile(normal, np.linspace(1 - max_fpr * 1.2, 1, thresholds)
                                    .clip(0, 1)))
+    # "> level" and "≥ level" both: where tied values straddle max_fpr, the curve's point
+    # past it is a measured one, not the straight line to (1, 1).
+    levels = np.unique(np.r_[levels, np.nextafter(levels, -np.inf)])
     flat = maps.reshape(len(maps), -1)
     # The curve from (0, 0) (nothing flagged) to (1, 1) (everything flagged), one point per
     # threshold; ties between thresholds are joined by straight lines, as in a ROC curve.

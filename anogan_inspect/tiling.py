@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anogan_inspect.search import fast_clears
+
 AGGREGATES = ("max", "topk")
 
 
@@ -40,6 +42,8 @@ class Tiling:
             raise ValueError(f"tiling scale must be in (0, 4], got {self.scale}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +65,11 @@ class Tiling:
         return [(top, left) for top in _starts(height, self.patch, self.stride)
                 for left in _starts(width, self.patch, self.stride)]
 
+    def count(self, height: int, width: int) -> int:
+        """Tiles a frame of this (unscaled) size is cut into, without cutting it."""
+        h, w = self.scaled_size(height, width)
+        return len(_starts(h, self.patch, self.stride)) * len(_starts(w, self.patch, self.stride))
+
     def aggregate_scores(self, scores: np.ndarray) -> float:
         """The frame score from its tiles' scores."""
         scores = np.asarray(scores, dtype=np.float64)
@@ -68,6 +77,20 @@ class Tiling:
             return float(scores.max())
         k = min(self.top_k, len(scores))
         return float(np.sort(scores)[-k:].mean())
+
+
+def tiles_to_search(tiling: Tiling, fast_scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The tiles the cascade must search (boolean, per tile), given their fast scores s0.
+
+    With the max over tiles, a tile whose s0 clears the threshold can never make the frame
+    FAIL (its search score is ≤ s0), so it is cleared on its own. With a top-k mean that
+    does not hold per tile: the frame is cleared at once when the top-k mean of s0 clears,
+    otherwise every tile is searched. The server and `evaluate` both decide here."""
+    fast_scores = np.asarray(fast_scores)
+    if tiling.aggregate == "max":
+        return ~fast_clears(fast_scores, threshold)
+    everything = not fast_clears(tiling.aggregate_scores(fast_scores), threshold)
+    return np.full(len(fast_scores), everything, dtype=bool)
 
 
 def _starts(length: int, patch: int, stride: int) -> list[int]:
@@ -144,33 +167,26 @@ class Region:
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """8-connected components of a boolean (h, w) mask: (labels, count), 0 = background."""
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    count = 0
-    height, width = mask.shape
-    for start in zip(*np.nonzero(mask)):
-        if labels[start]:
-            continue
-        count += 1
-        labels[start] = count
-        stack = [start]
-        while stack:
-            y, x = stack.pop()
-            for ny in range(max(0, y - 1), min(height, y + 2)):
-                for nx in range(max(0, x - 1), min(width, x + 2)):
-                    if mask[ny, nx] and not labels[ny, nx]:
-                        labels[ny, nx] = count
-                        stack.append((ny, nx))
-    return labels, count
+    from scipy import ndimage  # imported here: only maps need it
+
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return labels, int(count)
 
 
 def find_regions(anomaly_map: np.ndarray, threshold: float, limit: int = 32) -> list[Region]:
     """Connected areas (8-neighbour) of map > threshold, highest peak first."""
+    from scipy import ndimage
+
     labels, count = label_components(anomaly_map > threshold)
+    if count == 0:
+        return []
+    index = np.arange(1, count + 1)
+    peaks = ndimage.maximum(anomaly_map, labels, index)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    boxes = ndimage.find_objects(labels)  # one (rows, cols) slice pair per label
     regions = []
-    for label in range(1, count + 1):
-        ys, xs = np.nonzero(labels == label)
-        regions.append(Region(int(ys.min()), int(xs.min()), int(ys.max() - ys.min() + 1),
-                              int(xs.max() - xs.min() + 1),
-                              float(anomaly_map[ys, xs].max()), len(ys)))
-    regions.sort(key=lambda r: r.peak, reverse=True)
-    return regions[:limit]
+    for label in np.argsort(-np.asarray(peaks), kind="stable")[:limit]:
+        rows, cols = boxes[label]
+        regions.append(Region(rows.start, cols.start, rows.stop - rows.start,
+                              cols.stop - cols.start, float(peaks[label]), int(areas[label])))
+    return regions

@@ -17,7 +17,7 @@ from anogan_inspect.clients.launcher import ServerProcess
 from anogan_inspect.help_format import HelpFormatter
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m anogan_inspect.clients.demo",
                                      description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--bundle", type=Path, default=Path("bundles/default"),
@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="print every N-th result (the summary counts them all)")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra anogan-serve argument (repeat)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             server = ServerProcess([str(args.bundle)], Path(tmp) / "server.log",

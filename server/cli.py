@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         default=EngineOptions.parity_tolerance,
                         help="at load: largest ONNX-vs-torch difference per output element "
                              "on random inputs before the bundle is refused")
+    parser.add_argument("--max-tiles", type=int, default=EngineOptions.max_tiles,
+                        help="tiled models: most tiles one frame may be cut into (more: a "
+                             "per-frame INVALID_ARGUMENT)")
     parser.add_argument("--max-pixels", type=int, default=FrameLimits.max_pixels,
                         help="largest frame accepted, height × width (larger: a per-frame "
                              "INVALID_ARGUMENT)")
@@ -85,7 +88,8 @@ def config_from_args(args) -> ServerConfig:
     engine = EngineOptions(device=args.device, max_batch=args.max_batch,
                            fast_max_batch=args.fast_max_batch, search_steps=args.steps,
                            search_lr=args.search_lr, patience=args.patience,
-                           ort_threads=args.ort_threads, parity_tolerance=args.parity_tolerance)
+                           ort_threads=args.ort_threads, parity_tolerance=args.parity_tolerance,
+                           max_tiles=args.max_tiles)
     return ServerConfig(bundles=args.bundle, host=args.host, port=args.port, engine=engine,
                         limits=FrameLimits(max_pixels=args.max_pixels),
                         max_message_bytes=args.max_message_bytes,

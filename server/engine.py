@@ -140,7 +140,12 @@ class SearchEngine(Worker):
         self.stats.slot_steps += active
         self.stats.max_batch = max(self.stats.max_batch, active)
         if finished:
-            self._finish(finished)
+            try:
+                self._finish(finished)
+            except Exception as err:  # they have left the table: fail them here
+                for result in finished:
+                    result.tag.fail(err)
+                raise
 
     def _finish(self, finished: list[SlotResult]) -> None:
         """Resolve finished searches on their loops (with G(best z) where asked)."""

@@ -37,9 +37,12 @@ from anogan_inspect.tiling import (
     scale_frame,
     smooth,
     stitch,
+    tiles_to_search,
 )
 
 log = logging.getLogger(__name__)
+
+
 class Mode(enum.Enum):
     FAST = "fast"
     SEARCH = "search"
@@ -62,6 +65,7 @@ class EngineOptions:
     search_lr: float | None = None
     patience: int | None = None
     ort_threads: int = 1  # 1 beat ORT's automatic pool on 2 cores (docs/performance.md)
+    max_tiles: int = 65536  # tiled models: most tiles one frame may be cut into
     parity_tolerance: float = 1e-3
     seed: int = 0
 
@@ -143,6 +147,11 @@ class ServedModel:
         tiled model, the frame's tiles (ValueError when it is smaller than one tile)."""
         if self.tiling is None:
             return to_model_input(image[None], self.bundle.image_size, self.bundle.channels)[0]
+        tiles = self.tiling.count(image.shape[-2], image.shape[-1])
+        if tiles > self.options.max_tiles:
+            raise ValueError(f"a {image.shape[-2]}×{image.shape[-1]} frame is {tiles} tiles of "
+                             f"{self.tiling.patch}×{self.tiling.patch}; the limit is "
+                             f"{self.options.max_tiles} (--max-tiles)")
         scaled = scale_frame(torch.as_tensor(image, dtype=torch.float32), self.tiling)
         tiles, origins = cut_tiles(scaled, self.tiling)
         return TiledFrame(to_model_input(tiles, self.tiling.patch, self.bundle.channels),
@@ -236,15 +245,8 @@ class ServedModel:
                                          arrived, fast_seconds)
 
     def _suspect(self, fast_scores: np.ndarray) -> np.ndarray:
-        """Tiles the search must decide. With the max over tiles, a tile whose s0 clears
-        the threshold can never make the frame FAIL, so it is cleared on its own; with a
-        top-k mean that does not hold per tile: either s0's aggregate clears the frame at
-        once, or every tile is searched."""
-        if self.tiling.aggregate == "max":
-            return ~fast_clears(fast_scores, self.threshold)
-        if fast_clears(self.tiling.aggregate_scores(fast_scores), self.threshold):
-            return np.zeros(len(fast_scores), dtype=bool)
-        return np.ones(len(fast_scores), dtype=bool)
+        """Tiles the search must decide (anogan_inspect.tiling.tiles_to_search)."""
+        return tiles_to_search(self.tiling, fast_scores, self.threshold)
 
     async def _tiled_outcome(self, frame: TiledFrame, stage: Stage, mode: Mode,
                              score: np.ndarray, residual: np.ndarray, feature: np.ndarray,
@@ -260,15 +262,18 @@ class ServedModel:
                           tiles_searched=searched)
         if not want_map or any(r is None for r in reconstruction):
             return outcome
-        anomaly_map = await asyncio.to_thread(self._anomaly_map, frame, reconstruction)
-        regions = find_regions(anomaly_map, self.pixel_threshold)
+        anomaly_map, regions = await asyncio.to_thread(self._anomaly_map, frame, reconstruction)
         return dataclasses.replace(outcome, anomaly_map=anomaly_map, regions=regions)
 
-    def _anomaly_map(self, frame: TiledFrame, reconstruction: list[np.ndarray]) -> np.ndarray:
-        """Tile residuals stitched (overlaps averaged), smoothed, at the frame's size."""
+    def _anomaly_map(self, frame: TiledFrame, reconstruction: list[np.ndarray]
+                     ) -> tuple[np.ndarray, list[Region]]:
+        """Tile residuals stitched (overlaps averaged), smoothed, at the frame's size, and
+        the regions above the pixel threshold (a worker thread's work: it grows with the
+        frame)."""
         tile_maps = residual_maps(frame.tiles, torch.as_tensor(np.stack(reconstruction)))
         stitched = stitch(tile_maps[:, 0].numpy(), frame.origins, frame.scaled_size)
-        return resize_map(smooth(stitched, self.tiling.smoothing), frame.frame_size)
+        anomaly_map = resize_map(smooth(stitched, self.tiling.smoothing), frame.frame_size)
+        return anomaly_map, find_regions(anomaly_map, self.pixel_threshold)
 
     def _fast_outcome(self, fast: FastScore, mode: Mode, arrived: float) -> Outcome:
         total = time.perf_counter() - arrived

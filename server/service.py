@@ -238,7 +238,11 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             log.exception("scoring failed for frame %r", frame.frame_id)
             return pb.InspectionResult(
                 error=status_pb2.Status(code=code_pb2.INTERNAL, message=str(err)), **echo)
-        return result_message(outcome, model, echo, options.residual_map, options.map_encoding)
+        message = (result_message, outcome, model, echo, options.residual_map,
+                   options.map_encoding)
+        if options.residual_map and outcome.anomaly_map is not None:
+            return await asyncio.to_thread(*message)  # PNG encoding grows with the frame
+        return message[0](*message[1:])
 
     async def _prepare(self, frame: pb.Frame, model: ServedModel):
         """Decode and resize; off the event loop unless the frame is raw and small."""

@@ -36,12 +36,19 @@ class Job:
         self.future = self.loop.create_future()
 
     def resolve(self, value: Any) -> None:
-        """Set the result from any thread (ignored if the future is already done)."""
-        self.loop.call_soon_threadsafe(_set_result, self.future, value)
+        """Set the result from any thread (ignored if the future is already done, or its
+        loop has closed: nobody is waiting any more)."""
+        self._call(_set_result, value)
 
     def fail(self, err: BaseException) -> None:
-        """Set the exception from any thread (ignored if the future is already done)."""
-        self.loop.call_soon_threadsafe(_set_exception, self.future, err)
+        """Set the exception from any thread (ignored as resolve is)."""
+        self._call(_set_exception, err)
+
+    def _call(self, setter, value) -> None:
+        try:
+            self.loop.call_soon_threadsafe(setter, self.future, value)
+        except RuntimeError:  # the loop is closed
+            pass
 
 
 class Worker:
@@ -119,8 +126,8 @@ class Worker:
     # -- the thread --------------------------------------------------------------------------
 
     def _main(self) -> None:
-        self._on_thread_start()
         try:
+            self._on_thread_start()
             while True:
                 with self._cond:
                     while not self._stopping and not self._queue and not self._busy():
@@ -136,8 +143,11 @@ class Worker:
                     log.exception("%s: work failed", self.name)
                     with self._cond:
                         self._fail_in_progress(err, work)
-        finally:
+        except Exception:
+            log.exception("%s stopped: its thread failed", self.name)
+        finally:  # stopped, or the thread itself failed: no job may wait for it any more
             with self._cond:
+                self._stopping = True
                 self._fail_remaining()
 
     def _fail_in_progress(self, err: Exception, work: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import logging
@@ -219,6 +220,13 @@ def test_wgan_gp_trains_the_critic_more_often_than_the_generator(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.nets.generator.parameters()))
     with pytest.raises(ValueError, match="gan_loss"):
         Trainer(Networks.build(model, 0), TrainConfig(gan_loss="hinge"), tmp_path,
+                torch.device("cpu"))
+    with pytest.raises(ValueError, match="critic_steps must be at least 1"):
+        Trainer(Networks.build(model, 0), TrainConfig(gan_loss="wgan-gp", critic_steps=0),
+                tmp_path, torch.device("cpu"))
+    batch_norm = dataclasses.replace(model, disc_norm="batch")
+    with pytest.raises(ValueError, match="wgan-gp needs a discriminator without BatchNorm"):
+        Trainer(Networks.build(batch_norm, 0), TrainConfig(gan_loss="wgan-gp"), tmp_path,
                 torch.device("cpu"))
 
 

@@ -70,6 +70,8 @@ def test_scaling_and_frames_smaller_than_a_tile():
         scale_frame(torch.rand(1, 30, 64), tiling)
     with pytest.raises(ValueError, match="stride"):
         Tiling(patch=16, stride=17)
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        Tiling(patch=16, stride=8, aggregate="topk", top_k=0)
 
 
 def test_aggregates():
@@ -104,9 +106,9 @@ def test_pixel_auroc_and_pro_on_hand_made_maps():
     perfect = masks.astype(float)
     assert pro_score(perfect, masks) == pytest.approx(1.0)
     assert pixel_auroc(perfect, masks) == 1.0
-    # A map that scores the region below every normal pixel: the curve only rises as the
-    # straight line to (1, 1) does: the mean of 0..0.3 is 0.15.
-    assert pro_score(np.where(masks, 0.0, 1.0), masks) == pytest.approx(0.15)
+    # A map that scores the region below every normal pixel: nothing of it is found before
+    # every normal pixel is (the curve runs (0, 0) → (1, 0) → (1, 1)), as MVTec AD's PRO.
+    assert pro_score(np.where(masks, 0.0, 1.0), masks) == pytest.approx(0.0)
     # Half of the region above every normal pixel, all of it once 1 normal pixel in 30 is.
     assert pro_score(maps, masks) == pytest.approx((0.5 / 30 + (0.3 - 1 / 30)) / 0.3)
 
@@ -318,3 +320,35 @@ def test_which_tiles_the_server_searches_for_each_aggregate():
     model.tiling = Tiling(16, 8, aggregate="topk", top_k=2)  # top-2 mean of s0: 11.5
     assert model._suspect(s0).all()
     assert not model._suspect(np.array([3.0, 9.0, 9.5, 2.0])).any()  # top-2 mean 9.25
+
+
+def test_the_servers_tiled_cascade_decides_as_the_search_does(server, texture_data):
+    frames = load_dataset(texture_data, split="test").images
+    with server.channel() as channel:
+        stub = pb_grpc.InspectionServiceStub(channel)
+
+        def verdicts(mode):
+            config = pb.InspectionConfig(model="tex", mode=mode)
+            requests = [pb.StreamInspectRequest(config=config)] + [
+                pb.StreamInspectRequest(frame=raw_frame(f, i)) for i, f in enumerate(frames)]
+            return [r.result for r in stub.StreamInspect(iter(requests), timeout=300)]
+
+        cascade, search = verdicts(pb.MODE_CASCADE), verdicts(pb.MODE_SEARCH)
+    assert [r.verdict for r in cascade] == [r.verdict for r in search]
+    assert all(r.tiles == 25 and r.tiles_searched == 25 for r in search)
+    assert sum(r.tiles_searched for r in cascade) < sum(r.tiles_searched for r in search)
+    for c, s in zip(cascade, search):  # a cleared frame's score is an upper bound
+        assert s.score <= c.score + 1e-3 * abs(c.score)
+
+
+def test_a_frame_of_too_many_tiles_is_refused(tiny_tiled_bundle):
+    from anogan_inspect.server.models import EngineOptions
+
+    bundle = read_bundle(tiny_tiled_bundle)
+    model = ServedModel.__new__(ServedModel)  # preprocess needs the tiling and options only
+    model.tiling, model.bundle = bundle.tiling, bundle
+    model.options = EngineOptions(max_tiles=100)
+    assert len(model.preprocess(np.zeros((1, 48, 48), np.float32)).tiles) == 25
+    with pytest.raises(ValueError, match=r"a 512×512 frame is 3969 tiles of 16×16; the limit "
+                                         r"is 100 \(--max-tiles\)"):
+        model.preprocess(np.zeros((1, 512, 512), np.float32))

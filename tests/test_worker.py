@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from anogan_inspect.server.worker import Job, Worker, WorkerStopped
 
@@ -85,7 +86,8 @@ def test_stop_fails_what_is_queued_and_refuses_new_jobs():
         await asyncio.to_thread(worker.in_work.wait, 10)
         queued = [worker.submit(v) for v in (2, 3, 4)]
         stopper = asyncio.get_running_loop().run_in_executor(None, worker.stop)
-        await asyncio.sleep(0.05)
+        while not worker._stopping:  # stop() has asked; the thread is still in its work
+            await asyncio.sleep(0.01)
         worker.gate.set()  # the batch in progress finishes; the queue is failed
         await stopper
         after = worker.submit(5)
@@ -105,3 +107,60 @@ def test_stop_before_start_fails_the_queue():
             await pending
 
     asyncio.run(run())
+
+
+class BrokenStart(SquareWorker):
+    def _on_thread_start(self) -> None:
+        raise RuntimeError("no device")
+
+
+def test_a_worker_whose_thread_dies_fails_its_jobs_and_refuses_new_ones():
+    async def run():
+        worker = SquareWorker()
+        queued = worker.submit(2)
+        broken = BrokenStart()
+        waiting = broken.submit(3)
+        broken.start()
+        await asyncio.to_thread(broken._thread.join, 10)
+        later = broken.submit(4)
+        worker.stop()
+        return await asyncio.gather(queued, waiting, later, return_exceptions=True)
+
+    outcomes = asyncio.run(run())
+    assert all(isinstance(outcome, WorkerStopped) for outcome in outcomes)
+
+
+def test_the_engine_fails_searches_whose_hand_back_fails(tiny_bundle):
+    """A search that finished but could not be handed back (say, G(z) ran out of memory)
+    fails; the engine goes on with the next searches."""
+    from anogan_inspect.bundle import load_torch_models, read_bundle
+    from anogan_inspect.server.engine import SearchEngine
+
+    bundle = read_bundle(tiny_bundle)
+    engine = SearchEngine(load_torch_models(bundle), bundle.search_config, bundle.image_shape,
+                          capacity=4)
+    finish = engine._finish
+    calls = []
+
+    def flaky_finish(finished):
+        calls.append(len(finished))
+        if len(calls) == 1:
+            raise MemoryError("out of memory handing back")
+        finish(finished)
+
+    engine._finish = flaky_finish
+
+    async def run():
+        engine.start()
+        try:
+            x = torch.rand(*bundle.image_shape) * 2 - 1
+            first = engine.submit(x, None, 3)
+            failed = await asyncio.gather(first.future, return_exceptions=True)
+            second = engine.submit(x, None, 3)
+            return failed[0], await asyncio.wait_for(second.future, 30)
+        finally:
+            engine.stop()
+
+    failed, second = asyncio.run(run())
+    assert isinstance(failed, MemoryError)
+    assert second.result.steps == 3

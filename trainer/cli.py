@@ -264,7 +264,12 @@ def run_train(args) -> int:
         tiled = score_frames(models, heldout_frames, tiling, search_cfg, device,
                              batch_size=args.search_batch, desc="calibration tiles")
         threshold = calibrate(tiled.score, quantile)
-        pixel_threshold = float(np.quantile(tiled.maps, args.pixel_quantile))
+        # The regions' threshold from maps made as the server makes them: the cascade at
+        # this threshold (cleared tiles keep G(E(x)), whose residuals are larger).
+        served = score_frames(models, heldout_frames, tiling, search_cfg, device,
+                              threshold=threshold["value"], batch_size=args.search_batch,
+                              desc="calibration maps")
+        pixel_threshold = float(np.quantile(served.maps, args.pixel_quantile))
         extra["tiling"] = {**tiling.to_dict(), "pixel_threshold": pixel_threshold,
                            "pixel_quantile": args.pixel_quantile}
         heldout_z = tiled.z

@@ -15,8 +15,16 @@ import torch
 
 from anogan_inspect.pictures import residual_maps
 from anogan_inspect.preprocess import to_model_input
-from anogan_inspect.search import ScoringModels, SearchConfig, fast_clears, fast_score
-from anogan_inspect.tiling import Tiling, cut_tiles, resize_map, scale_frame, smooth, stitch
+from anogan_inspect.search import ScoringModels, SearchConfig, fast_score
+from anogan_inspect.tiling import (
+    Tiling,
+    cut_tiles,
+    resize_map,
+    scale_frame,
+    smooth,
+    stitch,
+    tiles_to_search,
+)
 from anogan_inspect.trainer.scoring import search_scores
 
 
@@ -61,8 +69,12 @@ def score_frames(models: ScoringModels, frames: np.ndarray, tiling: Tiling, cfg:
     final = np.array(s0, dtype=np.float64) if s0 is not None else np.full(len(x), np.inf)
     z = z0.numpy().copy() if z0 is not None else np.zeros((len(x), models.latent_dim),
                                                            dtype=np.float32)
-    suspect = (np.ones(len(x), dtype=bool) if threshold is None or s0 is None
-               else ~fast_clears(s0, threshold))
+    per_frame = len(origins[0])
+    if threshold is None or s0 is None:
+        suspect = np.ones(len(x), dtype=bool)
+    else:  # the server's rule, frame by frame
+        suspect = np.concatenate([tiles_to_search(tiling, frame_s0, threshold)
+                                  for frame_s0 in s0.reshape(len(frames), per_frame)])
     if suspect.any():
         index = torch.as_tensor(np.flatnonzero(suspect))
         start = "encoder" if models.encoder is not None else "random"
@@ -70,7 +82,6 @@ def score_frames(models: ScoringModels, frames: np.ndarray, tiling: Tiling, cfg:
                                desc=desc)
         final[suspect] = result.score
         z[suspect] = result.z
-    per_frame = len(origins[0])
     tile_scores = [final[i * per_frame:(i + 1) * per_frame] for i in range(len(frames))]
     scores = np.array([tiling.aggregate_scores(t) for t in tile_scores])
     searched = suspect.reshape(len(frames), per_frame).sum(1)

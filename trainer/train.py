@@ -82,6 +82,11 @@ class Trainer:
         self.opt_e = torch.optim.Adam(nets.encoder.parameters(), cfg.encoder_lr)
         if cfg.gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {cfg.gan_loss!r}")
+        if cfg.critic_steps < 1:
+            raise ValueError(f"critic_steps must be at least 1, got {cfg.critic_steps}")
+        if cfg.gan_loss == "wgan-gp" and nets.model.disc_norm == "batch":
+            raise ValueError("wgan-gp needs a discriminator without BatchNorm (the gradient "
+                             "penalty is per sample): use --disc-norm layer or none")
         self.gan_epoch = 0
         self.encoder_epoch = 0
         self.critic_updates = 0  # wgan-gp: G steps after every critic_steps of these
