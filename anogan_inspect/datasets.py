@@ -333,10 +333,10 @@ def _decode_all(folder: Path, files: list[Path]) -> np.ndarray:
     """Decode ``files`` into one float32 ``(N, C, H, W)`` array; C=1 only if all are gray."""
     if not files:
         raise DatasetError(f"{folder}: no images found")
-    arrays = [_decode_image(files[0])]
+    arrays = [decode_image_file(files[0])]
     height, width = arrays[0].shape[:2]
     for file in files[1:]:
-        array = _decode_image(file)
+        array = decode_image_file(file)
         if array.shape[:2] != (height, width):
             raise DatasetError(
                 f"{file}: image size {array.shape[1]}x{array.shape[0]} differs from "
@@ -348,7 +348,7 @@ def _decode_all(folder: Path, files: list[Path]) -> np.ndarray:
     return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))
 
 
-def _decode_image(file: Path) -> np.ndarray:
+def decode_image_file(file: Path) -> np.ndarray:
     """Decode one image file into float32 ``(H, W, C)`` in [0, 1], C = 1 (gray) or 3."""
     try:
         with Image.open(file) as img:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import platform
 import sys
@@ -36,6 +37,9 @@ from anogan_inspect.search import ScoringModels, SearchConfig, fast_score
 from anogan_inspect.tiling import AGGREGATES, Tiling
 from anogan_inspect.trainer.evaluate_tiles import evaluate_tiled, print_tiled_report
 from anogan_inspect.trainer.export import ExportError, export_bundle
+from anogan_inspect.trainer.score import MODES as SCORE_MODES
+from anogan_inspect.trainer.score import __doc__ as SCORE_DOC
+from anogan_inspect.trainer.score import run_score
 from anogan_inspect.trainer.scoring import (
     FIT_RATIO,
     calibrate,
@@ -170,6 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, help="report directory (default: reports/<name>)")
     _add_search_options(evaluate, calibrating=False)
     _add_run_options(evaluate)
+
+    score = sub.add_parser("score", help="score image files offline, as the server would",
+                           formatter_class=HelpFormatter, description=SCORE_DOC)
+    score.add_argument("images", nargs="+", type=Path, metavar="FILE_OR_FOLDER",
+                       help="PNG/JPEG files, or folders of them")
+    score.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    score.add_argument("--mode", choices=SCORE_MODES, default="cascade",
+                       help="as the server's: cascade (the fast path, then the search where "
+                            "it does not pass), search, or fast")
+    score.add_argument("--out", type=Path, help="write the JSON lines here (default: stdout)")
+    score.add_argument("--device", default=default_device(),
+                       help="cpu or cuda (default: cuda when present)")
     return parser
 
 
@@ -420,6 +436,7 @@ def run_evaluate(args) -> int:
     save_reconstruction_grid(models, x, result.z, result.score, bundle.threshold,
                              data.is_anomaly, out / "reconstructions.png")
     write_json(out / "report.json", report)
+    _write_scores(out / "scores.jsonl", data, result.score, bundle.threshold)
     search_metrics = report["search"]
     print(f"{bundle.name}: AUROC {search_metrics['auroc']:.4f}  AUPRC "
           f"{search_metrics['auprc']:.4f}  ({len(data)} images, {cfg.steps} steps from {start}, "
@@ -427,9 +444,20 @@ def run_evaluate(args) -> int:
     print(confusion_table(search_metrics["confusion"]))
     if "fast" in report:
         print(f"fast path: AUROC {report['fast']['auroc']:.4f}")
-    print(f"report: {out / 'report.json'}, ROC: {out / 'roc.png'}, "
+    print(f"report: {out / 'report.json'}, scores: {out / 'scores.jsonl'}, ROC: {out / 'roc.png'}, "
           f"grid: {out / 'reconstructions.png'}")
     return 0
+
+
+def _write_scores(path: Path, data: ImageSet, scores: np.ndarray, threshold: float) -> None:
+    """One JSON line per image: its index (and file, for folders), label and search score."""
+    with open(path, "w") as out:
+        for i, score in enumerate(scores):
+            out.write(json.dumps({
+                "index": i, "file": data.files[i] if data.files else None,
+                "label": int(data.labels[i]), "is_anomaly": bool(data.is_anomaly[i]),
+                "score": float(score), "verdict": "FAIL" if score > threshold else "PASS"})
+                + "\n")
 
 
 def _threshold_steps(bundle: Bundle, cfg: SearchConfig, start: str) -> dict:
@@ -457,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return run_train(args)
+        if args.command == "score":
+            return run_score(args)
         return run_evaluate(args)
     except (DatasetError, ExportError, BundleError, FileNotFoundError, ValueError) as err:
         print(f"anogan-train: error: {err}", file=sys.stderr)
