@@ -75,6 +75,15 @@ class Bundle:
         return float(self.manifest["threshold"]["value"])
 
     @property
+    def fast_threshold(self) -> float:
+        """MODE_FAST's threshold, calibrated on the fast scores; bundles from before it was
+        (marked "shared_with_search") use the search's."""
+        entry = self.manifest.get("fast_threshold")
+        if not entry or entry.get("shared_with_search"):
+            return self.threshold
+        return float(entry["value"])
+
+    @property
     def search_config(self) -> SearchConfig:
         return SearchConfig.from_dict(self.manifest["search"])
 

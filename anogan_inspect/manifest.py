@@ -104,6 +104,7 @@ class Manifest(_Strict):
     latent_dim: int = Field(gt=0, le=4096)
     search: Search
     threshold: Threshold
+    fast_threshold: Threshold | None = None
     networks: Networks
     files: dict[str, FileEntry]
     tiling: TilingEntry | None = None

@@ -85,6 +85,7 @@ class Outcome:
     queue_seconds: float
     compute_seconds: float
     residual_map: np.ndarray | None = None  # (H, W) float32 in [0, 1]
+    threshold: float = 0.0  # the threshold that judged it: the fast path's in MODE_FAST
     # Tiled models: the frame-sized anomaly map and its regions, and tile counts.
     anomaly_map: np.ndarray | None = None
     regions: list[Region] | None = None
@@ -108,7 +109,8 @@ class ServedModel:
     def __init__(self, bundle: Bundle, options: EngineOptions):
         self.bundle, self.options = bundle, options
         self.name, self.device = bundle.name, torch.device(options.device)
-        self.threshold = bundle.threshold
+        self.threshold = bundle.threshold  # the search's: SEARCH and CASCADE decide with it
+        self.fast_threshold = bundle.fast_threshold  # MODE_FAST's own
         self.tiling, self.pixel_threshold = bundle.tiling, bundle.pixel_threshold
         base = bundle.search_config
         overrides = {"steps": options.search_steps, "lr": options.search_lr,
@@ -193,7 +195,7 @@ class ServedModel:
         outcome = Outcome(True, Stage.SEARCH, mode, result.score, result.residual,
                           result.feature, result.steps, result.score > self.threshold,
                           request.enqueued - arrived - fast_seconds + searched.queue_seconds,
-                          fast_seconds + searched.compute_seconds)
+                          fast_seconds + searched.compute_seconds, threshold=self.threshold)
         return _with_residual_map(outcome, x, searched.reconstruction)
 
     async def _inspect_tiles(self, frame: TiledFrame, mode: Mode, steps: int, want_map: bool,
@@ -256,10 +258,11 @@ class ServedModel:
         frame_score = self.tiling.aggregate_scores(score)
         worst = int(np.argmax(score))  # the parts of the tile that decides a max
         total = time.perf_counter() - arrived
+        threshold = self._judging_threshold(mode)
         outcome = Outcome(final, stage, mode, frame_score, float(residual[worst]),
-                          float(feature[worst]), steps, frame_score > self.threshold,
+                          float(feature[worst]), steps, frame_score > threshold,
                           max(0.0, total - fast_seconds), fast_seconds, tiles=len(score),
-                          tiles_searched=searched)
+                          tiles_searched=searched, threshold=threshold)
         if not want_map or any(r is None for r in reconstruction):
             return outcome
         anomaly_map, regions = await asyncio.to_thread(self._anomaly_map, frame, reconstruction)
@@ -275,10 +278,17 @@ class ServedModel:
         anomaly_map = resize_map(smooth(stitched, self.tiling.smoothing), frame.frame_size)
         return anomaly_map, find_regions(anomaly_map, self.pixel_threshold)
 
+    def _judging_threshold(self, mode: Mode) -> float:
+        """MODE_FAST is judged with the fast path's own calibrated threshold; CASCADE and
+        SEARCH with the search's (the cascade's exactness rests on s0 ≤ that one)."""
+        return self.fast_threshold if mode is Mode.FAST else self.threshold
+
     def _fast_outcome(self, fast: FastScore, mode: Mode, arrived: float) -> Outcome:
         total = time.perf_counter() - arrived
+        threshold = self._judging_threshold(mode)
         return Outcome(True, Stage.FAST, mode, fast.score, fast.residual, fast.feature, 0,
-                       fast.score > self.threshold, max(0.0, total - fast.seconds), fast.seconds)
+                       fast.score > threshold, max(0.0, total - fast.seconds), fast.seconds,
+                       threshold=threshold)
 
     def stats(self) -> dict:
         engine, fast = self.engine.stats, self.fast.stats if self.fast else None

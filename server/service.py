@@ -283,7 +283,7 @@ def result_message(outcome: Outcome, model: ServedModel, echo: dict, residual_ma
         provisional=not outcome.final,
         verdict=pb.VERDICT_FAIL if outcome.fail else pb.VERDICT_PASS,
         score=outcome.score, residual_score=outcome.residual, feature_score=outcome.feature,
-        threshold=model.threshold, stage=STAGE_PB[outcome.stage], search_steps=outcome.steps,
+        threshold=outcome.threshold, stage=STAGE_PB[outcome.stage], search_steps=outcome.steps,
         mode=MODE_PB[outcome.mode], tiles=outcome.tiles,
         tiles_searched=outcome.tiles_searched, **echo)
     result.queue_time.FromNanoseconds(int(outcome.queue_seconds * 1e9))
@@ -323,7 +323,8 @@ def model_message(model: ServedModel) -> pb.Model:
         threshold=model.threshold, default_search_steps=model.search_config.steps,
         search_learning_rate=model.search_config.lr, has_encoder=bundle.has_encoder,
         modes=[MODE_PB[m] for m in model.modes], default_mode=MODE_PB[model.default_mode],
-        device=str(model.device), feature_weight=model.search_config.lam)
+        device=str(model.device), feature_weight=model.search_config.lam,
+        fast_threshold=model.fast_threshold)
     if model.tiling is not None:
         tiling = model.tiling
         message.tiling.CopyFrom(pb.Tiling(

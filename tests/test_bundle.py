@@ -63,7 +63,10 @@ def test_manifest_records_what_the_server_needs(tiny_bundle):
     threshold = m["threshold"]
     assert threshold["quantile"] == 0.95 and threshold["scores"]["n"] > 0
     assert threshold["scores"]["min"] <= threshold["value"] <= threshold["scores"]["max"]
-    assert m["fast_threshold"]["value"] == threshold["value"]
+    fast = m["fast_threshold"]  # MODE_FAST's own, on the fast scores of the same images
+    assert fast["quantile"] == 0.95 and fast["scores"]["n"] == threshold["scores"]["n"]
+    assert fast["scores"]["min"] <= fast["value"] <= fast["scores"]["max"]
+    assert bundle.fast_threshold == fast["value"] != bundle.threshold
     assert m["training"]["normal_labels"] == [7, 8]
     listed = set(m["files"])
     assert listed == {p.name for p in tiny_bundle.iterdir()} - {"manifest.json"}
@@ -228,6 +231,25 @@ def test_wgan_gp_trains_the_critic_more_often_than_the_generator(tmp_path):
     with pytest.raises(ValueError, match="wgan-gp needs a discriminator without BatchNorm"):
         Trainer(Networks.build(batch_norm, 0), TrainConfig(gan_loss="wgan-gp"), tmp_path,
                 torch.device("cpu"))
+
+
+def test_calibrate_gives_an_older_bundle_its_fast_threshold(tiny_bundle, tmp_path, capsys):
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "older")
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    trained = manifest["fast_threshold"]["value"]
+    manifest["fast_threshold"] = {"value": manifest["threshold"]["value"],
+                                  "shared_with_search": True}  # as bundles were written
+    path.write_text(json.dumps(manifest))
+    assert read_bundle(bundle).fast_threshold == manifest["threshold"]["value"]
+    assert train_main(["calibrate", "--bundle", str(bundle), "--device", "cpu"]) == 0
+    assert read_bundle(bundle).fast_threshold == pytest.approx(trained, rel=1e-5)
+    assert "fast-path threshold" in capsys.readouterr().out
+    manifest = json.loads(path.read_text())
+    manifest["training"]["images"]["heldout"] += 1  # not the data it was trained on
+    path.write_text(json.dumps(manifest))
+    assert train_main(["calibrate", "--bundle", str(bundle), "--device", "cpu"]) == 2
+    assert "not its training data" in capsys.readouterr().err
 
 
 def test_class_folders_train_on_good_only(tmp_path):

@@ -153,6 +153,18 @@ def test_modes_fast_search_cascade(stub, digits):
         assert c.verdict == s.verdict, c.frame_id
 
 
+def test_fast_mode_is_judged_by_the_fast_paths_own_threshold(stub, digits):
+    model = stub.GetModel(pb.GetModelRequest(name="tiny")).model
+    assert model.fast_threshold > 0 and model.fast_threshold != model.threshold
+    frames = frames_of(digits, 30)
+    fast = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_FAST))
+    cascade = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_CASCADE))
+    assert all(r.threshold == model.fast_threshold for r in fast)
+    assert all(r.threshold == model.threshold for r in cascade)
+    for r in fast:
+        assert (r.verdict == pb.VERDICT_FAIL) == (r.score > model.fast_threshold)
+
+
 def test_per_frame_mode_overrides_stream_mode(stub, digits):
     frames = frames_of(digits, 4)
     frames[1].mode = pb.MODE_SEARCH

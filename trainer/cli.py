@@ -47,7 +47,6 @@ from anogan_inspect.trainer.scoring import (
     metrics,
     save_reconstruction_grid,
     search_scores,
-    summarize,
     write_json,
 )
 from anogan_inspect.trainer.tiles import frame_tiles, score_frames
@@ -174,6 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, help="report directory (default: reports/<name>)")
     _add_search_options(evaluate, calibrating=False)
     _add_run_options(evaluate)
+
+    recalibrate = sub.add_parser(
+        "calibrate", formatter_class=HelpFormatter,
+        help="recalibrate a bundle's fast-path threshold on its held-out normal images",
+        description="Recompute MODE_FAST's threshold of an existing bundle (bundles written "
+                    "before it had its own) on the held-out split its training used, and "
+                    "rewrite the manifest in place (atomically). The data, labels, seed and "
+                    "held-out share default to the manifest's; the held-out count must match.")
+    recalibrate.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    recalibrate.add_argument("--data", type=Path, help="training data (default: the manifest's)")
+    recalibrate.add_argument("--normal-labels", type=parse_labels,
+                             help="CSV normal labels (default: the manifest's)")
+    recalibrate.add_argument("--quantile", type=float,
+                             help="threshold quantile (default: the search threshold's)")
+    recalibrate.add_argument("--device", default=default_device(),
+                             help="cpu or cuda (default: cuda when present)")
 
     score = sub.add_parser("score", help="score image files offline, as the server would",
                            formatter_class=HelpFormatter, description=SCORE_DOC)
@@ -309,7 +324,7 @@ def run_train(args) -> int:
         "search": search_cfg.to_dict(),
         "threshold": threshold,
         "fast_threshold": _fast_threshold(models, heldout_x.to(device), search_cfg,
-                                          threshold["value"], tiling, len(holdout_idx)),
+                                          quantile, tiling, len(holdout_idx)),
         "training": {**_training_metadata(args, data, train_idx, holdout_idx, cfg, trainer,
                                           train_seconds), "fit": fit},
         **extra,
@@ -348,17 +363,17 @@ def _training_images(args, model: ModelConfig, tiling: Tiling | None
 
 
 def _fast_threshold(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig,
-                    threshold: float, tiling: Tiling | None, frames: int) -> dict | None:
-    """The fast score s0 shares the search threshold (same formula, s0 ≥ search score);
-    tiled, x holds every tile of the held-out frames, and a frame's s0 aggregates them."""
+                    quantile: float, tiling: Tiling | None, frames: int) -> dict | None:
+    """MODE_FAST's own threshold: the same quantile of the held-out fast scores s0 (which
+    lie above the search scores, so the search's threshold would fail too many normal
+    frames). The cascade still decides with the search's threshold, where s0 ≤ T is exact.
+    Tiled, x holds every tile of the held-out frames, and a frame's s0 aggregates them."""
     if models.encoder is None:
         return None
     scores, _ = fast_score(models, x, cfg.lam)
     if tiling:
         scores = np.array([tiling.aggregate_scores(t) for t in scores.reshape(frames, -1)])
-    return {"value": threshold, "shared_with_search": True,
-            "heldout_pass_rate": float(np.mean(scores <= threshold)),
-            "scores": summarize(scores)}
+    return calibrate(scores, quantile)
 
 
 def _say_fit(fit: dict, require: bool) -> None:
@@ -430,7 +445,7 @@ def run_evaluate(args) -> int:
     curves = {f"search, {cfg.steps} steps": (result.score, data.is_anomaly)}
     if models.encoder is not None:
         fast, _ = fast_score(models, x, cfg.lam)
-        report["fast"] = metrics(fast, data.is_anomaly, bundle.threshold)
+        report["fast"] = metrics(fast, data.is_anomaly, bundle.fast_threshold)
         curves["fast path (encoder)"] = (fast, data.is_anomaly)
     save_roc_plot(curves, out / "roc.png", f"{bundle.name} on {args.data.name}")
     save_reconstruction_grid(models, x, result.z, result.score, bundle.threshold,
@@ -460,6 +475,47 @@ def _write_scores(path: Path, data: ImageSet, scores: np.ndarray, threshold: flo
                 + "\n")
 
 
+def run_calibrate(args) -> int:
+    """MODE_FAST's own threshold for an existing bundle, on its training's held-out split."""
+    bundle = read_bundle(args.bundle)
+    training = bundle.manifest.get("training", {})
+    counts = training.get("images", {})
+    if not counts or not bundle.has_encoder:
+        raise BundleError(f"{bundle.path}: no training record or no encoder: nothing to "
+                          "recalibrate")
+    data_path = args.data or Path(training["data"])
+    labels = args.normal_labels or training.get("normal_labels")
+    holdout = counts["heldout"] / (counts["train"] + counts["heldout"])
+    seed = int(training.get("seed", 0))
+    data = normal_subset(load_dataset(data_path, split="train", normal_labels=labels))
+    _, holdout_idx = heldout_split(len(data), holdout, seed)
+    if len(data) != counts["train"] + counts["heldout"] or \
+            len(holdout_idx) != counts["heldout"]:
+        raise DatasetError(f"{data_path}: {len(data)} normal images, {len(holdout_idx)} held "
+                           f"out, but the bundle was trained on {counts['train']} and "
+                           f"calibrated on {counts['heldout']}: not its training data")
+    device = torch.device(args.device)
+    models = load_torch_models(bundle, device)
+    tiling = bundle.tiling
+    if tiling:
+        heldout_x, _, _ = frame_tiles(data.images[holdout_idx], tiling, bundle.channels)
+    else:
+        heldout_x = to_model_input(data.images[holdout_idx], bundle.image_size,
+                                   bundle.channels)
+    quantile = args.quantile or bundle.manifest["threshold"].get("quantile", 0.95)
+    fast = _fast_threshold(models, heldout_x.to(device), bundle.search_config, quantile,
+                           tiling, len(holdout_idx))
+    manifest = dict(bundle.manifest, fast_threshold=fast)
+    path = bundle.path / "manifest.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")  # whole, then in place at once
+    tmp.replace(path)
+    print(f"{bundle.name}: fast-path threshold {fast['value']:.2f} (quantile {quantile} of "
+          f"{len(holdout_idx)} held-out fast scores; held-out FAIL share "
+          f"{fast['heldout_fpr']:.3f}); the search's stays {bundle.threshold:.2f}")
+    return 0
+
+
 def _threshold_steps(bundle: Bundle, cfg: SearchConfig, start: str) -> dict:
     """The threshold with the search it was calibrated with (the manifest's `search`, and
     its start) and this one's; warns when they differ."""
@@ -487,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_train(args)
         if args.command == "score":
             return run_score(args)
+        if args.command == "calibrate":
+            return run_calibrate(args)
         return run_evaluate(args)
     except (DatasetError, ExportError, BundleError, FileNotFoundError, ValueError) as err:
         print(f"anogan-train: error: {err}", file=sys.stderr)
