@@ -50,8 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch intra-op threads (default: torch's, one per core)")
     parser.add_argument("--parity-tolerance", type=float,
                         default=EngineOptions.parity_tolerance,
-                        help="at load: largest ONNX-vs-torch difference per output element "
-                             "on random inputs before the bundle is refused")
+                        help="at load: largest ONNX-vs-torch difference per network output "
+                             "element on random inputs before the bundle is refused (the "
+                             "exporter's check, one constant)")
+    parser.add_argument("--require-exact-cascade", action="store_true",
+                        help="refuse a model whose fast path, as served, strays from the "
+                             "torch scores by the cascade's margin or more (default: serve "
+                             "it without CASCADE)")
     parser.add_argument("--max-tiles", type=int, default=EngineOptions.max_tiles,
                         help="tiled models: most tiles one frame may be cut into (more: a "
                              "per-frame INVALID_ARGUMENT)")
@@ -89,6 +94,7 @@ def config_from_args(args) -> ServerConfig:
                            fast_max_batch=args.fast_max_batch, search_steps=args.steps,
                            search_lr=args.search_lr, patience=args.patience,
                            ort_threads=args.ort_threads, parity_tolerance=args.parity_tolerance,
+                           require_exact_cascade=args.require_exact_cascade,
                            max_tiles=args.max_tiles)
     return ServerConfig(bundles=args.bundle, host=args.host, port=args.port, engine=engine,
                         limits=FrameLimits(max_pixels=args.max_pixels),

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from anogan_inspect.bundle import (
+    PARITY_TOLERANCE,
     Bundle,
     BundleError,
     check_parity,
@@ -26,7 +27,7 @@ from anogan_inspect.bundle import (
 )
 from anogan_inspect.pictures import residual_maps
 from anogan_inspect.preprocess import to_model_input
-from anogan_inspect.search import fast_clears
+from anogan_inspect.search import CASCADE_MARGIN, fast_clears, fast_score
 from anogan_inspect.server.engine import SearchEngine
 from anogan_inspect.server.fastpath import FastPath, FastScore
 from anogan_inspect.tiling import (
@@ -66,7 +67,10 @@ class EngineOptions:
     patience: int | None = None
     ort_threads: int = 1  # 1 beat ORT's automatic pool on 2 cores (docs/performance.md)
     max_tiles: int = 65536  # tiled models: most tiles one frame may be cut into
-    parity_tolerance: float = 1e-3
+    parity_tolerance: float = PARITY_TOLERANCE
+    # Refuse to start (instead of serving without CASCADE) when the fast path as served
+    # strays from the torch scores by more than the cascade's margin.
+    require_exact_cascade: bool = False
     seed: int = 0
 
 
@@ -132,6 +136,32 @@ class ServedModel:
         self.modes = [Mode.FAST, Mode.SEARCH, Mode.CASCADE] if self.fast else [Mode.SEARCH]
         self.default_mode = Mode.CASCADE if self.fast else Mode.SEARCH
         self._random = torch.Generator().manual_seed(options.seed)
+        self.score_gap = 0.0  # measured by check_exactness() at load
+
+    def check_exactness(self, samples: int = 64) -> float:
+        """The worst relative gap between the fast path's scores, as served (this session,
+        provider and options), and the torch scores the search starts from, on sample
+        images; the cascade is exact only while it stays under CASCADE_MARGIN. Without it,
+        CASCADE is not served (or, with require_exact_cascade, the model is refused)."""
+        self.score_gap = 0.0
+        if self.fast is None:
+            return self.score_gap
+        gen = torch.Generator().manual_seed(self.options.seed)
+        x = torch.rand(samples, *self.bundle.image_shape, generator=gen) * 2 - 1
+        served = self.fast.score_batch(x.numpy())[0]
+        with torch.no_grad():
+            reference, _ = fast_score(self.models, x.to(self.device), self.search_config.lam)
+        self.score_gap = float(np.max(np.abs(served - reference) / np.abs(reference)))
+        if self.score_gap >= CASCADE_MARGIN:
+            message = (f"model {self.name}: the fast path's scores as served differ from the "
+                       f"torch scores by up to {self.score_gap:.1e} (relative), not under the "
+                       f"cascade's margin {CASCADE_MARGIN:.0e}")
+            if self.options.require_exact_cascade:
+                raise BundleError(f"{message} (--require-exact-cascade)")
+            log.warning("%s: CASCADE is not served (FAST and SEARCH are)", message)
+            self.modes = [m for m in self.modes if m is not Mode.CASCADE]
+            self.default_mode = Mode.SEARCH
+        return self.score_gap
 
     def start(self) -> ServedModel:
         self.engine.start()
@@ -322,6 +352,7 @@ def load_model(path: Path, options: EngineOptions, name: str | None = None) -> S
     model = ServedModel(bundle, options)
     check_shapes(bundle, model.models)
     errors = check_parity(bundle, model.models, options.parity_tolerance)
+    model.check_exactness()
     log.info("loaded model %s version %s from %s on %s (modes %s; parity %s; fast path %s)",
              model.name, bundle.version, path, model.device,
              ",".join(m.name for m in model.modes),

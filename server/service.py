@@ -25,6 +25,7 @@ from google.rpc import code_pb2, status_pb2
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
+from anogan_inspect.search import CASCADE_MARGIN
 from anogan_inspect.server.frames import FrameError, FrameLimits, decode_frame, encode_png
 from anogan_inspect.server.models import Mode, Outcome, ServedModel, Stage
 
@@ -324,7 +325,8 @@ def model_message(model: ServedModel) -> pb.Model:
         search_learning_rate=model.search_config.lr, has_encoder=bundle.has_encoder,
         modes=[MODE_PB[m] for m in model.modes], default_mode=MODE_PB[model.default_mode],
         device=str(model.device), feature_weight=model.search_config.lam,
-        fast_threshold=model.fast_threshold)
+        fast_threshold=model.fast_threshold, score_gap=model.score_gap,
+        cascade_margin=CASCADE_MARGIN)
     if model.tiling is not None:
         tiling = model.tiling
         message.tiling.CopyFrom(pb.Tiling(

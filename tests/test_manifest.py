@@ -126,3 +126,26 @@ def test_bundles_the_trainer_writes_pass(tiny_bundle, tiny_bundle_no_encoder, ti
     for path in (tiny_bundle, tiny_bundle_no_encoder, tiny_tiled_bundle):
         bundle = read_bundle(path)
         check_shapes(bundle, load_torch_models(bundle))
+
+
+def test_the_fast_path_as_served_is_checked_against_the_cascade_margin(server, tiny_bundle):
+    from anogan.v1 import inspection_pb2 as pb
+    from anogan.v1 import inspection_pb2_grpc as pb_grpc
+    from anogan_inspect.server.models import EngineOptions, Mode, ServedModel
+
+    with server.channel() as channel:
+        model = pb_grpc.InspectionServiceStub(channel).GetModel(
+            pb.GetModelRequest(name="tiny")).model
+    assert model.cascade_margin == 1e-4 and 0 <= model.score_gap < model.cascade_margin
+    assert pb.MODE_CASCADE in model.modes
+
+    served = ServedModel(read_bundle(tiny_bundle), EngineOptions())
+    honest = served.fast.score_batch
+    served.fast.score_batch = lambda x: (honest(x)[0] * (1 + 1e-3), *honest(x)[1:])
+    assert served.check_exactness() >= 1e-3 * 0.99
+    assert Mode.CASCADE not in served.modes and served.default_mode is Mode.SEARCH
+    strict = ServedModel(read_bundle(tiny_bundle), EngineOptions(require_exact_cascade=True))
+    strict.fast.score_batch = served.fast.score_batch
+    with pytest.raises(BundleError, match="not under the cascade's margin 1e-04 "
+                                          r"\(--require-exact-cascade\)"):
+        strict.check_exactness()
