@@ -21,6 +21,7 @@ from anogan_inspect.bundle import (
     check_shapes,
     load_torch_models,
     read_bundle,
+    verify_checksums,
 )
 from anogan_inspect.datasets import (
     DatasetError,
@@ -411,6 +412,7 @@ def _training_metadata(args, data: ImageSet, train_idx, holdout_idx, cfg: TrainC
 def run_evaluate(args) -> int:
     bundle = read_bundle(args.bundle)
     device = torch.device(args.device)
+    verify_checksums(bundle)
     check_shapes(bundle)
     models = load_torch_models(bundle, device)
     check_shapes(bundle, models)
