@@ -121,6 +121,12 @@ class ServedModel:
                      "patience": options.patience}
         self.search_config = dataclasses.replace(
             base, **{k: v for k, v in overrides.items() if v is not None})
+        self.search_overridden = self.search_config != base
+        if self.search_overridden:
+            log.warning("model %s: this server searches with %s, but its threshold %.2f was "
+                        "calibrated with %s: SEARCH and CASCADE verdicts use a threshold "
+                        "calibrated for another search", bundle.name,
+                        _search_text(self.search_config), bundle.threshold, _search_text(base))
         if self.device.type == "cuda":
             # TF32 convolutions (cuDNN's default) round to ~1e-3: the search's scores would
             # no longer match the fast path's within CASCADE_MARGIN, and the cascade would not
@@ -330,6 +336,10 @@ class ServedModel:
             "fast_batches": fast.batches if fast else 0, "fast_frames": fast.frames if fast else 0,
             "max_fast_batch": fast.max_batch if fast else 0,
         }
+
+
+def _search_text(cfg) -> str:
+    return f"{cfg.steps} steps, lr {cfg.lr:g}, patience {cfg.patience}"
 
 
 def _with_residual_map(outcome: Outcome, x: torch.Tensor,

@@ -326,7 +326,10 @@ def model_message(model: ServedModel) -> pb.Model:
         modes=[MODE_PB[m] for m in model.modes], default_mode=MODE_PB[model.default_mode],
         device=str(model.device), feature_weight=model.search_config.lam,
         fast_threshold=model.fast_threshold, score_gap=model.score_gap,
-        cascade_margin=CASCADE_MARGIN)
+        cascade_margin=CASCADE_MARGIN,
+        calibrated_search_steps=bundle.search_config.steps,
+        calibrated_search_learning_rate=bundle.search_config.lr,
+        search_overridden=model.search_overridden)
     if model.tiling is not None:
         tiling = model.tiling
         message.tiling.CopyFrom(pb.Tiling(

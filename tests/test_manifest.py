@@ -149,3 +149,21 @@ def test_the_fast_path_as_served_is_checked_against_the_cascade_margin(server, t
     with pytest.raises(BundleError, match="not under the cascade's margin 1e-04 "
                                           r"\(--require-exact-cascade\)"):
         strict.check_exactness()
+
+
+def test_a_server_searching_otherwise_than_calibrated_says_so(server, tiny_bundle, caplog):
+    from anogan.v1 import inspection_pb2 as pb
+    from anogan.v1 import inspection_pb2_grpc as pb_grpc
+    from anogan_inspect.server.models import EngineOptions, ServedModel
+    from anogan_inspect.server.service import model_message
+
+    with server.channel() as channel:
+        model = pb_grpc.InspectionServiceStub(channel).GetModel(
+            pb.GetModelRequest(name="tiny")).model
+    assert not model.search_overridden
+    assert model.calibrated_search_steps == model.default_search_steps == 10
+    overridden = ServedModel(read_bundle(tiny_bundle), EngineOptions(search_steps=5))
+    assert "calibrated for another search" in caplog.text
+    message = model_message(overridden)
+    assert message.search_overridden and message.default_search_steps == 5
+    assert message.calibrated_search_steps == 10
