@@ -75,6 +75,15 @@ class Bundle:
         return float(self.manifest["threshold"]["value"])
 
     @property
+    def thresholds_by_steps(self) -> dict[int, float]:
+        """Search budget → the threshold calibrated for it: the manifest's `thresholds`,
+        and always the bundle's own search budget with `threshold`."""
+        table = {int(steps): float(entry["value"])
+                 for steps, entry in (self.manifest.get("thresholds") or {}).items()}
+        table[self.search_config.steps] = self.threshold
+        return table
+
+    @property
     def fast_threshold(self) -> float:
         """MODE_FAST's threshold, calibrated on the fast scores; bundles from before it was
         (marked "shared_with_search") use the search's."""

@@ -105,6 +105,7 @@ class Manifest(_Strict):
     search: Search
     threshold: Threshold
     fast_threshold: Threshold | None = None
+    thresholds: dict[str, Threshold] | None = None  # search budget (steps) → threshold
     networks: Networks
     files: dict[str, FileEntry]
     tiling: TilingEntry | None = None
@@ -123,6 +124,10 @@ class Manifest(_Strict):
                 if not file.endswith(suffix) or "/" in file or file.startswith("."):
                     raise ValueError(f"networks.{name}.{kind}: expected a file name ending "
                                      f"in {suffix} inside the bundle, got {file!r}")
+        for steps in self.thresholds or {}:
+            if not steps.isdigit() or int(steps) <= 0:
+                raise ValueError(f"thresholds: keys are search budgets (positive step "
+                                 f"counts), got {steps!r}")
         if self.tiling is not None:
             if self.tiling.patch != self.geometry.height:
                 raise ValueError(f"tiling.patch ({self.tiling.patch}) must equal "

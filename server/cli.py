@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at load: largest ONNX-vs-torch difference per network output "
                              "element on random inputs before the bundle is refused (the "
                              "exporter's check, one constant)")
+    parser.add_argument("--uncalibrated-steps", choices=("refuse", "nearest"),
+                        default=EngineOptions.uncalibrated_steps,
+                        help="a search budget the bundle has no threshold for: refuse it "
+                             "(INVALID_ARGUMENT per frame; the server's own --steps at start) "
+                             "or judge it by the nearest calibrated budget's threshold")
     parser.add_argument("--require-exact-cascade", action="store_true",
                         help="refuse a model whose fast path, as served, strays from the "
                              "torch scores by the cascade's margin or more (default: serve "
@@ -95,6 +100,7 @@ def config_from_args(args) -> ServerConfig:
                            search_lr=args.search_lr, patience=args.patience,
                            ort_threads=args.ort_threads, parity_tolerance=args.parity_tolerance,
                            require_exact_cascade=args.require_exact_cascade,
+                           uncalibrated_steps=args.uncalibrated_steps,
                            max_tiles=args.max_tiles)
     return ServerConfig(bundles=args.bundle, host=args.host, port=args.port, engine=engine,
                         limits=FrameLimits(max_pixels=args.max_pixels),

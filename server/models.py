@@ -71,6 +71,9 @@ class EngineOptions:
     # Refuse to start (instead of serving without CASCADE) when the fast path as served
     # strays from the torch scores by more than the cascade's margin.
     require_exact_cascade: bool = False
+    # A search budget the bundle has no threshold for: "refuse" it (per frame, and at start
+    # for the server's own --steps) or judge it by the "nearest" calibrated budget's.
+    uncalibrated_steps: str = "refuse"
     seed: int = 0
 
 
@@ -114,6 +117,7 @@ class ServedModel:
         self.bundle, self.options = bundle, options
         self.name, self.device = bundle.name, torch.device(options.device)
         self.threshold = bundle.threshold  # the search's: SEARCH and CASCADE decide with it
+        self.thresholds = bundle.thresholds_by_steps  # search budget → its threshold
         self.fast_threshold = bundle.fast_threshold  # MODE_FAST's own
         self.tiling, self.pixel_threshold = bundle.tiling, bundle.pixel_threshold
         base = bundle.search_config
@@ -122,6 +126,7 @@ class ServedModel:
         self.search_config = dataclasses.replace(
             base, **{k: v for k, v in overrides.items() if v is not None})
         self.search_overridden = self.search_config != base
+        self.search_threshold(self.search_config.steps)  # the server's own budget: or refuse
         if self.search_overridden:
             log.warning("model %s: this server searches with %s, but its threshold %.2f was "
                         "calibrated with %s: SEARCH and CASCADE verdicts use a threshold "
@@ -203,16 +208,17 @@ class ServedModel:
             raise ValueError(f"model {self.name} does not serve {mode.name} "
                              f"(it has no encoder; modes: {[m.name for m in self.modes]})")
         steps = steps or self.search_config.steps
+        threshold = self.search_threshold(steps) if mode is not Mode.FAST else self.threshold
         if isinstance(x, TiledFrame):
-            return await self._inspect_tiles(x, mode, steps, want_reconstruction,
+            return await self._inspect_tiles(x, mode, steps, threshold, want_reconstruction,
                                              on_provisional)
         arrived = time.perf_counter()
         fast: FastScore | None = None
         z0: torch.Tensor | None = None  # None: the engine starts from E(x) (torch, batched)
         if mode is not Mode.SEARCH:
             fast = await self.fast.submit(x.numpy())
-            outcome = self._fast_outcome(fast, mode, arrived)
-            if mode is Mode.FAST or fast_clears(fast.score, self.threshold):
+            outcome = self._fast_outcome(fast, mode, arrived, threshold)
+            if mode is Mode.FAST or fast_clears(fast.score, threshold):
                 return _with_residual_map(
                     outcome, x, fast.reconstruction if want_reconstruction else None)
             if on_provisional is not None:
@@ -229,12 +235,13 @@ class ServedModel:
         result = searched.result
         fast_seconds = fast.seconds if fast else 0.0
         outcome = Outcome(True, Stage.SEARCH, mode, result.score, result.residual,
-                          result.feature, result.steps, result.score > self.threshold,
+                          result.feature, result.steps, result.score > threshold,
                           request.enqueued - arrived - fast_seconds + searched.queue_seconds,
-                          fast_seconds + searched.compute_seconds, threshold=self.threshold)
+                          fast_seconds + searched.compute_seconds, threshold=threshold)
         return _with_residual_map(outcome, x, searched.reconstruction)
 
-    async def _inspect_tiles(self, frame: TiledFrame, mode: Mode, steps: int, want_map: bool,
+    async def _inspect_tiles(self, frame: TiledFrame, mode: Mode, steps: int, threshold: float,
+                             want_map: bool,
                              on_provisional: Callable[[Outcome], None] | None) -> Outcome:
         """Every tile through the fast path (batched with all other frames' tiles), the
         suspect ones through the engine; the frame's score aggregates the tiles'."""
@@ -255,16 +262,17 @@ class ServedModel:
                 score[i], residual[i], feature[i] = tile.score, tile.residual, tile.feature
                 reconstruction[i], z0[i] = tile.reconstruction, torch.as_tensor(tile.z0)
             fast_seconds = sum({t.seconds for t in fast})  # one value per fast-path batch
-            suspect = np.zeros(n, dtype=bool) if mode is Mode.FAST else self._suspect(score)
+            suspect = (np.zeros(n, dtype=bool) if mode is Mode.FAST
+                       else self._suspect(score, threshold))
             if suspect.any() and on_provisional is not None:
                 on_provisional(await self._tiled_outcome(
                     frame, Stage.FAST, mode, score, residual, feature, 0, 0, reconstruction,
-                    False, arrived, fast_seconds, final=False))
+                    False, arrived, fast_seconds, final=False, threshold=threshold))
         searched = np.flatnonzero(suspect)
         if not len(searched):
             return await self._tiled_outcome(frame, Stage.FAST, mode, score, residual, feature,
                                              0, 0, reconstruction, want_map, arrived,
-                                             fast_seconds)
+                                             fast_seconds, threshold=threshold)
         requests = [self.engine.submit(frame.tiles[i], z0[i], steps, want_map)
                     for i in searched]
         try:
@@ -280,21 +288,34 @@ class ServedModel:
         steps_run = max(done.result.steps for done in outcomes)
         return await self._tiled_outcome(frame, Stage.SEARCH, mode, score, residual, feature,
                                          steps_run, len(searched), reconstruction, want_map,
-                                         arrived, fast_seconds)
+                                         arrived, fast_seconds, threshold=threshold)
 
-    def _suspect(self, fast_scores: np.ndarray) -> np.ndarray:
+    def _suspect(self, fast_scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Tiles the search must decide (anogan_inspect.tiling.tiles_to_search)."""
-        return tiles_to_search(self.tiling, fast_scores, self.threshold)
+        return tiles_to_search(self.tiling, fast_scores,
+                               self.threshold if threshold is None else threshold)
+
+    def search_threshold(self, steps: int) -> float:
+        """The threshold calibrated for this search budget; ValueError for a budget the
+        bundle has none for, unless uncalibrated_steps is "nearest"."""
+        if steps in self.thresholds:
+            return self.thresholds[steps]
+        budgets = sorted(self.thresholds)
+        if self.options.uncalibrated_steps == "nearest":
+            return self.thresholds[min(budgets, key=lambda b: (abs(b - steps), b))]
+        raise ValueError(f"model {self.name} has no threshold calibrated for {steps} search "
+                         f"steps (calibrated: {', '.join(map(str, budgets))}); ask for one of "
+                         "those, or start the server with --uncalibrated-steps nearest")
 
     async def _tiled_outcome(self, frame: TiledFrame, stage: Stage, mode: Mode,
                              score: np.ndarray, residual: np.ndarray, feature: np.ndarray,
                              steps: int, searched: int, reconstruction: list, want_map: bool,
-                             arrived: float, fast_seconds: float, final: bool = True
-                             ) -> Outcome:
+                             arrived: float, fast_seconds: float, final: bool = True,
+                             threshold: float | None = None) -> Outcome:
         frame_score = self.tiling.aggregate_scores(score)
         worst = int(np.argmax(score))  # the parts of the tile that decides a max
         total = time.perf_counter() - arrived
-        threshold = self._judging_threshold(mode)
+        threshold = self._judging_threshold(mode, threshold)
         outcome = Outcome(final, stage, mode, frame_score, float(residual[worst]),
                           float(feature[worst]), steps, frame_score > threshold,
                           max(0.0, total - fast_seconds), fast_seconds, tiles=len(score),
@@ -314,14 +335,18 @@ class ServedModel:
         anomaly_map = resize_map(smooth(stitched, self.tiling.smoothing), frame.frame_size)
         return anomaly_map, find_regions(anomaly_map, self.pixel_threshold)
 
-    def _judging_threshold(self, mode: Mode) -> float:
+    def _judging_threshold(self, mode: Mode, search_threshold: float | None = None) -> float:
         """MODE_FAST is judged with the fast path's own calibrated threshold; CASCADE and
-        SEARCH with the search's (the cascade's exactness rests on s0 ≤ that one)."""
-        return self.fast_threshold if mode is Mode.FAST else self.threshold
+        SEARCH with the search's for the frame's budget (the cascade's exactness rests on
+        s0 ≤ that one)."""
+        if mode is Mode.FAST:
+            return self.fast_threshold
+        return self.threshold if search_threshold is None else search_threshold
 
-    def _fast_outcome(self, fast: FastScore, mode: Mode, arrived: float) -> Outcome:
+    def _fast_outcome(self, fast: FastScore, mode: Mode, arrived: float,
+                      search_threshold: float | None = None) -> Outcome:
         total = time.perf_counter() - arrived
-        threshold = self._judging_threshold(mode)
+        threshold = self._judging_threshold(mode, search_threshold)
         return Outcome(True, Stage.FAST, mode, fast.score, fast.residual, fast.feature, 0,
                        fast.score > threshold, max(0.0, total - fast.seconds), fast.seconds,
                        threshold=threshold)

@@ -329,7 +329,8 @@ def model_message(model: ServedModel) -> pb.Model:
         cascade_margin=CASCADE_MARGIN,
         calibrated_search_steps=bundle.search_config.steps,
         calibrated_search_learning_rate=bundle.search_config.lr,
-        search_overridden=model.search_overridden)
+        search_overridden=model.search_overridden,
+        calibrated_budgets=sorted(model.thresholds))
     if model.tiling is not None:
         tiling = model.tiling
         message.tiling.CopyFrom(pb.Tiling(

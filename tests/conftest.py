@@ -103,7 +103,10 @@ def server(tiny_bundle, tiny_bundle_no_encoder, tiny_tiled_bundle):
     (without) and 'tex' (tiled)."""
     running = InProcessServer([f"tiny={tiny_bundle}", f"noenc={tiny_bundle_no_encoder}",
                                f"tex={tiny_tiled_bundle}"],
-                              EngineOptions(device="cpu", max_batch=32))
+                              # Tests hold slots with long searches, beyond the
+                              # calibrated budgets: judged by the nearest one's threshold.
+                              EngineOptions(device="cpu", max_batch=32,
+                                            uncalibrated_steps="nearest"))
     yield running
     running.stop()
 

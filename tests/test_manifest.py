@@ -162,8 +162,64 @@ def test_a_server_searching_otherwise_than_calibrated_says_so(server, tiny_bundl
             pb.GetModelRequest(name="tiny")).model
     assert not model.search_overridden
     assert model.calibrated_search_steps == model.default_search_steps == 10
-    overridden = ServedModel(read_bundle(tiny_bundle), EngineOptions(search_steps=5))
+    overridden = ServedModel(read_bundle(tiny_bundle), EngineOptions(search_steps=25))
     assert "calibrated for another search" in caplog.text
     message = model_message(overridden)
-    assert message.search_overridden and message.default_search_steps == 5
+    assert message.search_overridden and message.default_search_steps == 25
     assert message.calibrated_search_steps == 10
+
+
+def test_search_budgets_have_their_own_thresholds(tiny_bundle):
+    import asyncio
+
+    import torch
+
+    from anogan_inspect.server.models import EngineOptions, Mode, ServedModel
+
+    bundle = read_bundle(tiny_bundle)
+    table = bundle.thresholds_by_steps
+    assert sorted(table) == [10, 25, 50, 100, 200] and table[10] == bundle.threshold
+    assert table[200] < table[10]  # more steps, lower scores, a lower threshold
+    x = torch.rand(*bundle.image_shape) * 2 - 1
+
+    async def judged(options, steps, mode=Mode.SEARCH):
+        model = ServedModel(bundle, options).start()
+        try:
+            return await model.inspect(x, mode, steps)
+        finally:
+            model.stop()
+
+    assert asyncio.run(judged(EngineOptions(), 50)).threshold == table[50]
+    with pytest.raises(ValueError, match="no threshold calibrated for 30 search steps "
+                                         r"\(calibrated: 10, 25, 50, 100, 200\)"):
+        asyncio.run(judged(EngineOptions(), 30))
+    assert asyncio.run(judged(EngineOptions(), 30, Mode.FAST)).stage.value == "fast"
+    nearest = EngineOptions(uncalibrated_steps="nearest")
+    assert asyncio.run(judged(nearest, 30)).threshold == table[25]
+    with pytest.raises(ValueError, match="no threshold calibrated for 7 search steps"):
+        ServedModel(bundle, EngineOptions(search_steps=7))  # the server's own budget
+
+
+def test_an_uncalibrated_budget_is_a_per_frame_error_by_default(tiny_bundle, tmp_path):
+    from anogan.v1 import inspection_pb2 as pb
+    from anogan.v1 import inspection_pb2_grpc as pb_grpc
+    from anogan_inspect.clients.sources import csv_frames
+    from anogan_inspect.clients.stream_client import frame_message
+    from anogan_inspect.server.models import EngineOptions
+    from tests.conftest import TEST_CSV, InProcessServer
+
+    digits = list(csv_frames(TEST_CSV, [7, 8], [2]))[:2]
+    server = InProcessServer([str(tiny_bundle)], EngineOptions(device="cpu"))
+    try:
+        with server.channel() as channel:
+            stub = pb_grpc.InspectionServiceStub(channel)
+            model = stub.GetModel(pb.GetModelRequest()).model
+            assert list(model.calibrated_budgets) == [10, 25, 50, 100, 200]
+            requests = [pb.StreamInspectRequest(config=pb.InspectionConfig(
+                mode=pb.MODE_SEARCH, search_steps=30))] + [
+                pb.StreamInspectRequest(frame=frame_message(d, i)) for i, d in enumerate(digits)]
+            results = [r.result for r in stub.StreamInspect(iter(requests), timeout=60)]
+    finally:
+        server.stop()
+    assert [r.error.code for r in results] == [3, 3]  # INVALID_ARGUMENT, the stream goes on
+    assert "no threshold calibrated for 30 search steps" in results[0].error.message

@@ -313,7 +313,8 @@ def test_cancelling_a_stream_frees_its_slots(stub, digits):
 @pytest.fixture()
 def fresh_server(tiny_bundle, tmp_path):
     proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
-                         "--max-batch", "64", "--grace", "300", cwd=ROOT)
+                         "--max-batch", "64", "--grace", "300",
+                         "--uncalibrated-steps", "nearest", cwd=ROOT)
     yield proc
     proc.stop()
 
@@ -344,7 +345,8 @@ def test_concurrent_streams_share_engine_batches_and_drain_on_sigterm(fresh_serv
 @pytest.mark.slow
 def test_sigterm_reports_not_serving_then_ends_open_streams(tiny_bundle, tmp_path, digits):
     proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
-                         "--grace", "300", "--drain-delay", "10", cwd=ROOT)
+                         "--grace", "300",
+                         "--uncalibrated-steps", "nearest", "--drain-delay", "10", cwd=ROOT)
     try:
         with proc.channel() as channel:
             stub = pb_grpc.InspectionServiceStub(channel)
@@ -411,7 +413,8 @@ def test_server_says_when_its_port_is_taken(tiny_bundle):
 @pytest.mark.slow
 def test_an_open_health_watch_does_not_hold_the_drain(tiny_bundle, tmp_path):
     proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
-                         "--grace", "300", "--drain-delay", "0", cwd=ROOT)
+                         "--grace", "300",
+                         "--uncalibrated-steps", "nearest", "--drain-delay", "0", cwd=ROOT)
     try:
         with proc.channel() as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())

@@ -55,6 +55,8 @@ from anogan_inspect.trainer.train import GAN_LOSSES, Networks, TrainConfig, Trai
 
 log = logging.getLogger("anogan-train")
 # Training defaults per preset: the seed's recipe for "seed", a few CPU minutes for "default".
+# Search budgets a whole-frame bundle gets a threshold for (besides its own --steps).
+CALIBRATED_BUDGETS = [10, 25, 50, 100, 200]
 PRESET_TRAINING = {
     "default": {"epochs": TrainConfig.epochs, "encoder_epochs": TrainConfig.encoder_epochs,
                 "batch_size": TrainConfig.batch_size},
@@ -152,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--pixel-quantile", type=float, default=0.999,
                        help="regions: the anomaly-map threshold is this quantile of the "
                             "held-out normal frames' map values")
+    train.add_argument("--calibrate-steps", type=parse_labels, default=CALIBRATED_BUDGETS,
+                       help="search budgets to calibrate a threshold for, besides --steps "
+                            "(whole-frame bundles; a server refuses other budgets unless "
+                            "told to use the nearest)")
     train.add_argument("--require-fit", action="store_true",
                        help="refuse to write a bundle when the generator does not reproduce "
                             "held-out normal data better than the mean training image "
@@ -188,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="CSV normal labels (default: the manifest's)")
     recalibrate.add_argument("--quantile", type=float,
                              help="threshold quantile (default: the search threshold's)")
+    recalibrate.add_argument("--calibrate-steps", type=parse_labels, default=CALIBRATED_BUDGETS,
+                             help="search budgets to calibrate (whole-frame bundles)")
     recalibrate.add_argument("--device", default=default_device(),
                              help="cpu or cuda (default: cuda when present)")
 
@@ -310,6 +318,9 @@ def run_train(args) -> int:
                                 args.search_batch, args.seed, desc="calibration")
         threshold = calibrate(heldout.score, quantile)
         heldout_z = heldout.z
+        extra["thresholds"] = budget_thresholds(models, heldout_x, search_cfg, start, quantile,
+                                                args.calibrate_steps, device,
+                                                args.search_batch, args.seed)
     threshold.update(steps=search_cfg.steps, start=start)
     log.info("threshold %.2f at quantile %.3f of %d held-out %s scores", threshold["value"],
              quantile, len(holdout_idx), "frame" if tiling else "image")
@@ -375,6 +386,18 @@ def _fast_threshold(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig,
     if tiling:
         scores = np.array([tiling.aggregate_scores(t) for t in scores.reshape(frames, -1)])
     return calibrate(scores, quantile)
+
+
+def budget_thresholds(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig, start: str,
+                      quantile: float, budgets, device, batch_size: int, seed: int) -> dict:
+    """A threshold for each search budget (steps → the same quantile of the held-out
+    normal images' scores after that many steps), the bundle's own budget included."""
+    thresholds = {}
+    for steps in sorted(set(budgets or []) | {cfg.steps}):
+        scores = search_scores(models, x, dataclasses.replace(cfg, steps=steps), start, device,
+                               batch_size, seed, desc=f"calibration, {steps} steps").score
+        thresholds[str(steps)] = {**calibrate(scores, quantile), "steps": steps, "start": start}
+    return thresholds
 
 
 def _say_fit(fit: dict, require: bool) -> None:
@@ -508,13 +531,20 @@ def run_calibrate(args) -> int:
     fast = _fast_threshold(models, heldout_x.to(device), bundle.search_config, quantile,
                            tiling, len(holdout_idx))
     manifest = dict(bundle.manifest, fast_threshold=fast)
+    if not tiling:
+        start = bundle.manifest["threshold"].get("start", "encoder")
+        manifest["thresholds"] = budget_thresholds(
+            models, heldout_x.to(device), bundle.search_config, start, quantile,
+            args.calibrate_steps, device, 64, seed)
     path = bundle.path / "manifest.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")  # whole, then in place at once
     tmp.replace(path)
+    budgets = ", ".join(f"{k} steps {v['value']:.2f}"
+                        for k, v in manifest.get("thresholds", {}).items())
     print(f"{bundle.name}: fast-path threshold {fast['value']:.2f} (quantile {quantile} of "
           f"{len(holdout_idx)} held-out fast scores; held-out FAIL share "
-          f"{fast['heldout_fpr']:.3f}); the search's stays {bundle.threshold:.2f}")
+          f"{fast['heldout_fpr']:.3f}); search thresholds by budget: {budgets or 'none'}")
     return 0
 
 
