@@ -139,7 +139,7 @@ def test_evaluate_writes_report_plots_and_grid(tiny_bundle, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("steps, start", [(TINY_STEPS, "encoder"), (2, "encoder"),
-                                         (TINY_STEPS, "random")])
+                                         (TINY_STEPS, "random"), (50, "encoder")])
 def test_evaluate_flags_a_search_unlike_the_thresholds(tiny_bundle, tmp_path, caplog, steps,
                                                        start):
     rows = gzip.decompress(TEST_CSV.read_bytes()).decode().splitlines()[:41]  # 13 x 7/8, 4 x 2
@@ -151,12 +151,19 @@ def test_evaluate_flags_a_search_unlike_the_thresholds(tiny_bundle, tmp_path, ca
                            "--steps", str(steps), "--start", start, "--out", str(out),
                            "--device", "cpu"])
     assert code == 0
-    threshold = json.loads((out / "report.json").read_text())["threshold"]
-    assert (threshold["calibrated_steps"], threshold["calibrated_start"]) == (TINY_STEPS,
-                                                                              "encoder")
+    report = json.loads((out / "report.json").read_text())
+    threshold = report["threshold"]
+    calibrated = steps in (TINY_STEPS, 50) and start == "encoder"  # 50: a calibrated budget
+    assert threshold["calibrated_start"] == "encoder"
+    assert threshold["calibrated_steps"] == (steps if calibrated else TINY_STEPS)
+    assert threshold["value"] == read_bundle(tiny_bundle).thresholds_by_steps[
+        threshold["calibrated_steps"]]
     assert (threshold["evaluated_steps"], threshold["evaluated_start"]) == (steps, start)
     warned = "threshold calibrated for another search" in caplog.text
-    assert warned == ((steps, start) != (TINY_STEPS, "encoder"))
+    assert warned == (not calibrated)
+    shares = report["calibration"]  # each served scoring's held-out FAIL share
+    assert shares["target_fpr"] == pytest.approx(0.05)
+    assert {"fast", "search/cascade, 10 steps", "search/cascade, 200 steps"} <= set(shares)
 
 
 def test_bundle_without_encoder(tiny_bundle_no_encoder):

@@ -465,7 +465,9 @@ def run_evaluate(args) -> int:
         "anomalies": int(data.is_anomaly.sum()), "start": start,
         "search_seconds": round(seconds, 2), "frames_per_second": round(len(data) / seconds, 2),
         "threshold": threshold,
-        "search": {**cfg.to_dict(), **metrics(result.score, data.is_anomaly, bundle.threshold)},
+        "search": {**cfg.to_dict(), **metrics(result.score, data.is_anomaly,
+                                              threshold["value"])},
+        "calibration": heldout_fail_shares(bundle),
     }
     curves = {f"search, {cfg.steps} steps": (result.score, data.is_anomaly)}
     if models.encoder is not None:
@@ -473,15 +475,19 @@ def run_evaluate(args) -> int:
         report["fast"] = metrics(fast, data.is_anomaly, bundle.fast_threshold)
         curves["fast path (encoder)"] = (fast, data.is_anomaly)
     save_roc_plot(curves, out / "roc.png", f"{bundle.name} on {args.data.name}")
-    save_reconstruction_grid(models, x, result.z, result.score, bundle.threshold,
+    save_reconstruction_grid(models, x, result.z, result.score, threshold["value"],
                              data.is_anomaly, out / "reconstructions.png")
     write_json(out / "report.json", report)
-    _write_scores(out / "scores.jsonl", data, result.score, bundle.threshold)
+    _write_scores(out / "scores.jsonl", data, result.score, threshold["value"])
     search_metrics = report["search"]
     print(f"{bundle.name}: AUROC {search_metrics['auroc']:.4f}  AUPRC "
           f"{search_metrics['auprc']:.4f}  ({len(data)} images, {cfg.steps} steps from {start}, "
-          f"{report['frames_per_second']} frames/s); at threshold {bundle.threshold:.2f}:")
+          f"{report['frames_per_second']} frames/s); at threshold {threshold['value']:.2f}:")
     print(confusion_table(search_metrics["confusion"]))
+    shares = report["calibration"]
+    print(f"held-out normal FAIL share of each served scoring (target "
+          f"{shares.pop('target_fpr'):.3f}): "
+          + ", ".join(f"{name} {share:.3f}" for name, share in shares.items()))
     if "fast" in report:
         print(f"fast path: AUROC {report['fast']['auroc']:.4f}")
     print(f"report: {out / 'report.json'}, scores: {out / 'scores.jsonl'}, ROC: {out / 'roc.png'}, "
@@ -548,10 +554,32 @@ def run_calibrate(args) -> int:
     return 0
 
 
+def heldout_fail_shares(bundle: Bundle) -> dict:
+    """From the manifest: the share of held-out normal images each served scoring fails at
+    its own threshold (FAST, and SEARCH at each budget; CASCADE decides as SEARCH does)."""
+    manifest = bundle.manifest
+    shares = {"target_fpr": manifest["threshold"].get("target_fpr")}
+    fast = manifest.get("fast_threshold") or {}
+    if "heldout_fpr" in fast:
+        shares["fast"] = fast["heldout_fpr"]
+    budgets = manifest.get("thresholds") or {
+        str(bundle.search_config.steps): manifest["threshold"]}
+    for steps, entry in sorted(budgets.items(), key=lambda item: int(item[0])):
+        if "heldout_fpr" in entry:
+            shares[f"search/cascade, {steps} steps"] = entry["heldout_fpr"]
+    return shares
+
+
 def _threshold_steps(bundle: Bundle, cfg: SearchConfig, start: str) -> dict:
     """The threshold with the search it was calibrated with (the manifest's `search`, and
     its start) and this one's; warns when they differ."""
     calibrated_start = bundle.manifest["threshold"].get("start", start)
+    same_search = dataclasses.replace(cfg, steps=bundle.search_config.steps) == \
+        bundle.search_config and start == calibrated_start
+    if same_search and cfg.steps in bundle.thresholds_by_steps:  # a calibrated budget
+        return {"value": bundle.thresholds_by_steps[cfg.steps], "calibrated_steps": cfg.steps,
+                "calibrated_start": calibrated_start, "evaluated_steps": cfg.steps,
+                "evaluated_start": start}
     if cfg != bundle.search_config or start != calibrated_start:
         # Search scores fall as steps grow, so the verdicts shift; the ranking metrics do not.
         log.warning("this search (%s, from %s) differs from the one the threshold %.2f was "
