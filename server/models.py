@@ -93,6 +93,7 @@ class Outcome:
     compute_seconds: float
     residual_map: np.ndarray | None = None  # (H, W) float32 in [0, 1]
     threshold: float = 0.0  # the threshold that judged it: the fast path's in MODE_FAST
+    threshold_steps: int = 0  # the search budget it was calibrated for (0: the fast path's)
     # Tiled models: the frame-sized anomaly map and its regions, and tile counts.
     anomaly_map: np.ndarray | None = None
     regions: list[Region] | None = None
@@ -119,6 +120,7 @@ class ServedModel:
         self.threshold = bundle.threshold  # the search's: SEARCH and CASCADE decide with it
         self.thresholds = bundle.thresholds_by_steps  # search budget → its threshold
         self.fast_threshold = bundle.fast_threshold  # MODE_FAST's own
+        self.target_fpr = float(bundle.manifest["threshold"].get("target_fpr", 0.0))
         self.tiling, self.pixel_threshold = bundle.tiling, bundle.pixel_threshold
         base = bundle.search_config
         overrides = {"steps": options.search_steps, "lr": options.search_lr,
@@ -209,6 +211,7 @@ class ServedModel:
                              f"(it has no encoder; modes: {[m.name for m in self.modes]})")
         steps = steps or self.search_config.steps
         threshold = self.search_threshold(steps) if mode is not Mode.FAST else self.threshold
+        judged_steps = self._judged_steps(steps, mode)
         if isinstance(x, TiledFrame):
             return await self._inspect_tiles(x, mode, steps, threshold, want_reconstruction,
                                              on_provisional)
@@ -217,7 +220,8 @@ class ServedModel:
         z0: torch.Tensor | None = None  # None: the engine starts from E(x) (torch, batched)
         if mode is not Mode.SEARCH:
             fast = await self.fast.submit(x.numpy())
-            outcome = self._fast_outcome(fast, mode, arrived, threshold)
+            outcome = dataclasses.replace(self._fast_outcome(fast, mode, arrived, threshold),
+                                          threshold_steps=judged_steps)
             if mode is Mode.FAST or fast_clears(fast.score, threshold):
                 return _with_residual_map(
                     outcome, x, fast.reconstruction if want_reconstruction else None)
@@ -237,7 +241,8 @@ class ServedModel:
         outcome = Outcome(True, Stage.SEARCH, mode, result.score, result.residual,
                           result.feature, result.steps, result.score > threshold,
                           request.enqueued - arrived - fast_seconds + searched.queue_seconds,
-                          fast_seconds + searched.compute_seconds, threshold=threshold)
+                          fast_seconds + searched.compute_seconds, threshold=threshold,
+                          threshold_steps=judged_steps)
         return _with_residual_map(outcome, x, searched.reconstruction)
 
     async def _inspect_tiles(self, frame: TiledFrame, mode: Mode, steps: int, threshold: float,
@@ -267,12 +272,14 @@ class ServedModel:
             if suspect.any() and on_provisional is not None:
                 on_provisional(await self._tiled_outcome(
                     frame, Stage.FAST, mode, score, residual, feature, 0, 0, reconstruction,
-                    False, arrived, fast_seconds, final=False, threshold=threshold))
+                    False, arrived, fast_seconds, final=False, threshold=threshold,
+                    judged_steps=self._judged_steps(steps, mode)))
         searched = np.flatnonzero(suspect)
         if not len(searched):
             return await self._tiled_outcome(frame, Stage.FAST, mode, score, residual, feature,
                                              0, 0, reconstruction, want_map, arrived,
-                                             fast_seconds, threshold=threshold)
+                                             fast_seconds, threshold=threshold,
+                                             judged_steps=self._judged_steps(steps, mode))
         requests = [self.engine.submit(frame.tiles[i], z0[i], steps, want_map)
                     for i in searched]
         try:
@@ -288,12 +295,20 @@ class ServedModel:
         steps_run = max(done.result.steps for done in outcomes)
         return await self._tiled_outcome(frame, Stage.SEARCH, mode, score, residual, feature,
                                          steps_run, len(searched), reconstruction, want_map,
-                                         arrived, fast_seconds, threshold=threshold)
+                                         arrived, fast_seconds, threshold=threshold,
+                                         judged_steps=self._judged_steps(steps, mode))
 
     def _suspect(self, fast_scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Tiles the search must decide (anogan_inspect.tiling.tiles_to_search)."""
         return tiles_to_search(self.tiling, fast_scores,
                                self.threshold if threshold is None else threshold)
+
+    def _judged_steps(self, steps: int, mode: Mode) -> int:
+        """The calibrated budget whose threshold judges a frame searched `steps` (0 for
+        MODE_FAST, the fast path's own)."""
+        if mode is Mode.FAST:
+            return 0
+        return min(self.thresholds, key=lambda b: (abs(b - steps), b))
 
     def search_threshold(self, steps: int) -> float:
         """The threshold calibrated for this search budget; ValueError for a budget the
@@ -311,7 +326,8 @@ class ServedModel:
                              score: np.ndarray, residual: np.ndarray, feature: np.ndarray,
                              steps: int, searched: int, reconstruction: list, want_map: bool,
                              arrived: float, fast_seconds: float, final: bool = True,
-                             threshold: float | None = None) -> Outcome:
+                             threshold: float | None = None, judged_steps: int = 0
+                             ) -> Outcome:
         frame_score = self.tiling.aggregate_scores(score)
         worst = int(np.argmax(score))  # the parts of the tile that decides a max
         total = time.perf_counter() - arrived
@@ -319,7 +335,8 @@ class ServedModel:
         outcome = Outcome(final, stage, mode, frame_score, float(residual[worst]),
                           float(feature[worst]), steps, frame_score > threshold,
                           max(0.0, total - fast_seconds), fast_seconds, tiles=len(score),
-                          tiles_searched=searched, threshold=threshold)
+                          tiles_searched=searched, threshold=threshold,
+                          threshold_steps=judged_steps)
         if not want_map or any(r is None for r in reconstruction):
             return outcome
         anomaly_map, regions = await asyncio.to_thread(self._anomaly_map, frame, reconstruction)

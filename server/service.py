@@ -284,7 +284,9 @@ def result_message(outcome: Outcome, model: ServedModel, echo: dict, residual_ma
         provisional=not outcome.final,
         verdict=pb.VERDICT_FAIL if outcome.fail else pb.VERDICT_PASS,
         score=outcome.score, residual_score=outcome.residual, feature_score=outcome.feature,
-        threshold=outcome.threshold, stage=STAGE_PB[outcome.stage], search_steps=outcome.steps,
+        threshold=outcome.threshold, threshold_search_steps=outcome.threshold_steps,
+        threshold_target_fpr=model.target_fpr,
+        stage=STAGE_PB[outcome.stage], search_steps=outcome.steps,
         mode=MODE_PB[outcome.mode], tiles=outcome.tiles,
         tiles_searched=outcome.tiles_searched, **echo)
     result.queue_time.FromNanoseconds(int(outcome.queue_seconds * 1e9))

@@ -189,13 +189,15 @@ def test_search_budgets_have_their_own_thresholds(tiny_bundle):
         finally:
             model.stop()
 
-    assert asyncio.run(judged(EngineOptions(), 50)).threshold == table[50]
+    fifty = asyncio.run(judged(EngineOptions(), 50))
+    assert (fifty.threshold, fifty.threshold_steps) == (table[50], 50)
     with pytest.raises(ValueError, match="no threshold calibrated for 30 search steps "
                                          r"\(calibrated: 10, 25, 50, 100, 200\)"):
         asyncio.run(judged(EngineOptions(), 30))
     assert asyncio.run(judged(EngineOptions(), 30, Mode.FAST)).stage.value == "fast"
     nearest = EngineOptions(uncalibrated_steps="nearest")
-    assert asyncio.run(judged(nearest, 30)).threshold == table[25]
+    thirty = asyncio.run(judged(nearest, 30))
+    assert (thirty.threshold, thirty.threshold_steps) == (table[25], 25)
     with pytest.raises(ValueError, match="no threshold calibrated for 7 search steps"):
         ServedModel(bundle, EngineOptions(search_steps=7))  # the server's own budget
 

@@ -159,8 +159,11 @@ def test_fast_mode_is_judged_by_the_fast_paths_own_threshold(stub, digits):
     frames = frames_of(digits, 30)
     fast = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_FAST))
     cascade = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_CASCADE))
-    assert all(r.threshold == model.fast_threshold for r in fast)
-    assert all(r.threshold == model.threshold for r in cascade)
+    assert all(r.threshold == model.fast_threshold and r.threshold_search_steps == 0
+               for r in fast)
+    assert all(r.threshold == model.threshold and r.threshold_search_steps == 10
+               for r in cascade)
+    assert all(r.threshold_target_fpr == pytest.approx(0.05) for r in fast + cascade)
     for r in fast:
         assert (r.verdict == pb.VERDICT_FAIL) == (r.score > model.fast_threshold)
 

@@ -186,7 +186,7 @@ class Region(_message.Message):
     def __init__(self, top: _Optional[int] = ..., left: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., peak: _Optional[float] = ..., area: _Optional[int] = ...) -> None: ...
 
 class InspectionResult(_message.Message):
-    __slots__ = ("frame_id", "sequence", "capture_time", "verdict", "score", "residual_score", "feature_score", "threshold", "stage", "search_steps", "model", "model_version", "queue_time", "compute_time", "residual_map", "error", "mode", "provisional", "anomaly_map", "tiles", "tiles_searched")
+    __slots__ = ("frame_id", "sequence", "capture_time", "verdict", "score", "residual_score", "feature_score", "threshold", "stage", "search_steps", "model", "model_version", "queue_time", "compute_time", "residual_map", "error", "mode", "provisional", "threshold_search_steps", "threshold_target_fpr", "anomaly_map", "tiles", "tiles_searched")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +205,8 @@ class InspectionResult(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     PROVISIONAL_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_SEARCH_STEPS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_TARGET_FPR_FIELD_NUMBER: _ClassVar[int]
     ANOMALY_MAP_FIELD_NUMBER: _ClassVar[int]
     TILES_FIELD_NUMBER: _ClassVar[int]
     TILES_SEARCHED_FIELD_NUMBER: _ClassVar[int]
@@ -226,10 +228,12 @@ class InspectionResult(_message.Message):
     error: _status_pb2.Status
     mode: Mode
     provisional: bool
+    threshold_search_steps: int
+    threshold_target_fpr: float
     anomaly_map: AnomalyMap
     tiles: int
     tiles_searched: int
-    def __init__(self, frame_id: _Optional[str] = ..., sequence: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., score: _Optional[float] = ..., residual_score: _Optional[float] = ..., feature_score: _Optional[float] = ..., threshold: _Optional[float] = ..., stage: _Optional[_Union[Stage, str]] = ..., search_steps: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., queue_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., compute_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., residual_map: _Optional[_Union[ResidualMap, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., provisional: _Optional[bool] = ..., anomaly_map: _Optional[_Union[AnomalyMap, _Mapping]] = ..., tiles: _Optional[int] = ..., tiles_searched: _Optional[int] = ...) -> None: ...
+    def __init__(self, frame_id: _Optional[str] = ..., sequence: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., score: _Optional[float] = ..., residual_score: _Optional[float] = ..., feature_score: _Optional[float] = ..., threshold: _Optional[float] = ..., stage: _Optional[_Union[Stage, str]] = ..., search_steps: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., queue_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., compute_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., residual_map: _Optional[_Union[ResidualMap, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ..., provisional: _Optional[bool] = ..., threshold_search_steps: _Optional[int] = ..., threshold_target_fpr: _Optional[float] = ..., anomaly_map: _Optional[_Union[AnomalyMap, _Mapping]] = ..., tiles: _Optional[int] = ..., tiles_searched: _Optional[int] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("name",)
