@@ -215,7 +215,6 @@ def test_bad_dataset_stops_training_and_writes_nothing(tmp_path, monkeypatch, ca
     assert list(work.iterdir()) == []
 
 
-@pytest.mark.slow
 def test_wgan_gp_trains_the_critic_more_often_than_the_generator(tmp_path):
     model = PRESETS["tiny"]
     images = torch.rand(64, model.channels, model.image_size, model.image_size) * 2 - 1
@@ -240,6 +239,7 @@ def test_wgan_gp_trains_the_critic_more_often_than_the_generator(tmp_path):
                 torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_calibrate_gives_an_older_bundle_its_fast_threshold(tiny_bundle, tmp_path, capsys):
     bundle = shutil.copytree(tiny_bundle, tmp_path / "older")
     path = bundle / "manifest.json"
@@ -259,6 +259,7 @@ def test_calibrate_gives_an_older_bundle_its_fast_threshold(tiny_bundle, tmp_pat
     assert "not its training data" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_class_folders_train_on_good_only(tmp_path):
     data = tmp_path / "parts"
     write_gray_images(data / "good", {f"{i}.png": (16, 16) for i in range(8)}, value=40)

@@ -71,6 +71,7 @@ def test_client_says_when_nothing_listens(capsys):
             in capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_client_warns_when_the_server_falls_behind_the_rate(server, tmp_path, capsys):
     # 600 frames/s of 600-step searches is far beyond this tiny CPU server.
     code = stream_client.main(["--target", server.target, *DIGITS, "--limit", "64",

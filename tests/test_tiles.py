@@ -258,6 +258,7 @@ def test_a_512_frame_comes_back_with_a_verdict_a_map_and_regions(server):
         assert values.shape == (64 * 64,) and fast.stage == pb.STAGE_FAST
 
 
+@pytest.mark.slow
 def test_tiles_of_several_streams_share_engine_batches(server):
     frame = load_texture()[None, :32, :32]  # 9 tiles
     config = pb.InspectionConfig(model="tex", mode=pb.MODE_SEARCH, search_steps=1500)
