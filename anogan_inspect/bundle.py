@@ -191,10 +191,9 @@ def expected_shapes(bundle: Bundle) -> dict[str, Signature]:
             "encoder": (("image", image), ("z", [bundle.latent_dim]))}
 
 
-def check_shapes(bundle: Bundle, models: ScoringModels | None = None) -> None:
-    """Each ONNX program's input and output against the manifest's geometry and latent size,
-    and each torch program's output on an example input: a swapped or mismatched file is
-    refused by its shape (BundleError naming the file)."""
+def check_shapes(bundle: Bundle) -> None:
+    """Each ONNX program's input and output against the manifest's geometry and latent
+    size: a swapped or mismatched file is refused by its shape (BundleError naming it)."""
     from anogan_inspect.onnxrt import make_session
 
     expected = expected_shapes(bundle)
@@ -210,13 +209,17 @@ def check_shapes(bundle: Bundle, models: ScoringModels | None = None) -> None:
                 f"{file}: the {network} should map {in_name} {in_shape} to {out_name} "
                 f"{out_shape or '[...]'} (geometry {bundle.image_shape}, latent_dim "
                 f"{bundle.latent_dim}); this file maps {found_in} to {found_out}")
-        if models is None:
+
+
+def check_program_shapes(bundle: Bundle, models: ScoringModels) -> None:
+    """Each loaded torch program's output on an example input, against the manifest."""
+    for network, ((in_name, in_shape), (out_name, out_shape)) in expected_shapes(bundle).items():
+        if network not in bundle.manifest["networks"]:
             continue
-        fn = getattr(models, network)
         example = example_input(bundle, network, batch=2).to(_device(models))
         try:
             with torch.no_grad():
-                output = fn(example)
+                output = getattr(models, network)(example)
         except Exception as err:  # a program for other shapes raises on our example
             raise BundleError(f"{bundle.file(network, 'torch')}: the {network} program "
                               f"does not take {in_name} {in_shape}: {err}") from err
@@ -225,6 +228,16 @@ def check_shapes(bundle: Bundle, models: ScoringModels | None = None) -> None:
             raise BundleError(f"{bundle.file(network, 'torch')}: the {network} program "
                               f"gives {out_name} {list(output.shape[1:])}, expected "
                               f"{out_shape}")
+
+
+def load_checked_models(bundle: Bundle, device: torch.device | str = "cpu") -> ScoringModels:
+    """The bundle's torch programs, after its checksums and the ONNX and torch shapes are
+    checked (the offline tools' load: evaluate, score, calibrate)."""
+    verify_checksums(bundle)
+    check_shapes(bundle)
+    models = load_torch_models(bundle, device)
+    check_program_shapes(bundle, models)
+    return models
 
 
 def _device(models: ScoringModels) -> torch.device:

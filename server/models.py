@@ -20,6 +20,7 @@ from anogan_inspect.bundle import (
     Bundle,
     BundleError,
     check_parity,
+    check_program_shapes,
     check_shapes,
     load_torch_models,
     read_bundle,
@@ -210,11 +211,12 @@ class ServedModel:
             raise ValueError(f"model {self.name} does not serve {mode.name} "
                              f"(it has no encoder; modes: {[m.name for m in self.modes]})")
         steps = steps or self.search_config.steps
-        threshold = self.search_threshold(steps) if mode is not Mode.FAST else self.threshold
-        judged_steps = self._judged_steps(steps, mode)
+        # The calibrated budget whose threshold judges this frame (0: the fast path's own).
+        judged_steps = self._budget(steps) if mode is not Mode.FAST else 0
+        threshold = self.thresholds[judged_steps] if judged_steps else self.threshold
         if isinstance(x, TiledFrame):
-            return await self._inspect_tiles(x, mode, steps, threshold, want_reconstruction,
-                                             on_provisional)
+            return await self._inspect_tiles(x, mode, steps, threshold, judged_steps,
+                                             want_reconstruction, on_provisional)
         arrived = time.perf_counter()
         fast: FastScore | None = None
         z0: torch.Tensor | None = None  # None: the engine starts from E(x) (torch, batched)
@@ -246,7 +248,7 @@ class ServedModel:
         return _with_residual_map(outcome, x, searched.reconstruction)
 
     async def _inspect_tiles(self, frame: TiledFrame, mode: Mode, steps: int, threshold: float,
-                             want_map: bool,
+                             judged_steps: int, want_map: bool,
                              on_provisional: Callable[[Outcome], None] | None) -> Outcome:
         """Every tile through the fast path (batched with all other frames' tiles), the
         suspect ones through the engine; the frame's score aggregates the tiles'."""
@@ -268,18 +270,18 @@ class ServedModel:
                 reconstruction[i], z0[i] = tile.reconstruction, torch.as_tensor(tile.z0)
             fast_seconds = sum({t.seconds for t in fast})  # one value per fast-path batch
             suspect = (np.zeros(n, dtype=bool) if mode is Mode.FAST
-                       else self._suspect(score, threshold))
+                       else tiles_to_search(self.tiling, score, threshold))
             if suspect.any() and on_provisional is not None:
                 on_provisional(await self._tiled_outcome(
                     frame, Stage.FAST, mode, score, residual, feature, 0, 0, reconstruction,
                     False, arrived, fast_seconds, final=False, threshold=threshold,
-                    judged_steps=self._judged_steps(steps, mode)))
+                    judged_steps=judged_steps))
         searched = np.flatnonzero(suspect)
         if not len(searched):
             return await self._tiled_outcome(frame, Stage.FAST, mode, score, residual, feature,
                                              0, 0, reconstruction, want_map, arrived,
                                              fast_seconds, threshold=threshold,
-                                             judged_steps=self._judged_steps(steps, mode))
+                                             judged_steps=judged_steps)
         requests = [self.engine.submit(frame.tiles[i], z0[i], steps, want_map)
                     for i in searched]
         try:
@@ -296,28 +298,20 @@ class ServedModel:
         return await self._tiled_outcome(frame, Stage.SEARCH, mode, score, residual, feature,
                                          steps_run, len(searched), reconstruction, want_map,
                                          arrived, fast_seconds, threshold=threshold,
-                                         judged_steps=self._judged_steps(steps, mode))
-
-    def _suspect(self, fast_scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """Tiles the search must decide (anogan_inspect.tiling.tiles_to_search)."""
-        return tiles_to_search(self.tiling, fast_scores,
-                               self.threshold if threshold is None else threshold)
-
-    def _judged_steps(self, steps: int, mode: Mode) -> int:
-        """The calibrated budget whose threshold judges a frame searched `steps` (0 for
-        MODE_FAST, the fast path's own)."""
-        if mode is Mode.FAST:
-            return 0
-        return min(self.thresholds, key=lambda b: (abs(b - steps), b))
+                                         judged_steps=judged_steps)
 
     def search_threshold(self, steps: int) -> float:
-        """The threshold calibrated for this search budget; ValueError for a budget the
-        bundle has none for, unless uncalibrated_steps is "nearest"."""
+        """The threshold calibrated for this search budget (see _budget)."""
+        return self.thresholds[self._budget(steps)]
+
+    def _budget(self, steps: int) -> int:
+        """The calibrated budget judging a search of `steps`: itself, or the nearest when
+        uncalibrated_steps is "nearest"; ValueError for one the bundle has no threshold for."""
         if steps in self.thresholds:
-            return self.thresholds[steps]
+            return steps
         budgets = sorted(self.thresholds)
         if self.options.uncalibrated_steps == "nearest":
-            return self.thresholds[min(budgets, key=lambda b: (abs(b - steps), b))]
+            return min(budgets, key=lambda b: (abs(b - steps), b))
         raise ValueError(f"model {self.name} has no threshold calibrated for {steps} search "
                          f"steps (calibrated: {', '.join(map(str, budgets))}); ask for one of "
                          "those, or start the server with --uncalibrated-steps nearest")
@@ -402,7 +396,7 @@ def load_model(path: Path, options: EngineOptions, name: str | None = None) -> S
     verify_checksums(bundle)
     check_shapes(bundle)  # before anything is built on the networks
     model = ServedModel(bundle, options)
-    check_shapes(bundle, model.models)
+    check_program_shapes(bundle, model.models)
     errors = check_parity(bundle, model.models, options.parity_tolerance)
     model.check_exactness()
     log.info("loaded model %s version %s from %s on %s (modes %s; parity %s; fast path %s)",

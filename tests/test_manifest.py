@@ -9,7 +9,13 @@ import shutil
 
 import pytest
 
-from anogan_inspect.bundle import BundleError, check_shapes, load_torch_models, read_bundle
+from anogan_inspect.bundle import (
+    BundleError,
+    check_program_shapes,
+    check_shapes,
+    load_torch_models,
+    read_bundle,
+)
 from anogan_inspect.server.cli import main as serve_main
 
 
@@ -106,7 +112,7 @@ def test_torch_programs_are_checked_too(tiny_bundle, tmp_path):
     bundle = read_bundle(bundle_dir)
     check_shapes(bundle)
     with pytest.raises(BundleError, match="encoder.pt2: the generator program"):
-        check_shapes(bundle, load_torch_models(bundle))
+        check_program_shapes(bundle, load_torch_models(bundle))
 
 
 def test_the_server_exits_2_naming_the_field(tiny_bundle, tmp_path, capsys):
@@ -125,7 +131,8 @@ def test_the_server_exits_2_on_a_swapped_network(tiny_bundle, tmp_path, capsys):
 def test_bundles_the_trainer_writes_pass(tiny_bundle, tiny_bundle_no_encoder, tiny_tiled_bundle):
     for path in (tiny_bundle, tiny_bundle_no_encoder, tiny_tiled_bundle):
         bundle = read_bundle(path)
-        check_shapes(bundle, load_torch_models(bundle))
+        check_shapes(bundle)
+        check_program_shapes(bundle, load_torch_models(bundle))
 
 
 def test_the_fast_path_as_served_is_checked_against_the_cascade_margin(server, tiny_bundle):

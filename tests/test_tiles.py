@@ -28,6 +28,7 @@ from anogan_inspect.tiling import (
     label_components,
     scale_frame,
     stitch,
+    tiles_to_search,
 )
 from anogan_inspect.trainer.cli import main as train_main
 from anogan_inspect.trainer.evaluate_tiles import read_masks
@@ -313,14 +314,13 @@ def test_the_client_saves_overlays_of_maps_and_regions(server, texture_data, tmp
 
 def test_which_tiles_the_server_searches_for_each_aggregate():
     """max: each tile on its own bound; topk: the frame clears at once or all are searched."""
-    model = ServedModel.__new__(ServedModel)  # only the rule: no bundle, no engine
-    model.threshold = 10.0
     s0 = np.array([3.0, 12.0, 9.0, 11.0])
-    model.tiling = Tiling(16, 8, aggregate="max")
-    np.testing.assert_array_equal(model._suspect(s0), [False, True, False, True])
-    model.tiling = Tiling(16, 8, aggregate="topk", top_k=2)  # top-2 mean of s0: 11.5
-    assert model._suspect(s0).all()
-    assert not model._suspect(np.array([3.0, 9.0, 9.5, 2.0])).any()  # top-2 mean 9.25
+    max_tiling = Tiling(16, 8, aggregate="max")
+    np.testing.assert_array_equal(tiles_to_search(max_tiling, s0, 10.0),
+                                  [False, True, False, True])
+    topk = Tiling(16, 8, aggregate="topk", top_k=2)  # top-2 mean of s0: 11.5
+    assert tiles_to_search(topk, s0, 10.0).all()
+    assert not tiles_to_search(topk, np.array([3.0, 9.0, 9.5, 2.0]), 10.0).any()  # 9.25
 
 
 def test_the_servers_tiled_cascade_decides_as_the_search_does(server, texture_data):

@@ -18,10 +18,8 @@ import torch
 from anogan_inspect.bundle import (
     Bundle,
     BundleError,
-    check_shapes,
-    load_torch_models,
+    load_checked_models,
     read_bundle,
-    verify_checksums,
 )
 from anogan_inspect.datasets import (
     DatasetError,
@@ -435,10 +433,7 @@ def _training_metadata(args, data: ImageSet, train_idx, holdout_idx, cfg: TrainC
 def run_evaluate(args) -> int:
     bundle = read_bundle(args.bundle)
     device = torch.device(args.device)
-    verify_checksums(bundle)
-    check_shapes(bundle)
-    models = load_torch_models(bundle, device)
-    check_shapes(bundle, models)
+    models = load_checked_models(bundle, device)
     cfg = search_config(args, bundle.search_config)
     start = args.start or ("encoder" if bundle.has_encoder else "random")
     data = load_dataset(args.data, split="test", normal_labels=args.normal_labels,
@@ -526,7 +521,7 @@ def run_calibrate(args) -> int:
                            f"out, but the bundle was trained on {counts['train']} and "
                            f"calibrated on {counts['heldout']}: not its training data")
     device = torch.device(args.device)
-    models = load_torch_models(bundle, device)
+    models = load_checked_models(bundle, device)
     tiling = bundle.tiling
     if tiling:
         heldout_x, _, _ = frame_tiles(data.images[holdout_idx], tiling, bundle.channels)

@@ -17,13 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anogan_inspect.bundle import (
-    Bundle,
-    check_shapes,
-    load_torch_models,
-    read_bundle,
-    verify_checksums,
-)
+from anogan_inspect.bundle import Bundle, load_checked_models, read_bundle
 from anogan_inspect.datasets import IMAGE_SUFFIXES, DatasetError, decode_image_file
 from anogan_inspect.preprocess import to_model_input
 from anogan_inspect.search import ScoringModels, SearchConfig, fast_clears, fast_score
@@ -88,10 +82,7 @@ def _tiled(bundle: Bundle, models, cfg, image: np.ndarray, mode: str, device) ->
 def run_score(args) -> int:
     bundle = read_bundle(args.bundle)
     device = torch.device(args.device)
-    verify_checksums(bundle)
-    check_shapes(bundle)
-    models = load_torch_models(bundle, device)
-    check_shapes(bundle, models)
+    models = load_checked_models(bundle, device)
     if args.mode != "search" and models.encoder is None:
         raise ValueError(f"bundle {bundle.name} has no encoder: only --mode search")
     cfg = bundle.search_config
