@@ -30,7 +30,7 @@ BUF ?= npx --yes @bufbuild/buf@1.75.0
 .PHONY: install train evaluate demo demo-texture texture-data texture-bundle texture-evaluate \
 	test test-fast clean proto proto-check proto-lint serve smoke bench \
 	bench-quick \
-	bench-quality bench-ablation gpu-check lint
+	bench-quality bench-ablation bench-line gpu-check lint
 
 install: $(VENV)/.installed
 
@@ -127,6 +127,11 @@ bench-ablation: install
 # On a CUDA machine (see bench/gpu_check.sh); PYTHON may name a Python that has torch.
 gpu-check:
 	PYTHON=$(or $(PYTHON_GPU),$(PY)) bench/gpu_check.sh bench/results/gpu
+
+# Line-scale serving: the modes over gRPC from many streams in several client processes,
+# beside the gRPC ceiling, the engine and the raw step (bench/line_bench.py); for a GPU.
+bench-line: install $(BUNDLE)/manifest.json
+	$(PY) -m bench.line_bench --bundle $(BUNDLE) --out bench/results/line
 
 clean:
 	rm -rf $(VENV) runs reports gen .pytest_cache .ruff_cache *.egg-info

@@ -114,7 +114,7 @@ class SlotTable:
         self.models, self.cfg, self.capacity = models, cfg, capacity
         self.device = torch.device(device)
         # Mixed precision for G and f (e.g. torch.bfloat16 on GPUs); z, Adam and the loss
-        # sums stay float32.
+        # sums stay float32, and a finished search is re-scored in float32 (see _pop).
         self.autocast_dtype = autocast_dtype
         with torch.no_grad():
             probe = torch.zeros(1, *image_shape, device=self.device)
@@ -123,6 +123,7 @@ class SlotTable:
         latent = models.latent_dim
         self.x, self.fx = new(*image_shape), new(feature_dim)
         self.z, self.m, self.v, self.best_z = new(latent), new(latent), new(latent), new(latent)
+        self.start_z = new(latent)
         self.best_loss, self.best_residual, self.best_feature = new(), new(), new()
         self.step_count, self.budget, self.since_best = new(), new(), new()
         self.tags: list[Any] = []
@@ -152,6 +153,7 @@ class SlotTable:
         self.x[rows] = x
         self.z[rows] = z0.to(self.device, torch.float32).reshape(k, -1)
         self.best_z[rows] = self.z[rows]
+        self.start_z[rows] = self.z[rows]
         for buf in (self.m, self.v, self.step_count, self.since_best):
             buf[rows] = 0.0
         self.best_loss[rows] = float("inf")
@@ -213,15 +215,33 @@ class SlotTable:
         if not rows:
             return []
         rows_t = torch.tensor(rows, device=self.device)
-        scores = torch.stack([self.best_loss[rows_t], self.best_residual[rows_t],
-                              self.best_feature[rows_t], self.step_count[rows_t]], 1).cpu()
-        zs = self.best_z[rows_t].cpu().numpy()
+        if self.autocast_dtype is None:
+            loss, residual, feature, z = (self.best_loss[rows_t], self.best_residual[rows_t],
+                                          self.best_feature[rows_t], self.best_z[rows_t])
+        else:
+            loss, residual, feature, z = self._rescore(rows_t)
+        scores = torch.stack([loss, residual, feature, self.step_count[rows_t]], 1).cpu()
+        zs = z.cpu().numpy()
         results = [
             SlotResult(self.tags[r], float(s[0]), float(s[1]), float(s[2]), zs[i], int(s[3]))
             for i, (r, s) in enumerate(zip(rows, scores.tolist()))
         ]
         self._compact(set(rows))
         return results
+
+    @torch.no_grad()
+    def _rescore(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Low-precision searches, finished: the float32 score at the best z found and at
+        the start z0, whichever is lower. Every score returned is then a float32 evaluation
+        (the precision thresholds are calibrated in), and never above the float32 score at
+        z0, which the fast path computes: the cascade stays exact."""
+        x, fx, lam = self.x[rows], self.fx[rows], self.cfg.lam
+        best = score_parts(self.models, x, fx, self.best_z[rows], lam)
+        start = score_parts(self.models, x, fx, self.start_z[rows], lam)
+        keep_start = start[0] < best[0]
+        parts = [torch.where(keep_start, s, b) for s, b in zip(start, best)]
+        z = torch.where(keep_start[:, None], self.start_z[rows], self.best_z[rows])
+        return (*parts, z)
 
     def _compact(self, holes: set[int]) -> None:
         """Move surviving rows from the tail into the holes so rows [0, n) stay active."""
@@ -239,9 +259,9 @@ class SlotTable:
         del self.tags[keep_n:]
 
     def _buffers(self) -> tuple[torch.Tensor, ...]:
-        return (self.x, self.fx, self.z, self.m, self.v, self.best_z, self.best_loss,
-                self.best_residual, self.best_feature, self.step_count, self.budget,
-                self.since_best)
+        return (self.x, self.fx, self.z, self.m, self.v, self.best_z, self.start_z,
+                self.best_loss, self.best_residual, self.best_feature, self.step_count,
+                self.budget, self.since_best)
 
 
 @dataclass
@@ -257,14 +277,16 @@ class SearchResult:
 
 def search(models: ScoringModels, x: torch.Tensor, z0: torch.Tensor, cfg: SearchConfig,
            batch_size: int = 64, device: torch.device | str = "cpu",
-           progress: Callable[[int], None] | None = None) -> SearchResult:
+           progress: Callable[[int], None] | None = None,
+           autocast_dtype: torch.dtype | None = None) -> SearchResult:
     """Score images x (N, C, H, W) in [-1, 1] by latent search from z0 (N, latent).
 
     Runs the same continuously refilled :class:`SlotTable` as the server: at most
     ``batch_size`` searches at once, a waiting image takes a slot as soon as one frees.
     """
     n = x.shape[0]
-    table = SlotTable(models, cfg, min(batch_size, max(n, 1)), tuple(x.shape[1:]), device)
+    table = SlotTable(models, cfg, min(batch_size, max(n, 1)), tuple(x.shape[1:]), device,
+                      autocast_dtype)
     results: list[SlotResult | None] = [None] * n
     next_index = 0
     while next_index < n or table.n:

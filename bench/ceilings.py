@@ -5,7 +5,7 @@ measured against.
   exactly as :meth:`SlotTable.step` computes it) at batch sizes 1..256 → frame-steps/s;
   the best is ``ceiling_frame_steps_per_s``;
 - the whole :meth:`SlotTable.step` (the same plus best-z tracking and the Adam update);
-- the ONNX Runtime fast path (``FastPath.score_batch``: E → G → f) → frames/s;
+- the ONNX Runtime fast path (``OrtFastPath.score_batch``: E → G → f) → frames/s;
 - FLOPs per frame-step counted from the network shapes (forward hooks on an eager copy
   of the bundle's networks), cross-checked with ``torch.utils.flop_counter``;
 - the machine's float32 matmul and convolution rates, and the fraction of the matmul rate
@@ -31,7 +31,7 @@ from anogan_inspect.networks import (
     init_weights,
 )
 from anogan_inspect.search import ScoringModels, SearchConfig, SlotTable, score_parts
-from anogan_inspect.server.fastpath import FastPath
+from anogan_inspect.server.fastpath import OrtFastPath
 from bench.common import Context, markdown_table, rate, save_figure
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -279,8 +279,8 @@ def slot_table_step_rate(models: ScoringModels, cfg: SearchConfig,
 # -- fast path -------------------------------------------------------------------------------
 
 
-def fast_path_rate(ctx: Context, fast: FastPath, batch: int, min_seconds: float) -> float:
-    """Frames/s of FastPath.score_batch (ONNX Runtime E → G → f) on test digits."""
+def fast_path_rate(ctx: Context, fast: OrtFastPath, batch: int, min_seconds: float) -> float:
+    """Frames/s of OrtFastPath.score_batch (ONNX Runtime E → G → f) on test digits."""
     x = cycled_test_images(ctx, batch).numpy()
     return thread_rate(lambda: (fast.score_batch(x), batch)[1], ctx.device, min_seconds)
 
@@ -339,7 +339,7 @@ def search_rows(ctx: Context, step_gflop: float, seconds: float) -> list[dict]:
 
 def fast_rows(ctx: Context, seconds: float) -> list[dict]:
     """The ONNX Runtime fast path at every fast batch size."""
-    fast = FastPath(ctx.bundle, ctx.bundle.search_config.lam, ctx.device)
+    fast = OrtFastPath(ctx.bundle, ctx.bundle.search_config.lam, ctx.device)
     return [row("fast path (ORT E→G→f)", batch, fast_path_rate(ctx, fast, batch, seconds),
                 "frames/s", None) for batch in FAST_BATCHES]
 

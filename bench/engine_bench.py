@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from anogan_inspect.server.engine import EngineStats, SearchEngine
-from anogan_inspect.server.fastpath import FastPath
+from anogan_inspect.server.fastpath import OrtFastPath
 from bench.ceilings import cycled_test_images, min_seconds, search_step_rate
 from bench.common import Context, markdown_table
 
@@ -32,7 +32,7 @@ COLUMNS = ["steps", "frames", "seconds", "frames_per_s", "frame_steps_per_s",
 def engine_inputs(ctx: Context, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x (N, C, H, W) test digits on the CPU and z0 = E(x) (N, latent) from ONNX Runtime."""
     x = cycled_test_images(ctx, n_frames)
-    fast = FastPath(ctx.bundle, ctx.bundle.search_config.lam, ctx.device)
+    fast = OrtFastPath(ctx.bundle, ctx.bundle.search_config.lam, ctx.device)
     z0 = [fast.score_batch(x[i:i + 256].numpy())[3] for i in range(0, n_frames, 256)]
     return x, torch.as_tensor(np.concatenate(z0))
 

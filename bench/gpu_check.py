@@ -201,19 +201,19 @@ def fast_path(bundle: Path) -> dict:
     import onnxruntime as ort
 
     from anogan_inspect.bundle import read_bundle
-    from anogan_inspect.server.fastpath import FastPath
+    from anogan_inspect.server.fastpath import OrtFastPath
 
     b = read_bundle(bundle)
     x = (np.random.default_rng(0).random((256, *b.image_shape), dtype=np.float32) * 2 - 1)
     available = ort.get_available_providers()
     out = {"available_providers": available, "cuda_ep": False}
-    paths = {"cpu": FastPath(b, b.search_config.lam, "cpu")}
+    paths = {"cpu": OrtFastPath(b, b.search_config.lam, "cpu")}
     if CUDA_EP not in available:
         out["cuda_note"] = f"CUDA EP absent (onnxruntime has providers {', '.join(available)})"
     elif not (DEVICE.startswith("cuda") and torch.cuda.is_available()):
         out["cuda_note"] = "CUDA EP not used: no CUDA device here"
     else:
-        paths["cuda"] = FastPath(b, b.search_config.lam, DEVICE)
+        paths["cuda"] = OrtFastPath(b, b.search_config.lam, DEVICE)
         out["cuda_ep"] = CUDA_EP in paths["cuda"].providers
         if not out["cuda_ep"]:
             out["cuda_note"] = (f"CUDA EP did not load (session providers "

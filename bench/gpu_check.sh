@@ -15,15 +15,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench/results/gpu}"
 shift || true
-python="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
-# Runs from this checkout without installing it (that machine's Python may have no build
-# backend): a tree of links lays the role folders out as the package they install as
-# (pyproject.toml's package-dir: server/ is anogan_inspect.server, and so on).
-tree="$(mktemp -d)"
-trap 'rm -rf "$tree"' EXIT
-mkdir "$tree/anogan_inspect"
-ln -s "$PWD"/anogan_inspect/*.py "$tree/anogan_inspect/"
-for role in server trainer clients; do ln -s "$PWD/$role" "$tree/anogan_inspect/$role"; done
-PYTHONPATH="$tree:$PWD${PYTHONPATH:+:$PYTHONPATH}" timeout 470 "$python" -m bench.gpu_check \
-    --out "$out" "$@"
+# Runs from this checkout without installing it (bench/unpacked.sh).
+timeout 470 bench/unpacked.sh bench.gpu_check --out "$out" "$@"

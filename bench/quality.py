@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from anogan_inspect.preprocess import to_model_input
 from anogan_inspect.search import fast_clears, search
-from anogan_inspect.server.fastpath import FastPath
+from anogan_inspect.server.fastpath import OrtFastPath
 from bench.common import Context, markdown_table, save_figure
 from bench.seed_method import SEED_BATCH, load_seed_networks, seed_scores
 
@@ -32,7 +32,7 @@ def auroc(is_anomaly: np.ndarray, scores: np.ndarray) -> float:
 
 def fast_scores(ctx: Context, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
     """ONNX Runtime fast path over x in batches of 64: (scores, z0, seconds)."""
-    fast = FastPath(ctx.bundle, ctx.bundle.search_config.lam, ctx.device)
+    fast = OrtFastPath(ctx.bundle, ctx.bundle.search_config.lam, ctx.device)
     numpy_x = x.numpy()
     fast.score_batch(numpy_x[:64])  # warm-up
     started = time.perf_counter()

@@ -17,10 +17,12 @@ import grpc
 
 class ServerProcess:
     """`python -m anogan_inspect.server --port 0` serving `bundles` ('PATH' or
-    'NAME=PATH'); its output goes to log_path."""
+    'NAME=PATH'); its output goes to log_path. `module`: another entry point taking the same
+    arguments (the benchmarks' echo server)."""
 
     def __init__(self, bundles: list[str], log_path: Path, *extra: str,
-                 start_timeout: float = 180.0, cwd: Path | None = None):
+                 start_timeout: float = 180.0, cwd: Path | None = None,
+                 module: str = "anogan_inspect.server"):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         port_file = log_path.with_suffix(".port")
         port_file.unlink(missing_ok=True)
@@ -29,7 +31,7 @@ class ServerProcess:
         self._log = open(log_path, "w")
         bundle_args = [arg for bundle in bundles for arg in ("--bundle", str(bundle))]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "anogan_inspect.server", "--port", "0",
+            [sys.executable, "-m", module, "--port", "0",
              "--port-file", str(port_file), *bundle_args, *extra],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
         self.port = self._wait_for_port(port_file, start_timeout)

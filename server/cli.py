@@ -13,6 +13,8 @@ import torch
 from anogan_inspect.bundle import BundleError
 from anogan_inspect.help_format import HelpFormatter
 from anogan_inspect.server.app import ServerConfig, TlsConfig, serve
+from anogan_inspect.server.engine import PRECISIONS
+from anogan_inspect.server.fastpath import BACKENDS
 from anogan_inspect.server.frames import FrameLimits
 from anogan_inspect.server.models import EngineOptions
 
@@ -21,6 +23,19 @@ def parse_bundle(text: str) -> tuple[str | None, Path]:
     """'PATH' or 'NAME=PATH'."""
     name, sep, path = text.partition("=")
     return (name, Path(path)) if sep else (None, Path(text))
+
+
+def _slots(text: str) -> int | None:
+    """'auto' (None: sized for the device) or a positive count."""
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=ServerConfig.port, help="0 picks a free port")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the torch models live (default: cuda when present)")
-    parser.add_argument("--max-batch", type=int, default=EngineOptions.max_batch,
-                        help="search engine slots: searches batched in one step")
-    parser.add_argument("--fast-max-batch", type=int, default=EngineOptions.fast_max_batch,
-                        help="largest fast-path batch (frames scored in one ONNX run)")
+    parser.add_argument("--max-batch", type=_slots, default="auto",
+                        help="search engine slots: searches batched in one step; auto: 64 "
+                             "on a CPU, on a GPU the smallest table within 10 %% of the best "
+                             "frame-steps/s measured at load")
+    parser.add_argument("--fast-max-batch", type=_slots, default="auto",
+                        help="largest fast-path batch (frames scored in one pass); auto: 64 "
+                             "on a CPU, 1024 on a GPU")
+    parser.add_argument("--fast-backend", choices=BACKENDS, default=EngineOptions.fast_backend,
+                        help="what scores the fast path: ONNX Runtime, or the bundle's torch "
+                             "programs on the model's device; auto: ONNX Runtime on a CPU or "
+                             "with its CUDA provider installed, else torch on the GPU")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS),
+                        default=EngineOptions.precision,
+                        help="the search's steps in float32, or bf16 autocast (GPUs); "
+                             "scores stay float32 evaluations either way, so the cascade "
+                             "stays exact (docs/design.md)")
     parser.add_argument("--steps", type=int, help="search steps (default: the bundle's)")
     parser.add_argument("--search-lr", type=float,
                         help="search learning rate (default: the bundle's)")
@@ -97,6 +124,7 @@ def config_from_args(args) -> ServerConfig:
     tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     engine = EngineOptions(device=args.device, max_batch=args.max_batch,
                            fast_max_batch=args.fast_max_batch, search_steps=args.steps,
+                           fast_backend=args.fast_backend, precision=args.precision,
                            search_lr=args.search_lr, patience=args.patience,
                            ort_threads=args.ort_threads, parity_tolerance=args.parity_tolerance,
                            require_exact_cascade=args.require_exact_cascade,

@@ -22,6 +22,12 @@ from anogan_inspect.server.worker import Job, Worker
 
 log = logging.getLogger(__name__)
 
+# The search's precisions: the autocast dtype of its steps (None: float32 throughout).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+# Slot counts tried when a GPU's table is sized at load (the exported programs take
+# batches up to 4096).
+SLOT_CANDIDATES = (256, 512, 1024, 2048, 4096)
+
 
 @dataclass(eq=False)
 class SearchRequest(Job):
@@ -60,9 +66,10 @@ class SearchEngine(Worker):
     """A slot table on one device, driven by one thread; ``submit`` is called from asyncio."""
 
     def __init__(self, models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int, ...],
-                 capacity: int = 64, device: torch.device | str = "cpu", name: str = "engine"):
+                 capacity: int = 64, device: torch.device | str = "cpu", name: str = "engine",
+                 autocast_dtype: torch.dtype | None = None):
         super().__init__(f"search-{name}")
-        self.table = SlotTable(models, cfg, capacity, image_shape, device)
+        self.table = SlotTable(models, cfg, capacity, image_shape, device, autocast_dtype)
         self.models, self.device = models, torch.device(device)
         self.stats = EngineStats()
         self._cancel_pending = False
@@ -162,3 +169,35 @@ class SearchEngine(Worker):
             self.stats.completed += 1
             request.resolve(SearchOutcome(result, request.started - request.enqueued,
                                           now - request.started, reconstructions.get(id(result))))
+
+
+def size_slots(models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int, ...],
+               device: torch.device, autocast_dtype: torch.dtype | None = None,
+               candidates: tuple[int, ...] = SLOT_CANDIDATES, steps: int = 8,
+               within: float = 0.9) -> tuple[int, dict[int, float]]:
+    """The slot count for this device: the smallest candidate whose measured frame-steps/s
+    is within `within` of the best one's (more slots past that knee only add latency).
+    Returns it with the measured rates (frame-steps/s per slot count)."""
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rates: dict[int, float] = {}
+    gen = torch.Generator().manual_seed(0)
+    with torch.enable_grad():
+        for capacity in candidates:
+            table = SlotTable(models, cfg, capacity, image_shape, device, autocast_dtype)
+            x = torch.rand(capacity, *image_shape, generator=gen) * 2 - 1
+            z0 = torch.randn(capacity, models.latent_dim, generator=gen)
+            table.admit(x, z0, [1 << 30] * capacity, range(capacity))
+            table.step()  # warm-up: kernels chosen, memory allocated
+            sync()
+            started = time.perf_counter()
+            for _ in range(steps):
+                table.step()
+            sync()
+            rates[capacity] = capacity * steps / (time.perf_counter() - started)
+            del table
+    best = max(rates.values())
+    chosen = min(c for c, rate in rates.items() if rate >= within * best)
+    log.info("search slots sized for %s: %d (frame-steps/s by slots: %s)", device, chosen,
+             ", ".join(f"{c}: {r:,.0f}" for c, r in rates.items()))
+    return chosen, rates

@@ -1,21 +1,34 @@
-"""The fast path: ONNX Runtime E → G → f on micro-batches of frames from all streams.
+"""The fast path: E → G → f on micro-batches of frames from all streams.
 
 s0 = (1 - λ)·Σ|x - G(E(x))| + λ·Σ|f(x) - f(G(E(x)))|, the search's loss at its starting
 point z0 = E(x). Frames wait in one queue; the fast-path thread scores whatever is waiting
-(up to ``max_batch``) in one pass per network.
+(up to ``max_batch``) in one pass per network. Two backends do the scoring:
+
+- :class:`OrtFastPath`: ONNX Runtime sessions (the CPU path; the CUDA provider where the
+  installed onnxruntime has it);
+- :class:`TorchFastPath`: the bundle's torch programs on the model's device, on a CUDA
+  stream of its own (the GPU path where onnxruntime has no CUDA provider).
+
+Either way the server measures, at load, how far the served scores stray from the torch
+scores the search starts from (the cascade's exactness check).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from anogan_inspect.bundle import Bundle
 from anogan_inspect.onnxrt import make_session
+from anogan_inspect.search import ScoringModels
 from anogan_inspect.server.worker import Job, Worker
+
+BACKENDS = ("auto", "onnx", "torch")
 
 
 @dataclass
@@ -43,17 +56,13 @@ class _Item(Job):
 
 
 class FastPath(Worker):
-    """ONNX Runtime sessions for E, G and f, batching frames across streams on one thread."""
+    """Batches frames across streams on one thread; subclasses score a batch."""
 
-    def __init__(self, bundle: Bundle, lam: float, device: str = "cpu", max_batch: int = 64,
-                 intra_op_threads: int = 1):
-        if not bundle.has_encoder:
-            raise ValueError(f"bundle {bundle.name} has no encoder: no fast path")
-        super().__init__(f"fast-{bundle.name}")
+    backend = ""  # what scores, e.g. "onnxruntime CPUExecutionProvider", "torch cuda:0"
+
+    def __init__(self, name: str, lam: float, max_batch: int):
+        super().__init__(f"fast-{name}")
         self.lam, self.max_batch = lam, max_batch
-        self.sessions = {name: make_session(bundle.file(name, "onnx"), device, intra_op_threads)
-                         for name in ("encoder", "generator", "features")}
-        self.providers = self.sessions["generator"].get_providers()
         self.stats = FastStats()
 
     def submit(self, x: np.ndarray) -> asyncio.Future:
@@ -62,6 +71,40 @@ class FastPath(Worker):
 
     def score_batch(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """(scores, residuals, features, z0, reconstructions) for a batch x (N, C, H, W)."""
+        raise NotImplementedError
+
+    def _take(self) -> list[_Item]:
+        return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+
+    def _work(self, items: list[_Item]) -> None:
+        items = [i for i in items if not i.future.cancelled()]
+        if not items:
+            return
+        started = time.perf_counter()
+        out = self.score_batch(np.stack([i.x for i in items]).astype(np.float32, copy=False))
+        seconds = time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.frames += len(items)
+        self.stats.max_batch = max(self.stats.max_batch, len(items))
+        for k, item in enumerate(items):
+            item.resolve(FastScore(float(out[0][k]), float(out[1][k]), float(out[2][k]),
+                                   out[3][k], out[4][k], seconds))
+
+
+class OrtFastPath(FastPath):
+    """ONNX Runtime sessions for E, G and f."""
+
+    def __init__(self, bundle: Bundle, lam: float, device: str = "cpu", max_batch: int = 64,
+                 intra_op_threads: int = 1):
+        if not bundle.has_encoder:
+            raise ValueError(f"bundle {bundle.name} has no encoder: no fast path")
+        super().__init__(bundle.name, lam, max_batch)
+        self.sessions = {name: make_session(bundle.file(name, "onnx"), device, intra_op_threads)
+                         for name in ("encoder", "generator", "features")}
+        self.providers = self.sessions["generator"].get_providers()
+        self.backend = f"onnxruntime {self.providers[0]}"
+
+    def score_batch(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         run = lambda name, inp, value: self.sessions[name].run(None, {inp: value})[0]  # noqa: E731
         z0 = run("encoder", "image", x)
         reconstruction = run("generator", "z", z0)
@@ -72,19 +115,54 @@ class FastPath(Worker):
         score = (1.0 - self.lam) * residual + self.lam * feature
         return score, residual, feature, z0, reconstruction
 
-    def _take(self) -> list[_Item]:
-        return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
 
-    def _work(self, items: list[_Item]) -> None:
-        items = [i for i in items if not i.future.cancelled()]
-        if not items:
-            return
-        started = time.perf_counter()
-        out = self.score_batch(np.stack([i.x for i in items]).astype(np.float32))
-        seconds = time.perf_counter() - started
-        self.stats.batches += 1
-        self.stats.frames += len(items)
-        self.stats.max_batch = max(self.stats.max_batch, len(items))
-        for k, item in enumerate(items):
-            item.resolve(FastScore(float(out[0][k]), float(out[1][k]), float(out[2][k]),
-                                   out[3][k], out[4][k], seconds))
+class TorchFastPath(FastPath):
+    """The bundle's torch programs (shared with the search engine) on the model's device,
+    in float32; on CUDA on a stream of its own, so fast-path batches and search steps
+    overlap on the card."""
+
+    def __init__(self, name: str, models: ScoringModels, lam: float, device: torch.device,
+                 max_batch: int = 64):
+        if models.encoder is None:
+            raise ValueError(f"model {name} has no encoder: no fast path")
+        super().__init__(name, lam, max_batch)
+        self.models, self.device = models, torch.device(device)
+        self.backend = f"torch {self.device}"
+        self._stream = (torch.cuda.Stream(self.device) if self.device.type == "cuda"
+                        else None)
+
+    def score_batch(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        stream = (torch.cuda.stream(self._stream) if self._stream is not None
+                  else contextlib.nullcontext())
+        models, n = self.models, x.shape[0]
+        with torch.no_grad(), stream:
+            xt = torch.from_numpy(x).to(self.device, non_blocking=True)
+            z0 = models.encoder(xt)
+            reconstruction = models.generator(z0)
+            both = models.features(torch.cat([xt, reconstruction])).flatten(1)
+            residual = (xt - reconstruction).abs().flatten(1).sum(1)
+            feature = (both[:n] - both[n:]).abs().sum(1)
+            out = torch.stack([residual, feature], 1).double().cpu().numpy()
+            z0, reconstruction = z0.cpu().numpy(), reconstruction.cpu().numpy()
+        residual, feature = out[:, 0], out[:, 1]
+        score = (1.0 - self.lam) * residual + self.lam * feature
+        return score, residual, feature, z0, reconstruction
+
+
+def cuda_provider_available() -> bool:
+    """Whether the installed onnxruntime has the CUDA execution provider."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def choose_backend(requested: str, device: torch.device) -> str:
+    """"onnx" or "torch" for a requested backend: auto is ONNX Runtime on the CPU and
+    where its CUDA provider is installed, else the torch programs on the GPU."""
+    if requested not in BACKENDS:
+        raise ValueError(f"fast-path backend must be one of {BACKENDS}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda" and not cuda_provider_available():
+        return "torch"
+    return "onnx"

@@ -29,8 +29,14 @@ from anogan_inspect.bundle import (
 from anogan_inspect.pictures import residual_maps
 from anogan_inspect.preprocess import to_model_input
 from anogan_inspect.search import CASCADE_MARGIN, fast_clears, fast_score
-from anogan_inspect.server.engine import SearchEngine
-from anogan_inspect.server.fastpath import FastPath, FastScore
+from anogan_inspect.server.engine import PRECISIONS, SearchEngine, size_slots
+from anogan_inspect.server.fastpath import (
+    FastPath,
+    FastScore,
+    OrtFastPath,
+    TorchFastPath,
+    choose_backend,
+)
 from anogan_inspect.tiling import (
     Region,
     cut_tiles,
@@ -61,8 +67,16 @@ class EngineOptions:
     """Server-side search and batching options (the bundle supplies the defaults)."""
 
     device: str = "cpu"
-    max_batch: int = 64  # slots in the search engine
-    fast_max_batch: int = 64
+    # Slots in the search engine; None: sized for the device (64 on a CPU; on a GPU the
+    # smallest table within 10 % of the best frame-steps/s measured at load).
+    max_batch: int | None = None
+    fast_max_batch: int | None = None  # None: 64 on a CPU, 1024 on a GPU
+    # The fast path's backend: "auto" (ONNX Runtime on a CPU or with its CUDA provider, else
+    # the torch programs on the GPU), "onnx" or "torch".
+    fast_backend: str = "auto"
+    # The search's precision: "fp32", or "bf16" (autocast steps; each finished search is
+    # re-scored in float32 at its best z and at its start, and keeps the lower).
+    precision: str = "fp32"
     search_steps: int | None = None
     search_lr: float | None = None
     patience: int | None = None
@@ -141,16 +155,31 @@ class ServedModel:
             # be exact. fp32 it is (TF32 would be 3.5x faster on an H200: docs/performance.md).
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
+        if options.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, "
+                             f"got {options.precision!r}")
+        self.precision = options.precision
         self.models = load_torch_models(bundle, self.device)
+        autocast = PRECISIONS[options.precision]
+        self.slot_rates: dict[int, float] = {}  # measured when the slots are sized at load
+        slots = options.max_batch
+        if slots is None and self.device.type == "cuda":
+            slots, self.slot_rates = size_slots(self.models, self.search_config,
+                                                bundle.image_shape, self.device, autocast)
         self.engine = SearchEngine(self.models, self.search_config, bundle.image_shape,
-                                   options.max_batch, self.device, bundle.name)
-        self.fast = (FastPath(bundle, self.search_config.lam, options.device,
-                              options.fast_max_batch, options.ort_threads)
-                     if bundle.has_encoder else None)
+                                   slots or 64, self.device, bundle.name, autocast)
+        self.fast = self._fast_path() if bundle.has_encoder else None
         self.modes = [Mode.FAST, Mode.SEARCH, Mode.CASCADE] if self.fast else [Mode.SEARCH]
         self.default_mode = Mode.CASCADE if self.fast else Mode.SEARCH
         self._random = torch.Generator().manual_seed(options.seed)
         self.score_gap = 0.0  # measured by check_exactness() at load
+
+    def _fast_path(self) -> FastPath:
+        options, lam = self.options, self.search_config.lam
+        fast_batch = options.fast_max_batch or (1024 if self.device.type == "cuda" else 64)
+        if choose_backend(options.fast_backend, self.device) == "torch":
+            return TorchFastPath(self.name, self.models, lam, self.device, fast_batch)
+        return OrtFastPath(self.bundle, lam, options.device, fast_batch, options.ort_threads)
 
     def check_exactness(self, samples: int = 64) -> float:
         """The worst relative gap between the fast path's scores, as served (this session,
@@ -403,7 +432,7 @@ def load_model(path: Path, options: EngineOptions, name: str | None = None) -> S
              model.name, bundle.version, path, model.device,
              ",".join(m.name for m in model.modes),
              ", ".join(f"{k} {v:.1e}" for k, v in errors.items()),
-             model.fast.providers if model.fast else "none: no encoder")
+             model.fast.backend if model.fast else "none: no encoder")
     return model
 
 

@@ -332,7 +332,9 @@ def model_message(model: ServedModel) -> pb.Model:
         calibrated_search_steps=bundle.search_config.steps,
         calibrated_search_learning_rate=bundle.search_config.lr,
         search_overridden=model.search_overridden,
-        calibrated_budgets=sorted(model.thresholds))
+        calibrated_budgets=sorted(model.thresholds),
+        fast_path_backend=model.fast.backend if model.fast else "",
+        search_precision=model.precision, search_slots=model.engine.table.capacity)
     if model.tiling is not None:
         tiling = model.tiling
         message.tiling.CopyFrom(pb.Tiling(

@@ -281,3 +281,20 @@ def test_gpu_check_fast_path_line_says_when_cuda_was_not_measured(tiny_bundle, m
     assert line.endswith("CUDA EP absent (onnxruntime has providers AzureExecutionProvider, "
                          "CPUExecutionProvider)")
     assert "{" not in line  # a sentence, not a dict
+
+
+@pytest.mark.slow
+def test_line_bench_drives_the_echo_server_from_client_processes(tmp_path):
+    """The gRPC ceiling's run: a real echo server, one client process of two streams."""
+    from bench import line_bench
+
+    code = line_bench.main(["--out", str(tmp_path), "--device", "cpu", "--only", "servers",
+                            "--servers", "echo:FAST", "--clients", "1", "--streams", "2",
+                            "--seconds", "1", "--warmup", "0.5"])
+    report = json.loads((tmp_path / "line-bench.json").read_text())
+    assert code == 0, report["problems"]
+    (row,) = report["servers"]
+    assert row["server"] == "echo" and row["errors"] == 0
+    assert row["frames_counted"] > 0 and row["results"] >= row["frames_counted"]
+    assert row["fast_path"] == "onnxruntime CPUExecutionProvider" and row["search_slots"] == 64
+    assert "| echo | FAST |" in (tmp_path / "line-bench.md").read_text()

@@ -51,7 +51,8 @@ def test_every_option_has_help_and_its_default(command):
 
 def test_defaults_come_from_the_configs():
     text = " ".join(serve_parser().format_help().split())
-    assert "search engine slots: searches batched in one step (default: 64)" in text
+    assert "measured at load (default: auto)" in text  # --max-batch
+    assert "precision" in text and "(default: fp32)" in text
     assert "(default: 30.0)" in text  # --grace
     train = " ".join(parsers()["anogan-train train"].format_help().split())
     assert "GAN epochs (default: the preset's; default 150, seed 30, tiny 2)" in train

@@ -264,7 +264,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "version", "format_version", "channels", "height", "width", "latent_dim", "threshold", "default_search_steps", "search_learning_rate", "has_encoder", "modes", "default_mode", "device", "create_time", "feature_weight", "tiling", "fast_threshold", "score_gap", "cascade_margin", "calibrated_search_steps", "calibrated_search_learning_rate", "search_overridden", "calibrated_budgets")
+    __slots__ = ("name", "version", "format_version", "channels", "height", "width", "latent_dim", "threshold", "default_search_steps", "search_learning_rate", "has_encoder", "modes", "default_mode", "device", "create_time", "feature_weight", "tiling", "fast_threshold", "score_gap", "cascade_margin", "calibrated_search_steps", "calibrated_search_learning_rate", "search_overridden", "calibrated_budgets", "fast_path_backend", "search_precision", "search_slots")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +289,9 @@ class Model(_message.Message):
     CALIBRATED_SEARCH_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     SEARCH_OVERRIDDEN_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_BUDGETS_FIELD_NUMBER: _ClassVar[int]
+    FAST_PATH_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_SLOTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     format_version: int
@@ -313,7 +316,10 @@ class Model(_message.Message):
     calibrated_search_learning_rate: float
     search_overridden: bool
     calibrated_budgets: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format_version: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., latent_dim: _Optional[int] = ..., threshold: _Optional[float] = ..., default_search_steps: _Optional[int] = ..., search_learning_rate: _Optional[float] = ..., has_encoder: _Optional[bool] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., default_mode: _Optional[_Union[Mode, str]] = ..., device: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_weight: _Optional[float] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ..., fast_threshold: _Optional[float] = ..., score_gap: _Optional[float] = ..., cascade_margin: _Optional[float] = ..., calibrated_search_steps: _Optional[int] = ..., calibrated_search_learning_rate: _Optional[float] = ..., search_overridden: _Optional[bool] = ..., calibrated_budgets: _Optional[_Iterable[int]] = ...) -> None: ...
+    fast_path_backend: str
+    search_precision: str
+    search_slots: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format_version: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., latent_dim: _Optional[int] = ..., threshold: _Optional[float] = ..., default_search_steps: _Optional[int] = ..., search_learning_rate: _Optional[float] = ..., has_encoder: _Optional[bool] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., default_mode: _Optional[_Union[Mode, str]] = ..., device: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_weight: _Optional[float] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ..., fast_threshold: _Optional[float] = ..., score_gap: _Optional[float] = ..., cascade_margin: _Optional[float] = ..., calibrated_search_steps: _Optional[int] = ..., calibrated_search_learning_rate: _Optional[float] = ..., search_overridden: _Optional[bool] = ..., calibrated_budgets: _Optional[_Iterable[int]] = ..., fast_path_backend: _Optional[str] = ..., search_precision: _Optional[str] = ..., search_slots: _Optional[int] = ...) -> None: ...
 
 class Tiling(_message.Message):
     __slots__ = ("patch", "stride", "scale", "aggregate", "top_k", "pixel_threshold")

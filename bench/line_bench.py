@@ -1,0 +1,393 @@
+"""Line-scale serving on one device: frames/s over gRPC from many streams in several client
+processes, per mode and search precision, beside the gRPC ceiling and the engine and raw
+search step, all measured in one run on one machine.
+
+    python -m bench.line_bench --bundle bundles/default --device cuda --out DIR \
+        [--clients 6 --streams 8 --seconds 10]
+
+Sections, in order, each recorded in DIR/line-bench.json (rewritten after every section,
+so a timeout keeps what finished) and DIR/line-bench.md:
+
+1. raw step: ``SlotTable.step`` on a full table at each candidate slot count, fp32 and
+   bf16 (the same measurement ``anogan-serve --max-batch auto`` sizes its slots with);
+2. engine: the search engine (``SearchEngine``, continuous batching, asyncio hand-back) at
+   the slot count the server chooses, on the test digits at the default search budget;
+   efficiency = its frame-steps/s ÷ the raw step's at that slot count;
+3. quality: AUROC of the search (from E(x), the default budget) on MNIST 7/8 vs 2 in fp32
+   and bf16, and how many verdicts differ at the calibrated threshold;
+4. servers: a real ``anogan-serve`` per configuration (and ``bench.echo_server``, the same
+   server with scoring taken out: the gRPC ceiling), driven by ``--clients`` processes of
+   ``--streams`` streams each, every stream keeping ``--window`` frames in flight; frames/s
+   counts the final results received in the measured window (after ``--warmup`` s). The
+   frames are the 1,000 bundled MNIST test digits (all ten classes), cycled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anogan_inspect.bundle import load_torch_models, read_bundle
+from anogan_inspect.datasets import load_dataset
+from anogan_inspect.metrics import auroc
+from anogan_inspect.preprocess import to_model_input
+from anogan_inspect.search import search
+from anogan_inspect.server.engine import PRECISIONS, SLOT_CANDIDATES, SearchEngine, size_slots
+from bench.common import ROOT, TEST_CSV, git_version, machine, markdown_table
+
+MODES = ("FAST", "CASCADE", "SEARCH")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- 1-3: without gRPC ----------------------------------------------------------------------
+
+def raw_steps(models, cfg, shape, device, candidates) -> dict:
+    """Frame-steps/s of a full table's step per slot count and precision, and the count
+    the server would choose."""
+    out = {}
+    for precision, dtype in PRECISIONS.items():
+        chosen, rates = size_slots(models, cfg, shape, device, dtype, candidates, steps=20)
+        out[precision] = {"chosen": chosen, "rates": rates}
+        log(f"raw step {precision}: chosen {chosen}, "
+            + ", ".join(f"{c}: {r:,.0f}" for c, r in rates.items()))
+    return out
+
+
+def engine_rate(models, cfg, x: torch.Tensor, device, slots: int, dtype, steps: int) -> dict:
+    """The engine, at `slots`, on every frame of x at `steps` each (z0 = E(x) at admission)."""
+    async def run() -> float:
+        engine = SearchEngine(models, cfg, tuple(x.shape[1:]), slots, device, "bench",
+                              dtype).start()
+        try:
+            warm = [engine.submit(x[i], None, steps).future for i in range(min(slots, len(x)))]
+            await asyncio.gather(*warm)
+            started = time.perf_counter()
+            await asyncio.gather(*(engine.submit(frame, None, steps).future for frame in x))
+            return time.perf_counter() - started
+        finally:
+            engine.stop()
+
+    seconds = asyncio.run(run())
+    return {"slots": slots, "frames": len(x), "steps": steps, "seconds": seconds,
+            "frames_per_s": len(x) / seconds, "frame_steps_per_s": len(x) * steps / seconds}
+
+
+def quality(bundle, models, device) -> dict:
+    """Search AUROC on 7/8 vs 2 from E(x) at the bundle's budget, fp32 against bf16."""
+    data = load_dataset(TEST_CSV, normal_labels=[7, 8], anomaly_labels=[2])
+    x = to_model_input(data.images, bundle.image_size, bundle.channels).to(device)
+    cfg = bundle.search_config
+    with torch.no_grad():
+        z0 = models.encoder(x)
+    out, scores = {}, {}
+    for precision, dtype in PRECISIONS.items():
+        with torch.enable_grad():
+            result = search(models, x, z0, cfg, batch_size=len(x), device=device,
+                            autocast_dtype=dtype)
+        scores[precision] = result.score
+        out[precision] = {"auroc": round(auroc(result.score, data.is_anomaly), 4),
+                          "failed": int((result.score > bundle.threshold).sum())}
+    out["verdicts_differing"] = int(((scores["fp32"] > bundle.threshold)
+                                     != (scores["bf16"] > bundle.threshold)).sum())
+    out["max_relative_score_change"] = float(
+        np.max(np.abs(scores["bf16"] - scores["fp32"]) / scores["fp32"]))
+    out["frames"], out["steps"] = len(x), cfg.steps
+    return out
+
+
+# -- 4: servers driven by client processes --------------------------------------------------
+
+def test_frames() -> list[bytes]:
+    """The 1,000 bundled test digits as serialised frame requests (raw uint8)."""
+    from anogan.v1 import inspection_pb2 as pb
+
+    data = load_dataset(TEST_CSV)
+    pixels = (data.images[:, 0] * 255.0 + 0.5).astype(np.uint8)
+    return [pb.StreamInspectRequest(frame=pb.Frame(
+        frame_id=str(i), sequence=i, raw=pb.RawImage(
+            data=image.tobytes(), data_type=pb.DATA_TYPE_UINT8, height=image.shape[0],
+            width=image.shape[1], channels=1))).SerializeToString()
+        for i, image in enumerate(pixels)]
+
+
+def drive(target: str, mode: str, steps: int, streams: int, window: int, start_at: float,
+          warmup: float, seconds: float, requests: list[bytes], result) -> None:
+    """A client process: `streams` streams, each keeping `window` frames in flight, from
+    start_at (time.time()) for warmup + seconds; puts (final results in the measured window,
+    errors, results in all) on `result`."""
+    try:
+        import uvloop  # the load generator only: keeps the clients from being the limit
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        result.put(asyncio.run(_drive(target, mode, steps, streams, window, start_at, warmup,
+                                      seconds, requests)))
+    except Exception:  # the parent reports it
+        result.put(("error", traceback.format_exc()))
+
+
+async def _drive(target, mode, steps, streams, window, start_at, warmup, seconds, requests):
+    import grpc
+
+    from anogan.v1 import inspection_pb2 as pb
+    from anogan.v1 import inspection_pb2_grpc as pb_grpc
+
+    messages = [pb.StreamInspectRequest.FromString(r) for r in requests]
+    config = pb.StreamInspectRequest(config=pb.InspectionConfig(
+        mode=getattr(pb, f"MODE_{mode}"), search_steps=steps))
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    begin = time.perf_counter()
+    window_start, window_end = begin + warmup, begin + warmup + seconds
+    counted, errors, total = 0, 0, 0
+
+    async def one(stub, index: int) -> None:
+        nonlocal counted, errors, total
+        call = stub.StreamInspect()
+        await call.write(config)
+        room = asyncio.Semaphore(window)
+
+        async def send() -> None:
+            k = index
+            while time.perf_counter() < window_end:
+                await room.acquire()
+                await call.write(messages[k % len(messages)])
+                k += streams
+            await call.done_writing()
+
+        sender = asyncio.create_task(send())
+        async for response in call:
+            room.release()
+            if response.result.provisional:
+                continue
+            total += 1
+            errors += response.result.HasField("error")
+            if window_start <= time.perf_counter() < window_end:
+                counted += 1
+        await sender
+
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = pb_grpc.InspectionServiceStub(channel)
+        await asyncio.gather(*(one(stub, i) for i in range(streams)))
+    return counted, errors, total
+
+
+def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
+                    extra: list[str], requests: list[bytes], logs: Path) -> dict:
+    """Start a server, drive it with the client processes, read its stats, stop it."""
+    import grpc
+
+    from anogan.v1 import inspection_pb2 as pb
+    from anogan.v1 import inspection_pb2_grpc as pb_grpc
+    from anogan_inspect.clients.launcher import ServerProcess
+
+    started = time.perf_counter()
+    server = ServerProcess([str(args.bundle)], logs / f"{name}.log", "--device", args.device,
+                           *extra, module=module)
+    try:
+        startup = time.perf_counter() - started
+        stub = pb_grpc.InspectionServiceStub(server.channel())
+        model = stub.GetModel(pb.GetModelRequest()).model
+        before = stub.GetServerStats(pb.GetServerStatsRequest()).models[0]
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        start_at = time.time() + 3.0  # every client process starts its window together
+        steps = args.steps or model.default_search_steps
+        workers = [context.Process(target=drive, args=(
+            server.target, mode, steps, args.streams, args.window, start_at, args.warmup,
+            args.seconds, requests, queue)) for _ in range(args.clients)]
+        for worker in workers:
+            worker.start()
+        outcomes = [queue.get(timeout=args.warmup + args.seconds + 120) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=30)
+        after = stub.GetServerStats(pb.GetServerStatsRequest()).models[0]
+    except grpc.RpcError as err:
+        raise RuntimeError(f"{name}: {err.code().name} {err.details()}") from err
+    finally:
+        server.stop(timeout=60)
+    failed = [o[1] for o in outcomes if o[0] == "error"]
+    if failed:
+        raise RuntimeError(f"{name}: a client process failed:\n{failed[0]}")
+    counted = sum(o[0] for o in outcomes)
+    batches = after.search_batches - before.search_batches
+    fast_batches = after.fast_batches - before.fast_batches
+    row = {
+        "server": name, "mode": mode, "streams": args.clients * args.streams,
+        "client_processes": args.clients, "frames_per_s": counted / args.seconds,
+        "frames_counted": counted, "results": sum(o[2] for o in outcomes),
+        "errors": sum(o[1] for o in outcomes), "startup_s": round(startup, 1),
+        "search_slots": model.search_slots, "precision": model.search_precision,
+        "fast_path": model.fast_path_backend,
+        "mean_search_batch": ((after.search_slot_steps - before.search_slot_steps) / batches
+                              if batches else None),
+        "mean_fast_batch": ((after.fast_frames - before.fast_frames) / fast_batches
+                            if fast_batches else None),
+        "searches": after.searches_completed - before.searches_completed,
+    }
+    log(f"{name} {mode}: {row['frames_per_s']:,.0f} frames/s ({row['errors']} errors, "
+        f"search batch {row['mean_search_batch']}, fast batch {row['mean_fast_batch']})")
+    return row
+
+
+SERVERS = [  # name, module, mode, extra serve arguments
+    ("echo", "bench.echo_server", "FAST", []),
+    ("fp32", "anogan_inspect.server", "FAST", []),
+    ("fp32", "anogan_inspect.server", "CASCADE", []),
+    ("fp32", "anogan_inspect.server", "SEARCH", []),
+    ("bf16", "anogan_inspect.server", "CASCADE", ["--precision", "bf16"]),
+    ("bf16", "anogan_inspect.server", "SEARCH", ["--precision", "bf16"]),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "default")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "line")
+    parser.add_argument("--clients", type=int, default=6, help="client processes")
+    parser.add_argument("--streams", type=int, default=8, help="streams per client process")
+    parser.add_argument("--window", type=int, default=128, help="frames in flight per stream")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window, s")
+    parser.add_argument("--warmup", type=float, default=3.0, help="before the window, s")
+    parser.add_argument("--steps", type=int, help="search budget (default: the bundle's)")
+    parser.add_argument("--engine-frames", type=int, default=8192)
+    parser.add_argument("--candidates", type=lambda t: tuple(int(c) for c in t.split(",")),
+                        default=SLOT_CANDIDATES, help="slot counts for the raw step")
+    parser.add_argument("--only", help="comma-separated sections: raw,engine,quality,servers")
+    parser.add_argument("--servers", help="comma-separated NAME:MODE of the servers to run "
+                        "(default: all: " + ",".join(f"{n}:{m}" for n, _, m, _ in SERVERS) + ")")
+    parser.add_argument("--code-version", default="",
+                        help="recorded as the code version where git is absent")
+    args = parser.parse_args(argv)
+    sections = set((args.only or "raw,engine,quality,servers").split(","))
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    bundle = read_bundle(args.bundle)
+    models = load_torch_models(bundle, device)
+    cfg = bundle.search_config
+    if args.steps:
+        cfg = type(cfg)(**{**cfg.to_dict(), "steps": args.steps})
+    if device.type == "cuda":  # as the server sets them: fp32 means fp32
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    report = {"command": " ".join([Path(sys.executable).name, "-m", "bench.line_bench",
+                                   *(argv if argv is not None else sys.argv[1:])]),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": machine(), "device": torch.cuda.get_device_name(device)
+              if device.type == "cuda" else "cpu",
+              "code": git_version().get("git_describe") or args.code_version,
+              "bundle": str(args.bundle), "steps": cfg.steps, "problems": []}
+    path = args.out / "line-bench.json"
+
+    def save() -> None:
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (args.out / "line-bench.md").write_text(markdown(report))
+
+    def section(name: str, fn) -> None:
+        if name not in sections:
+            return
+        started = time.perf_counter()
+        try:
+            report[name] = fn()
+        except Exception:
+            report["problems"].append(f"{name}: {traceback.format_exc()}")
+            log(f"{name} failed:\n{traceback.format_exc()}")
+        report.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)
+        save()
+
+    shape = bundle.image_shape
+    section("raw", lambda: raw_steps(models, cfg, shape, device, args.candidates))
+
+    def engines() -> dict:
+        data = load_dataset(TEST_CSV)
+        x = to_model_input(data.images, bundle.image_size, bundle.channels)
+        x = x.repeat((args.engine_frames + len(x) - 1) // len(x), 1, 1, 1)[:args.engine_frames]
+        out = {}
+        for precision, dtype in PRECISIONS.items():
+            slots = report.get("raw", {}).get(precision, {}).get("chosen", 64)
+            row = engine_rate(models, cfg, x, device, slots, dtype, cfg.steps)
+            raw = report.get("raw", {}).get(precision, {}).get("rates", {}).get(slots)
+            row["raw_frame_steps_per_s"] = raw
+            row["efficiency_vs_raw"] = row["frame_steps_per_s"] / raw if raw else None
+            out[precision] = row
+            log(f"engine {precision} at {slots} slots: {row['frames_per_s']:,.0f} frames/s, "
+                f"{row['efficiency_vs_raw']}")
+        return out
+
+    section("engine", engines)
+    section("quality", lambda: quality(bundle, models, device))
+    if "servers" in sections:
+        requests = test_frames()
+        logs = args.out / "logs"
+        logs.mkdir(exist_ok=True)
+        report["servers"] = []
+        wanted = set(args.servers.split(",")) if args.servers else None
+        for name, module, mode, extra in SERVERS:
+            if wanted is not None and f"{name}:{mode}" not in wanted:
+                continue
+            section_start = time.perf_counter()
+            try:
+                report["servers"].append(serve_and_drive(name, module, args, mode, extra,
+                                                         requests, logs))
+            except Exception:
+                report["problems"].append(f"server {name} {mode}: {traceback.format_exc()}")
+                log(f"server {name} {mode} failed:\n{traceback.format_exc()}")
+            report.setdefault("seconds", {})[f"server {name} {mode}"] = round(
+                time.perf_counter() - section_start, 1)
+            save()
+    save()
+    log(f"wrote {path}")
+    return 0 if not report["problems"] else 1
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Line-scale serving: {report['device']}", "",
+             f"- date: {report['date']}", f"- command: `{report['command']}`",
+             "- machine: " + ", ".join(f"{k} {v}" for k, v in report["machine"].items()
+                                        if k in ("cpu", "cores", "python", "torch",
+                                                 "onnxruntime", "gpu")),
+             f"- code: {report['code']}",
+             f"- bundle: `{report['bundle']}`, search budget {report['steps']} steps", ""]
+    if "raw" in report:
+        lines += ["## Raw search step (full table, frame-steps/s)", ""]
+        rows = [{"precision": p, "chosen slots": r["chosen"],
+                 **{str(c): round(v) for c, v in r["rates"].items()}}
+                for p, r in report["raw"].items()]
+        lines += [markdown_table(rows), ""]
+    if "engine" in report:
+        lines += ["## Engine at its slots (no gRPC)", "",
+                  markdown_table([{"precision": p, **r} for p, r in report["engine"].items()]),
+                  ""]
+    if "quality" in report:
+        lines += ["## Search quality, fp32 against bf16 (MNIST 7/8 vs 2)", "",
+                  "```", json.dumps(report["quality"], indent=2), "```", ""]
+    if report.get("servers"):
+        lines += ["## Servers over gRPC", "", markdown_table(report["servers"]), ""]
+    if report["problems"]:
+        lines += ["## Problems", ""] + [f"```\n{p}\n```" for p in report["problems"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

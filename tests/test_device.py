@@ -1,0 +1,127 @@
+"""Serving sized and placed for the device: the fast path on the bundle's torch programs,
+bf16 searches re-scored in float32 (the cascade stays exact), slots sized at load. On this
+CPU the same code runs as on a GPU: torch on "cpu", bf16 autocast on "cpu"."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from anogan_inspect.bundle import read_bundle
+from anogan_inspect.search import SearchConfig, SlotTable, fast_score, score_parts, search
+from anogan_inspect.server.cli import build_parser, config_from_args
+from anogan_inspect.server.engine import size_slots
+from anogan_inspect.server.fastpath import TorchFastPath, choose_backend
+from anogan_inspect.server.models import EngineOptions, Mode, ServedModel
+
+
+def frames(n: int, side: int = 16, seed: int = 3) -> torch.Tensor:
+    return torch.rand(n, 1, side, side, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_bundle):
+    return ServedModel(read_bundle(tiny_bundle), EngineOptions()).models
+
+
+def test_torch_fast_path_scores_as_onnx_runtime_does_and_keeps_the_cascade(tiny_bundle):
+    onnx = ServedModel(read_bundle(tiny_bundle), EngineOptions(fast_backend="onnx"))
+    served = ServedModel(read_bundle(tiny_bundle), EngineOptions(fast_backend="torch"))
+    assert isinstance(served.fast, TorchFastPath) and served.fast.backend == "torch cpu"
+    assert onnx.fast.backend == "onnxruntime CPUExecutionProvider"
+    x = frames(40).numpy()
+    by_torch, by_onnx = served.fast.score_batch(x), onnx.fast.score_batch(x)
+    np.testing.assert_allclose(by_torch[0], by_onnx[0], rtol=1e-5)
+    np.testing.assert_allclose(by_torch[3], by_onnx[3], rtol=1e-4, atol=1e-5)
+    assert by_torch[4].shape == (40, 1, 16, 16)
+    assert served.check_exactness() < 1e-6  # the same programs the search starts from
+    assert Mode.CASCADE in served.modes
+
+    async def cascade(x: torch.Tensor):
+        for model in (served, onnx):
+            model.start()
+        try:
+            return [await asyncio.gather(*(m.inspect(image, Mode.CASCADE) for image in x))
+                    for m in (served, onnx)]
+        finally:
+            for model in (served, onnx):
+                model.stop()
+
+    by_torch, by_onnx = asyncio.run(cascade(frames(6, seed=9)))
+    for a, b in zip(by_torch, by_onnx):
+        assert (a.stage, a.fail) == (b.stage, b.fail)
+        assert a.score == pytest.approx(b.score, rel=1e-4)
+
+
+def test_backend_choice_follows_the_device():
+    assert choose_backend("auto", torch.device("cpu")) == "onnx"
+    assert choose_backend("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError, match="fast-path backend must be one of"):
+        choose_backend("tensorrt", torch.device("cpu"))
+
+
+def test_bf16_search_returns_float32_scores_never_above_the_start(tiny_models):
+    models = tiny_models
+    cfg = SearchConfig(steps=12, lr=0.05)
+    x = frames(24)
+    z0 = models.encoder(x).detach()
+    with torch.no_grad():
+        start, _ = fast_score(models, x, cfg.lam)
+    result = search(models, x, z0, cfg, batch_size=8, autocast_dtype=torch.bfloat16)
+    assert (result.score <= start).all()
+    with torch.no_grad():
+        again, residual, feature = score_parts(
+            models, x, models.features(x).flatten(1), torch.as_tensor(result.z), cfg.lam)
+    # Each score is the float32 score at the z returned with it, not a bf16 figure.
+    np.testing.assert_allclose(result.score, again.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(result.residual, residual.numpy(), rtol=1e-6)
+    # And the search did search: most frames end below their start.
+    assert (result.score < start - 1e-3 * np.abs(start)).mean() > 0.5
+    fp32 = search(models, x, z0, cfg, batch_size=8)
+    assert np.corrcoef(fp32.score, result.score)[0, 1] > 0.99
+
+
+def test_a_bf16_table_keeps_its_rows_straight_while_compacting(tiny_models):
+    """Rows finishing at different steps move in the table; each keeps its own start."""
+    models = tiny_models
+    table = SlotTable(models, SearchConfig(steps=50, lr=0.05), 6, (1, 16, 16),
+                      autocast_dtype=torch.bfloat16)
+    x = frames(6, seed=5)
+    z0 = models.encoder(x).detach()
+    table.admit(x, z0, [3, 9, 1, 6, 2, 12], range(6))
+    results = {}
+    while table.n:
+        for r in table.step():
+            results[r.tag] = r
+    with torch.no_grad():
+        start, _ = fast_score(models, x, 0.1)
+    for i, r in results.items():
+        assert r.steps == [3, 9, 1, 6, 2, 12][i]
+        assert r.score <= start[i]
+
+
+def test_slots_are_sized_at_the_knee_of_measured_rates(tiny_models):
+    chosen, rates = size_slots(tiny_models, SearchConfig(), (1, 16, 16), torch.device("cpu"),
+                               candidates=(4, 16, 64), steps=2)
+    assert set(rates) == {4, 16, 64} and all(r > 0 for r in rates.values())
+    assert chosen in rates and rates[chosen] >= 0.9 * max(rates.values())
+    assert all(rates[c] < 0.9 * max(rates.values()) for c in rates if c < chosen)
+
+
+def test_serve_options_for_the_device(tiny_bundle):
+    args = build_parser().parse_args(["--bundle", str(tiny_bundle)])
+    engine = config_from_args(args).engine
+    assert (engine.max_batch, engine.fast_max_batch, engine.fast_backend, engine.precision) \
+        == (None, None, "auto", "fp32")
+    served = ServedModel(read_bundle(tiny_bundle), engine)  # auto on a CPU: 64 and 64
+    assert served.engine.table.capacity == 64 and served.fast.max_batch == 64
+    args = build_parser().parse_args(["--bundle", str(tiny_bundle), "--max-batch", "128",
+                                      "--precision", "bf16", "--fast-backend", "torch"])
+    engine = config_from_args(args).engine
+    assert (engine.max_batch, engine.precision, engine.fast_backend) == (128, "bf16", "torch")
+    for bad in ("0", "many"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--bundle", str(tiny_bundle), "--max-batch", bad])
