@@ -128,30 +128,38 @@ def test_frames() -> list[bytes]:
         for i, image in enumerate(pixels)]
 
 
-def drive(target: str, mode: str, steps: int, streams: int, window: int, start_at: float,
-          warmup: float, seconds: float, requests: list[bytes], result) -> None:
-    """A client process: `streams` streams, each keeping `window` frames in flight, from
-    start_at (time.time()) for warmup + seconds; puts (final results in the measured window,
-    errors, results in all) on `result`."""
+def drive(target: str, mode: str, steps: int, streams: int, window: int, batch: int,
+          start_at: float, warmup: float, seconds: float, requests: list[bytes],
+          result) -> None:
+    """A client process: `streams` streams, each keeping `window` frames in flight
+    (`batch` frames per message: a FrameBatch when above 1), from start_at (time.time()) for
+    warmup + seconds; puts (final results in the measured window, errors, results in all)
+    on `result`."""
     try:
         import uvloop  # the load generator only: keeps the clients from being the limit
         uvloop.install()
     except ImportError:
         pass
     try:
-        result.put(asyncio.run(_drive(target, mode, steps, streams, window, start_at, warmup,
-                                      seconds, requests)))
+        result.put(asyncio.run(_drive(target, mode, steps, streams, window, batch, start_at,
+                                      warmup, seconds, requests)))
     except Exception:  # the parent reports it
         result.put(("error", traceback.format_exc()))
 
 
-async def _drive(target, mode, steps, streams, window, start_at, warmup, seconds, requests):
+async def _drive(target, mode, steps, streams, window, batch, start_at, warmup, seconds,
+                 requests):
     import grpc
 
     from anogan.v1 import inspection_pb2 as pb
     from anogan.v1 import inspection_pb2_grpc as pb_grpc
 
     messages = [pb.StreamInspectRequest.FromString(r) for r in requests]
+    if batch > 1:
+        frames = [m.frame for m in messages]
+        messages = [pb.StreamInspectRequest(batch=pb.FrameBatch(frames=[
+            frames[(k + j) % len(frames)] for j in range(batch)]))
+            for k in range(0, len(frames), batch)]
     config = pb.StreamInspectRequest(config=pb.InspectionConfig(
         mode=getattr(pb, f"MODE_{mode}"), search_steps=steps))
     await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -163,7 +171,7 @@ async def _drive(target, mode, steps, streams, window, start_at, warmup, seconds
         nonlocal counted, errors, total
         call = stub.StreamInspect()
         await call.write(config)
-        room = asyncio.Semaphore(window)
+        room = asyncio.Semaphore(max(1, window // batch))  # messages in flight
 
         async def send() -> None:
             k = index
@@ -175,13 +183,14 @@ async def _drive(target, mode, steps, streams, window, start_at, warmup, seconds
 
         sender = asyncio.create_task(send())
         async for response in call:
-            room.release()
-            if response.result.provisional:
+            if response.HasField("result") and response.result.provisional:
                 continue
-            total += 1
-            errors += response.result.HasField("error")
+            room.release()
+            results = response.results or [response.result]
+            total += len(results)
+            errors += sum(r.HasField("error") for r in results)
             if window_start <= time.perf_counter() < window_end:
-                counted += 1
+                counted += len(results)
         await sender
 
     options = [("grpc.max_receive_message_length", 64 << 20)]
@@ -192,7 +201,7 @@ async def _drive(target, mode, steps, streams, window, start_at, warmup, seconds
 
 
 def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
-                    extra: list[str], requests: list[bytes], logs: Path) -> dict:
+                    extra: list[str], batch: int, requests: list[bytes], logs: Path) -> dict:
     """Start a server, drive it with the client processes, read its stats, stop it."""
     import grpc
 
@@ -201,8 +210,8 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
     from anogan_inspect.clients.launcher import ServerProcess
 
     started = time.perf_counter()
-    server = ServerProcess([str(args.bundle)], logs / f"{name}.log", "--device", args.device,
-                           *extra, module=module)
+    server = ServerProcess([str(args.bundle)], logs / f"{name}-{mode}-{batch}.log",
+                           "--device", args.device, *extra, module=module)
     try:
         startup = time.perf_counter() - started
         stub = pb_grpc.InspectionServiceStub(server.channel())
@@ -213,8 +222,8 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
         start_at = time.time() + 3.0  # every client process starts its window together
         steps = args.steps or model.default_search_steps
         workers = [context.Process(target=drive, args=(
-            server.target, mode, steps, args.streams, args.window, start_at, args.warmup,
-            args.seconds, requests, queue)) for _ in range(args.clients)]
+            server.target, mode, steps, args.streams, args.window, batch, start_at,
+            args.warmup, args.seconds, requests, queue)) for _ in range(args.clients)]
         for worker in workers:
             worker.start()
         outcomes = [queue.get(timeout=args.warmup + args.seconds + 120) for _ in workers]
@@ -232,7 +241,7 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
     batches = after.search_batches - before.search_batches
     fast_batches = after.fast_batches - before.fast_batches
     row = {
-        "server": name, "mode": mode, "streams": args.clients * args.streams,
+        "server": name, "mode": mode, "batch": batch, "streams": args.clients * args.streams,
         "client_processes": args.clients, "frames_per_s": counted / args.seconds,
         "frames_counted": counted, "results": sum(o[2] for o in outcomes),
         "errors": sum(o[1] for o in outcomes), "startup_s": round(startup, 1),
@@ -244,18 +253,23 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
                             if fast_batches else None),
         "searches": after.searches_completed - before.searches_completed,
     }
-    log(f"{name} {mode}: {row['frames_per_s']:,.0f} frames/s ({row['errors']} errors, "
-        f"search batch {row['mean_search_batch']}, fast batch {row['mean_fast_batch']})")
+    log(f"{name} {mode} batch {batch}: {row['frames_per_s']:,.0f} frames/s "
+        f"({row['errors']} errors, search batch {row['mean_search_batch']}, "
+        f"fast batch {row['mean_fast_batch']})")
     return row
 
 
-SERVERS = [  # name, module, mode, extra serve arguments
-    ("echo", "bench.echo_server", "FAST", []),
-    ("fp32", "anogan_inspect.server", "FAST", []),
-    ("fp32", "anogan_inspect.server", "CASCADE", []),
-    ("fp32", "anogan_inspect.server", "SEARCH", []),
-    ("bf16", "anogan_inspect.server", "CASCADE", ["--precision", "bf16"]),
-    ("bf16", "anogan_inspect.server", "SEARCH", ["--precision", "bf16"]),
+SERVE = "anogan_inspect.server"
+BF16 = ["--precision", "bf16"]
+SERVERS = [  # name, module, mode, extra serve arguments, batched (--batch frames a message)
+    ("echo", "bench.echo_server", "FAST", [], False),
+    ("echo", "bench.echo_server", "FAST", [], True),
+    ("fp32", SERVE, "FAST", [], False),
+    ("fp32", SERVE, "FAST", [], True),
+    ("fp32", SERVE, "CASCADE", [], True),
+    ("fp32", SERVE, "SEARCH", [], True),
+    ("bf16", SERVE, "CASCADE", BF16, True),
+    ("bf16", SERVE, "SEARCH", BF16, True),
 ]
 
 
@@ -275,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
                         default=SLOT_CANDIDATES, help="slot counts for the raw step")
     parser.add_argument("--only", help="comma-separated sections: raw,engine,quality,servers")
     parser.add_argument("--servers", help="comma-separated NAME:MODE of the servers to run "
-                        "(default: all: " + ",".join(f"{n}:{m}" for n, _, m, _ in SERVERS) + ")")
+                        "(default: all: " + ",".join(f"{n}:{m}" for n, _, m, _, _ in SERVERS)
+                        + "; NAME:MODE:1 only the per-frame one, NAME:MODE:B the batched)")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="frames per message of the batched runs")
     parser.add_argument("--code-version", default="",
                         help="recorded as the code version where git is absent")
     args = parser.parse_args(argv)
@@ -342,17 +359,20 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir(exist_ok=True)
         report["servers"] = []
         wanted = set(args.servers.split(",")) if args.servers else None
-        for name, module, mode, extra in SERVERS:
-            if wanted is not None and f"{name}:{mode}" not in wanted:
+        for name, module, mode, extra, batched in SERVERS:
+            batch = args.batch if batched else 1
+            keys = {f"{name}:{mode}", f"{name}:{mode}:{'B' if batched else 1}"}
+            if wanted is not None and not keys & wanted:
                 continue
             section_start = time.perf_counter()
             try:
                 report["servers"].append(serve_and_drive(name, module, args, mode, extra,
-                                                         requests, logs))
+                                                         batch, requests, logs))
             except Exception:
-                report["problems"].append(f"server {name} {mode}: {traceback.format_exc()}")
-                log(f"server {name} {mode} failed:\n{traceback.format_exc()}")
-            report.setdefault("seconds", {})[f"server {name} {mode}"] = round(
+                report["problems"].append(f"server {name} {mode} batch {batch}: "
+                                          f"{traceback.format_exc()}")
+                log(f"server {name} {mode} batch {batch} failed:\n{traceback.format_exc()}")
+            report.setdefault("seconds", {})[f"server {name} {mode} batch {batch}"] = round(
                 time.perf_counter() - section_start, 1)
             save()
     save()

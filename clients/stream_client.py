@@ -82,9 +82,10 @@ def frame_message(frame: SourceFrame, sequence: int) -> pb.Frame:
 
 async def run_stream(stub, index: int, frames: list[tuple[int, SourceFrame]],
                      config: pb.InspectionConfig, rate: float | None, on_record,
-                     overlays: Path | None = None) -> StreamReport:
-    """Send frames on one stream at `rate` frames/s; check one in-order final per frame;
-    save an overlay for each result with an anomaly map when `overlays` names a folder."""
+                     overlays: Path | None = None, batch: int = 1) -> StreamReport:
+    """Send frames on one stream at `rate` frames/s, `batch` frames per message (a
+    FrameBatch when more than one); check one in-order final per frame; save an overlay for
+    each result with an anomaly map when `overlays` names a folder."""
     report = StreamReport()
     pixels = {seq: frame.pixels for seq, frame in frames}
     sent: dict[int, float] = {}
@@ -94,29 +95,41 @@ async def run_stream(stub, index: int, frames: list[tuple[int, SourceFrame]],
     async def requests():
         yield pb.StreamInspectRequest(config=config)
         start = time.perf_counter()
-        for k, (sequence, frame) in enumerate(frames):
+        for k in range(0, len(frames), batch):
             if rate:
                 await asyncio.sleep(max(0.0, start + k / rate - time.perf_counter()))
-            sent[sequence] = time.perf_counter()
-            yield pb.StreamInspectRequest(frame=frame_message(frame, sequence))
+            group = frames[k:k + batch]
+            now = time.perf_counter()
+            for sequence, _ in group:
+                sent[sequence] = now
+            messages = [frame_message(frame, sequence) for sequence, frame in group]
+            if batch == 1:
+                yield pb.StreamInspectRequest(frame=messages[0])
+            else:
+                yield pb.StreamInspectRequest(batch=pb.FrameBatch(frames=messages))
 
     expected = iter([seq for seq, _ in frames])
+
+    async def take(result: pb.InspectionResult) -> None:
+        want = next(expected, None)
+        if result.sequence != want:
+            report.problems.append(f"stream {index}: got sequence {result.sequence}, "
+                                   f"expected {want}")
+        record = to_record(result, index, sent, truth, result.sequence in provisional)
+        report.records.append(record)
+        if overlays is not None and result.HasField("anomaly_map") and \
+                result.sequence in pixels:
+            await asyncio.to_thread(save_overlay, overlays, pixels[result.sequence], result)
+        on_record(record)
+
     try:
         async for response in stub.StreamInspect(requests()):
-            result = response.result
-            if result.provisional:
-                provisional.add(result.sequence)
+            if response.HasField("result") and response.result.provisional:
+                provisional.add(response.result.sequence)
                 continue
-            want = next(expected, None)
-            if result.sequence != want:
-                report.problems.append(f"stream {index}: got sequence {result.sequence}, "
-                                       f"expected {want}")
-            record = to_record(result, index, sent, truth, result.sequence in provisional)
-            report.records.append(record)
-            if overlays is not None and result.HasField("anomaly_map") and \
-                    result.sequence in pixels:
-                await asyncio.to_thread(save_overlay, overlays, pixels[result.sequence], result)
-            on_record(record)
+            # A frame's result, or a batch's results in its frames' order.
+            for result in response.results or [response.result]:
+                await take(result)
     except grpc.aio.AioRpcError as err:
         if err.code() != grpc.StatusCode.UNAVAILABLE:  # refused (bad model, mode, steps)
             raise
@@ -273,7 +286,7 @@ async def run(args) -> tuple[dict, list[Record], list[str]]:
         table = LiveTable(0 if args.quiet else args.every, total=len(frames))
         started = time.perf_counter()
         reports = await asyncio.gather(*(run_stream(stub, i, part, config, rate, table,
-                                                    args.overlays)
+                                                    args.overlays, args.batch)
                                          for i, part in enumerate(per_stream) if part))
         seconds = time.perf_counter() - started
     records = sorted((r for rep in reports for r in rep.records), key=lambda r: r.sequence)
@@ -392,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frames/s over all streams, like a camera (default: as fast as "
                              "the server answers)")
     parser.add_argument("--streams", type=positive_int, default=1, help="concurrent streams")
+    parser.add_argument("--batch", type=positive_int, default=1,
+                        help="frames per message: above 1, each stream sends FrameBatch "
+                             "messages (fewer messages for high frame rates; the server "
+                             "answers each with all its results at once)")
     parser.add_argument("--mode", choices=sorted(MODES), default="default", help=MODE_HELP)
     parser.add_argument("--steps", type=positive_int,
                         help="search steps (default: the model's)")

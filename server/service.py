@@ -168,7 +168,10 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             while (message := await out.get()) is not None:
                 if isinstance(message, StreamError):
                     await context.abort(message.code, message.message)
-                yield pb.StreamInspectResponse(result=message)
+                if isinstance(message, list):  # a batch's results
+                    yield pb.StreamInspectResponse(results=message)
+                else:
+                    yield pb.StreamInspectResponse(result=message)
         finally:
             for task in (reader, sequencer, *tasks):
                 task.cancel()
@@ -187,12 +190,21 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                 if self.draining:
                     raise StreamError(grpc.StatusCode.UNAVAILABLE, DRAINING)
                 options = options or self._options(pb.InspectionConfig())
-                await in_flight.acquire()
                 on_provisional = out.put_nowait if options.provisional else None
-                task = asyncio.create_task(self._score(request.frame, options, on_provisional))
+                if request.HasField("batch"):
+                    frames, permits = request.batch.frames, len(request.batch.frames)
+                    if permits > self.max_in_flight:  # it could never fit the window
+                        work, permits = self._oversized(frames, options.model), 0
+                    else:
+                        work = self._score_batch(frames, options, on_provisional)
+                else:
+                    work, permits = self._score(request.frame, options, on_provisional), 1
+                for _ in range(permits):
+                    await in_flight.acquire()
+                task = asyncio.create_task(work)
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-                ordered.put_nowait(task)
+                ordered.put_nowait((task, permits))
         except StreamError as err:
             ordered.put_nowait(err)
             return
@@ -204,8 +216,10 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             if isinstance(item, StreamError):
                 out.put_nowait(item)
                 return
-            result = await item
-            in_flight.release()
+            task, permits = item
+            result = await task
+            for _ in range(permits):
+                in_flight.release()
             out.put_nowait(result)
         out.put_nowait(None)
 
@@ -215,10 +229,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                      ) -> pb.InspectionResult:
         """One frame → one final result (errors become the result's status)."""
         model = options.model
-        echo = {"frame_id": frame.frame_id, "sequence": frame.sequence,
-                "model": model.name, "model_version": model.bundle.version}
-        if frame.HasField("capture_time"):
-            echo["capture_time"] = frame.capture_time
+        echo = _echo(frame, model)
         mode = MODES.get(frame.mode, options.mode)
         try:
             x = await self._prepare(frame, model)
@@ -244,6 +255,21 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         if options.residual_map and outcome.anomaly_map is not None:
             return await asyncio.to_thread(*message)  # PNG encoding grows with the frame
         return message[0](*message[1:])
+
+    async def _score_batch(self, frames, options: StreamOptions, on_provisional
+                           ) -> list[pb.InspectionResult]:
+        """A batch's frames, each scored as if alone, their results in the frames' order."""
+        return list(await asyncio.gather(*(self._score(frame, options, on_provisional)
+                                           for frame in frames)))
+
+    async def _oversized(self, frames, model: ServedModel) -> list[pb.InspectionResult]:
+        """A batch larger than the in-flight window: an error result per frame."""
+        message = (f"a batch of {len(frames)} frames is larger than this stream's in-flight "
+                   f"window of {self.max_in_flight} frames (anogan-serve --max-in-flight): "
+                   f"send at most {self.max_in_flight} frames in one batch")
+        return [pb.InspectionResult(error=status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED, message=message), **_echo(frame, model))
+            for frame in frames]
 
     async def _prepare(self, frame: pb.Frame, model: ServedModel):
         """Decode and resize; off the event loop unless the frame is raw and small."""
@@ -275,6 +301,15 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
 
     def _unknown_model(self, name: str) -> str:
         return f"unknown model {name!r}; served: {', '.join(self.models)}"
+
+
+def _echo(frame: pb.Frame, model: ServedModel) -> dict:
+    """The fields a result repeats from its frame and model."""
+    echo = {"frame_id": frame.frame_id, "sequence": frame.sequence,
+            "model": model.name, "model_version": model.bundle.version}
+    if frame.HasField("capture_time"):
+        echo["capture_time"] = frame.capture_time
+    return echo
 
 
 def result_message(outcome: Outcome, model: ServedModel, echo: dict, residual_map: bool,

@@ -59,6 +59,21 @@ def test_client_streams_digits_and_writes_jsonl_and_summary(server, tmp_path, ca
     assert "fell behind" not in capsys.readouterr().err  # no --rate asked
 
 
+def test_client_sends_frame_batches_and_gets_every_result_in_order(server, tmp_path):
+    jsonl = tmp_path / "results.jsonl"
+    one_by_one = tmp_path / "alone.jsonl"
+    for path, extra in ((jsonl, ["--batch", "16"]), (one_by_one, [])):
+        code = stream_client.main(["--target", server.target, *DIGITS, "--mode", "fast",
+                                   "--streams", "2", "--quiet", "--limit", "70",
+                                   "--jsonl", str(path), *extra])
+        assert code == 0
+    batched = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    alone = [json.loads(line) for line in one_by_one.read_text().splitlines()]
+    assert [r["sequence"] for r in batched] == list(range(70))  # 35 per stream: 16+16+3
+    assert [r["score"] for r in batched] == pytest.approx([r["score"] for r in alone],
+                                                          rel=1e-5)
+
+
 def test_client_says_when_nothing_listens(capsys):
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
         probe.bind(("localhost", 0))

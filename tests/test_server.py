@@ -448,3 +448,37 @@ def test_8_and_16_bit_pngs_of_a_digit_score_alike(stub, digits):
     results = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_FAST))
     assert not any(r.HasField("error") for r in results)
     assert results[0].score == pytest.approx(results[1].score, rel=1e-5)
+
+
+def test_frame_batches_come_back_whole_in_order_beside_single_frames(stub, digits):
+    """A FrameBatch is scored frame by frame (its bad frame gets its own error) and answered
+    in one response with its results in order, between the messages sent around it."""
+    frames = frames_of(digits, 12)
+    frames[5].raw.data = frames[5].raw.data[:-1]
+    requests = [pb.StreamInspectRequest(frame=frames[0]),
+                pb.StreamInspectRequest(batch=pb.FrameBatch(frames=frames[1:9])),
+                pb.StreamInspectRequest(frame=frames[9]),
+                pb.StreamInspectRequest(batch=pb.FrameBatch(frames=frames[10:12])),
+                pb.StreamInspectRequest(batch=pb.FrameBatch())]
+    responses = list(stub.StreamInspect(iter(requests), timeout=120))
+    assert [len(r.results) for r in responses] == [0, 8, 0, 2, 0]
+    assert [r.HasField("result") for r in responses] == [True, False, True, False, False]
+    got = [x for r in responses for x in (r.results or ([r.result] if r.HasField("result")
+                                                         else []))]
+    assert [x.sequence for x in got] == list(range(12))
+    assert "bytes" in got[5].error.message and not got[6].HasField("error")
+    # Each frame scores as if it were sent alone.
+    alone = stream(stub, frames[6:7])[0]
+    assert got[6].score == pytest.approx(alone.score, rel=1e-5) and got[6].stage == alone.stage
+
+
+def test_a_batch_larger_than_the_in_flight_window_gets_an_error_per_frame(stub, digits):
+    window = 256  # ServerConfig.max_in_flight, the session server's
+    frames = [frame_message(digits[i % len(digits)], i) for i in range(window + 1)]
+    requests = [pb.StreamInspectRequest(batch=pb.FrameBatch(frames=frames)),
+                pb.StreamInspectRequest(frame=frames[0])]
+    big, after = list(stub.StreamInspect(iter(requests), timeout=120))
+    assert len(big.results) == window + 1
+    assert all(r.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] for r in big.results)
+    assert "window of 256 frames (anogan-serve --max-in-flight)" in big.results[0].error.message
+    assert not after.result.HasField("error")  # the stream goes on

@@ -114,18 +114,28 @@ class Frame(_message.Message):
     def __init__(self, frame_id: _Optional[str] = ..., sequence: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., encoded: _Optional[_Union[EncodedImage, _Mapping]] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
 
 class StreamInspectRequest(_message.Message):
-    __slots__ = ("config", "frame")
+    __slots__ = ("config", "frame", "batch")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     config: InspectionConfig
     frame: Frame
-    def __init__(self, config: _Optional[_Union[InspectionConfig, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ...) -> None: ...
+    batch: FrameBatch
+    def __init__(self, config: _Optional[_Union[InspectionConfig, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ..., batch: _Optional[_Union[FrameBatch, _Mapping]] = ...) -> None: ...
+
+class FrameBatch(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[Frame]
+    def __init__(self, frames: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
 
 class StreamInspectResponse(_message.Message):
-    __slots__ = ("result",)
+    __slots__ = ("result", "results")
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     result: InspectionResult
-    def __init__(self, result: _Optional[_Union[InspectionResult, _Mapping]] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[InspectionResult]
+    def __init__(self, result: _Optional[_Union[InspectionResult, _Mapping]] = ..., results: _Optional[_Iterable[_Union[InspectionResult, _Mapping]]] = ...) -> None: ...
 
 class InspectRequest(_message.Message):
     __slots__ = ("config", "frame")
