@@ -232,6 +232,31 @@ class ServedModel:
         return TiledFrame(to_model_input(tiles, self.tiling.patch, self.bundle.channels),
                           origins, tuple(scaled.shape[-2:]), tuple(image.shape[-2:]))
 
+    def preprocess_many(self, images: list) -> list:
+        """:meth:`preprocess` for several frames: whole-frame models resize the frames of
+        one size in one call (the same pixels as one by one). An item that is an exception
+        (a frame that could not be decoded) stays one, as does a frame's own ValueError."""
+        out: list = list(images)
+        groups: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            if isinstance(image, Exception):
+                continue
+            if self.tiling is not None:
+                out[i] = _or_error(self.preprocess, image)
+            else:
+                groups.setdefault(image.shape, []).append(i)
+        for indices in groups.values():
+            try:
+                x = to_model_input(np.stack([images[i] for i in indices]),
+                                   self.bundle.image_size, self.bundle.channels)
+            except ValueError:  # one at a time, so each frame gets its own error
+                for i in indices:
+                    out[i] = _or_error(self.preprocess, images[i])
+                continue
+            for i, frame in zip(indices, x):
+                out[i] = frame
+        return out
+
     async def inspect(self, x: torch.Tensor | TiledFrame, mode: Mode, steps: int | None = None,
                       want_reconstruction: bool = False,
                       on_provisional: Callable[[Outcome], None] | None = None) -> Outcome:
@@ -401,6 +426,14 @@ class ServedModel:
             "fast_batches": fast.batches if fast else 0, "fast_frames": fast.frames if fast else 0,
             "max_fast_batch": fast.max_batch if fast else 0,
         }
+
+
+def _or_error(fn, *args):
+    """fn(*args), or the ValueError it raised."""
+    try:
+        return fn(*args)
+    except ValueError as err:
+        return err
 
 
 def _search_text(cfg) -> str:

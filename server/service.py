@@ -225,14 +225,17 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
 
     # -- per frame ---------------------------------------------------------------------------
 
-    async def _score(self, frame: pb.Frame, options: StreamOptions, on_provisional
-                     ) -> pb.InspectionResult:
-        """One frame → one final result (errors become the result's status)."""
+    async def _score(self, frame: pb.Frame, options: StreamOptions, on_provisional,
+                     prepared=None) -> pb.InspectionResult:
+        """One frame → one final result (errors become the result's status). `prepared`:
+        the frame already decoded and preprocessed (or the error that gave), for batches."""
         model = options.model
         echo = _echo(frame, model)
         mode = MODES.get(frame.mode, options.mode)
         try:
-            x = await self._prepare(frame, model)
+            x = await self._prepare(frame, model) if prepared is None else prepared
+            if isinstance(x, Exception):
+                raise x
             provisional = None
             if on_provisional is not None:
                 provisional = lambda o: on_provisional(  # noqa: E731
@@ -258,9 +261,16 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
 
     async def _score_batch(self, frames, options: StreamOptions, on_provisional
                            ) -> list[pb.InspectionResult]:
-        """A batch's frames, each scored as if alone, their results in the frames' order."""
-        return list(await asyncio.gather(*(self._score(frame, options, on_provisional)
-                                           for frame in frames)))
+        """A batch's frames, each scored as if alone, their results in the frames' order;
+        decoded and preprocessed together (one resize per frame size: cheaper per frame)."""
+        model = options.model
+        prepare = lambda: model.preprocess_many(  # noqa: E731
+            [_decoded(frame, self.limits) for frame in frames])
+        small = all(f.WhichOneof("image") == "raw" and f.raw.height * f.raw.width
+                    <= INLINE_PIXELS for f in frames)
+        prepared = prepare() if small else await asyncio.to_thread(prepare)
+        return list(await asyncio.gather(*(self._score(frame, options, on_provisional, x)
+                                           for frame, x in zip(frames, prepared))))
 
     async def _oversized(self, frames, model: ServedModel) -> list[pb.InspectionResult]:
         """A batch larger than the in-flight window: an error result per frame."""
@@ -301,6 +311,14 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
 
     def _unknown_model(self, name: str) -> str:
         return f"unknown model {name!r}; served: {', '.join(self.models)}"
+
+
+def _decoded(frame: pb.Frame, limits: FrameLimits):
+    """The frame's pixels, or the error decoding them gave (a batch's other frames go on)."""
+    try:
+        return decode_frame(frame, limits)
+    except (FrameError, ValueError) as err:
+        return err
 
 
 def _echo(frame: pb.Frame, model: ServedModel) -> dict:

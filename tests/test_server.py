@@ -482,3 +482,19 @@ def test_a_batch_larger_than_the_in_flight_window_gets_an_error_per_frame(stub, 
     assert all(r.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] for r in big.results)
     assert "window of 256 frames (anogan-serve --max-in-flight)" in big.results[0].error.message
     assert not after.result.HasField("error")  # the stream goes on
+
+
+def test_a_batch_of_mixed_sizes_scores_each_frame_as_alone(stub, digits):
+    gray = digits[3].pixels
+    big_rgb = np.repeat(np.kron(gray, np.ones((3, 3, 1), np.uint8)), 3, axis=2)  # 84×84×3
+    frames = [frame_message(digits[0], 0), frame_message(SourceFrame("rgb", big_rgb, None), 1),
+              frame_message(digits[1], 2), frame_message(SourceFrame("tiny", gray[:4], None), 3)]
+    config = pb.InspectionConfig(mode=pb.MODE_FAST)
+    (response,) = stub.StreamInspect(iter([
+        pb.StreamInspectRequest(config=config),
+        pb.StreamInspectRequest(batch=pb.FrameBatch(frames=frames))]), timeout=120)
+    alone = stream(stub, frames, config)
+    assert [r.sequence for r in response.results] == [0, 1, 2, 3]
+    for batched, single in zip(response.results, alone):
+        assert batched.score == pytest.approx(single.score, rel=1e-6)
+        assert batched.error == single.error
