@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from anogan_inspect.search import ScoringModels, SearchConfig, SlotResult, SlotTable
-from anogan_inspect.server.worker import Job, Worker
+from anogan_inspect.server.worker import Job, Worker, resolve_all
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +164,10 @@ class SearchEngine(Worker):
                 z = torch.as_tensor(np.stack([r.z for r in wanted]), device=self.device)
                 images = self.models.generator(z).cpu().numpy()
             reconstructions = {id(r): image for r, image in zip(wanted, images)}
-        for result in finished:
-            request: SearchRequest = result.tag
-            self.stats.completed += 1
-            request.resolve(SearchOutcome(result, request.started - request.enqueued,
-                                          now - request.started, reconstructions.get(id(result))))
+        self.stats.completed += len(finished)
+        resolve_all([r.tag for r in finished], [
+            SearchOutcome(r, r.tag.started - r.tag.enqueued, now - r.tag.started,
+                          reconstructions.get(id(r))) for r in finished])
 
 
 def size_slots(models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int, ...],

@@ -26,7 +26,7 @@ import torch
 from anogan_inspect.bundle import Bundle
 from anogan_inspect.onnxrt import make_session
 from anogan_inspect.search import ScoringModels
-from anogan_inspect.server.worker import Job, Worker
+from anogan_inspect.server.worker import Job, Worker, resolve_all
 
 BACKENDS = ("auto", "onnx", "torch")
 
@@ -86,9 +86,9 @@ class FastPath(Worker):
         self.stats.batches += 1
         self.stats.frames += len(items)
         self.stats.max_batch = max(self.stats.max_batch, len(items))
-        for k, item in enumerate(items):
-            item.resolve(FastScore(float(out[0][k]), float(out[1][k]), float(out[2][k]),
-                                   out[3][k], out[4][k], seconds))
+        scores, residuals, features = (out[i].tolist() for i in range(3))
+        resolve_all(items, [FastScore(scores[k], residuals[k], features[k], out[3][k],
+                                      out[4][k], seconds) for k in range(len(items))])
 
 
 class OrtFastPath(FastPath):

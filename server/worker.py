@@ -167,6 +167,24 @@ class Worker:
             job.fail(stopped)
 
 
+def resolve_all(jobs: list[Job], values: list[Any]) -> None:
+    """Set many jobs' results from any thread with one wake-up per event loop (instead of
+    one per job: a batch of a thousand frames is then one hop back to asyncio)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
+    for job, value in zip(jobs, values):
+        by_loop.setdefault(job.loop, []).append((job.future, value))
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_results, pairs)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _set_results(pairs: list[tuple[asyncio.Future, Any]]) -> None:
+    for future, value in pairs:
+        _set_result(future, value)
+
+
 def _set_result(future: asyncio.Future, value: Any) -> None:
     if not future.done():
         future.set_result(value)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from anogan_inspect.server.worker import Job, Worker, WorkerStopped
+from anogan_inspect.server.worker import Job, Worker, WorkerStopped, resolve_all
 
 
 @dataclass(eq=False)
@@ -164,3 +164,29 @@ def test_the_engine_fails_searches_whose_hand_back_fails(tiny_bundle):
     failed, second = asyncio.run(run())
     assert isinstance(failed, MemoryError)
     assert second.result.steps == 3
+
+
+def test_resolve_all_settles_each_job_on_its_own_loop_from_another_thread():
+    async def make(n: int) -> list[Square]:
+        return [Square(value=i) for i in range(n)]
+
+    async def wait(jobs: list[Square]) -> list[int]:
+        return list(await asyncio.gather(*(job.future for job in jobs)))
+
+    loops = [asyncio.new_event_loop() for _ in range(2)]
+    try:
+        jobs = [loop.run_until_complete(make(3)) for loop in loops]
+        mixed = jobs[0] + jobs[1]
+        thread = threading.Thread(target=resolve_all,
+                                  args=(mixed, [j.value ** 2 + k for k, j in enumerate(mixed)]))
+        thread.start()
+        thread.join()
+        assert loops[0].run_until_complete(wait(jobs[0])) == [0, 2, 6]
+        assert loops[1].run_until_complete(wait(jobs[1])) == [3, 5, 9]
+        # A job whose loop has closed is skipped, not an error.
+        late = loops[1].run_until_complete(make(1))
+        loops[1].close()
+        resolve_all(late, [1])
+    finally:
+        for loop in loops:
+            loop.close()
