@@ -461,11 +461,12 @@ def load_model(path: Path, options: EngineOptions, name: str | None = None) -> S
     check_program_shapes(bundle, model.models)
     errors = check_parity(bundle, model.models, options.parity_tolerance)
     model.check_exactness()
-    log.info("loaded model %s version %s from %s on %s (modes %s; parity %s; fast path %s)",
-             model.name, bundle.version, path, model.device,
+    log.info("loaded model %s version %s from %s on %s (modes %s; parity %s; fast path %s; "
+             "search %s, %d slots)", model.name, bundle.version, path, model.device,
              ",".join(m.name for m in model.modes),
              ", ".join(f"{k} {v:.1e}" for k, v in errors.items()),
-             model.fast.backend if model.fast else "none: no encoder")
+             model.fast.backend if model.fast else "none: no encoder", model.precision,
+             model.engine.table.capacity)
     return model
 
 
