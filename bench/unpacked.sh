@@ -14,4 +14,6 @@ trap 'rm -rf "$tree"' EXIT
 mkdir "$tree/anogan_inspect"
 ln -s "$PWD"/anogan_inspect/*.py "$tree/anogan_inspect/"
 for role in server trainer clients; do ln -s "$PWD/$role" "$tree/anogan_inspect/$role"; done
-PYTHONPATH="$tree:$PWD${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m "$@"
+# PYTHONSAFEPATH: `-m` would otherwise put the checkout first on sys.path, where
+# anogan_inspect/ lacks the role folders.
+PYTHONSAFEPATH=1 PYTHONPATH="$tree:$PWD${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m "$@"
