@@ -130,26 +130,27 @@ def test_frames() -> list[bytes]:
 
 
 def drive(target: str, mode: str, steps: int, streams: int, window: int, batch: int,
-          start_at: float, warmup: float, seconds: float, requests: list[bytes],
-          result) -> None:
+          clock, warmup: float, seconds: float, requests: list[bytes], result) -> None:
     """A client process: `streams` streams, each keeping `window` frames in flight
-    (`batch` frames per message: a FrameBatch when above 1), from start_at (time.time()) for
-    warmup + seconds; puts (final results in the measured window, errors, results in all)
-    on `result`."""
+    (`batch` frames per message: a FrameBatch when above 1). Once connected it says so on
+    `result` and waits for the parent's start time (`clock`: a shared value, then an event);
+    every process then sends for warmup + seconds and counts the final results received in
+    the same wall-clock window [start + warmup, start + warmup + seconds). Puts (results in
+    the window, errors, results in all, seconds it started late) on `result`."""
     try:
         import uvloop  # the load generator only: keeps the clients from being the limit
         uvloop.install()
     except ImportError:
         pass
     try:
-        result.put(asyncio.run(_drive(target, mode, steps, streams, window, batch, start_at,
-                                      warmup, seconds, requests)))
+        result.put(asyncio.run(_drive(target, mode, steps, streams, window, batch, clock,
+                                      warmup, seconds, requests, result)))
     except Exception:  # the parent reports it
         result.put(("error", traceback.format_exc()))
 
 
-async def _drive(target, mode, steps, streams, window, batch, start_at, warmup, seconds,
-                 requests):
+async def _drive(target, mode, steps, streams, window, batch, clock, warmup, seconds,
+                 requests, result):
     import grpc
 
     from anogan.v1 import inspection_pb2 as pb
@@ -163,10 +164,8 @@ async def _drive(target, mode, steps, streams, window, batch, start_at, warmup, 
             for k in range(0, len(frames), batch)]
     config = pb.StreamInspectRequest(config=pb.InspectionConfig(
         mode=getattr(pb, f"MODE_{mode}"), search_steps=steps))
-    await asyncio.sleep(max(0.0, start_at - time.time()))
-    begin = time.perf_counter()
-    window_start, window_end = begin + warmup, begin + warmup + seconds
     counted, errors, total = 0, 0, 0
+    window_start = window_end = 0.0
 
     async def one(stub, index: int) -> None:
         nonlocal counted, errors, total
@@ -176,7 +175,7 @@ async def _drive(target, mode, steps, streams, window, batch, start_at, warmup, 
 
         async def send() -> None:
             k = index
-            while time.perf_counter() < window_end:
+            while time.time() < window_end:
                 await room.acquire()
                 await call.write(messages[k % len(messages)])
                 k += streams
@@ -190,15 +189,30 @@ async def _drive(target, mode, steps, streams, window, batch, start_at, warmup, 
             results = response.results or [response.result]
             total += len(results)
             errors += sum(r.HasField("error") for r in results)
-            if window_start <= time.perf_counter() < window_end:
+            if window_start <= time.time() < window_end:
                 counted += len(results)
         await sender
 
     options = [("grpc.max_receive_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 60)
         stub = pb_grpc.InspectionServiceStub(channel)
+        result.put(("ready", os.getpid()))
+        await asyncio.to_thread(clock.go.wait)
+        start = clock.start.value
+        await asyncio.sleep(max(0.0, start - time.time()))
+        late = max(0.0, time.time() - start)
+        window_start, window_end = start + warmup, start + warmup + seconds
         await asyncio.gather(*(one(stub, i) for i in range(streams)))
-    return counted, errors, total
+    return counted, errors, total, late
+
+
+class Clock:
+    """The client processes' common start: a shared time, set once all are connected."""
+
+    def __init__(self, context):
+        self.start = context.Value("d", 0.0)
+        self.go = context.Event()
 
 
 def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
@@ -219,17 +233,26 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
         model = stub.GetModel(pb.GetModelRequest()).model
         before = stub.GetServerStats(pb.GetServerStatsRequest()).models[0]
         context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        start_at = time.time() + 3.0  # every client process starts its window together
+        queue, clock = context.Queue(), Clock(context)
         steps = args.steps or model.default_search_steps
         workers = [context.Process(target=drive, args=(
-            server.target, mode, steps, args.streams, args.window, batch, start_at,
+            server.target, mode, steps, args.streams, args.window, batch, clock,
             args.warmup, args.seconds, requests, queue)) for _ in range(args.clients)]
         for worker in workers:
             worker.start()
-        outcomes = [queue.get(timeout=args.warmup + args.seconds + 120) for _ in workers]
-        for worker in workers:
-            worker.join(timeout=30)
+        try:
+            for _ in workers:  # each connected, or the first failure
+                message = queue.get(timeout=120)
+                if message[0] == "error":
+                    raise RuntimeError(f"{name}: a client process failed:\n{message[1]}")
+            clock.start.value = time.time() + 0.5
+            clock.go.set()  # every process's window is the same wall-clock window
+            outcomes = [queue.get(timeout=args.warmup + args.seconds + 120) for _ in workers]
+        finally:
+            for worker in workers:
+                worker.join(timeout=30)
+                if worker.is_alive():
+                    worker.terminate()
         after = stub.GetServerStats(pb.GetServerStatsRequest()).models[0]
     except grpc.RpcError as err:
         raise RuntimeError(f"{name}: {err.code().name} {err.details()}") from err
@@ -239,6 +262,7 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
     if failed:
         raise RuntimeError(f"{name}: a client process failed:\n{failed[0]}")
     counted = sum(o[0] for o in outcomes)
+    late = max(o[3] for o in outcomes)
     batches = after.search_batches - before.search_batches
     fast_batches = after.fast_batches - before.fast_batches
     row = {
@@ -246,6 +270,7 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
         "client_processes": args.clients, "frames_per_s": counted / args.seconds,
         "frames_counted": counted, "results": sum(o[2] for o in outcomes),
         "errors": sum(o[1] for o in outcomes), "startup_s": round(startup, 1),
+        "clients_late_s": round(late, 3),
         "search_slots": model.search_slots, "precision": model.search_precision,
         "fast_path": model.fast_path_backend,
         "mean_search_batch": ((after.search_slot_steps - before.search_slot_steps) / batches
