@@ -107,7 +107,7 @@ class InspectionServer:
         log.info("listening on %s:%d, %s (models: %s)", self.config.host, self.port,
                  "TLS" + (" with client certificates" if self.config.tls.client_ca else "")
                  if self.config.tls else "plain text",
-                 ", ".join(f"{m.name} on {m.device}" for m in self.models.values()))
+                 ", ".join(f"{m.name} on {m.device_text}" for m in self.models.values()))
         if self.config.port_file:
             self.config.port_file.write_text(f"{self.port}\n")
         return self

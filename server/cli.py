@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address to listen on ([::] is every interface)")
     parser.add_argument("--port", type=int, default=ServerConfig.port, help="0 picks a free port")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the torch models live (default: cuda when present)")
+                        help="where the torch models live (default: cuda when present); "
+                             "several, comma-separated (cuda:0,cuda:1): one search engine and "
+                             "fast path per device, frames spread across them")
     parser.add_argument("--max-batch", type=_slots, default="auto",
                         help="search engine slots: searches batched in one step; auto: 64 "
                              "on a CPU, on a GPU the smallest table within 10 %% of the best "

@@ -28,7 +28,7 @@ from anogan_inspect.bundle import (
 )
 from anogan_inspect.pictures import residual_maps
 from anogan_inspect.preprocess import to_model_input
-from anogan_inspect.search import CASCADE_MARGIN, fast_clears, fast_score
+from anogan_inspect.search import CASCADE_MARGIN, ScoringModels, fast_clears, fast_score
 from anogan_inspect.server.engine import PRECISIONS, SearchEngine, size_slots
 from anogan_inspect.server.fastpath import (
     FastPath,
@@ -126,12 +126,45 @@ class TiledFrame:
     frame_size: tuple[int, int]
 
 
+@dataclass
+class Lane:
+    """One device's share of a served model: its torch programs, search engine and fast
+    path. Frames go to the least loaded lane."""
+
+    device: torch.device
+    models: ScoringModels
+    engine: SearchEngine
+    fast: FastPath | None
+
+    @property
+    def load(self) -> int:
+        """Frames queued or in progress on this lane."""
+        return (self.engine.queued + self.engine.table.n
+                + (self.fast.queued if self.fast else 0))
+
+
+def parse_devices(text: str) -> list[torch.device]:
+    """'cpu', 'cuda', 'cuda:1' or several, comma-separated ('cuda:0,cuda:1'); ValueError
+    for a GPU this machine does not have."""
+    devices = [torch.device(part.strip()) for part in text.split(",") if part.strip()]
+    if not devices:
+        raise ValueError(f"no device in {text!r}")
+    for device in devices:
+        if device.type == "cuda":
+            count = torch.cuda.device_count()
+            if (device.index or 0) >= count:
+                raise ValueError(f"device {device}: this machine has {count} CUDA device(s)")
+    return devices
+
+
 class ServedModel:
-    """One bundle, resident: torch programs for the search, ONNX Runtime for the fast path."""
+    """One bundle, resident: torch programs for the search, ONNX Runtime (or the torch
+    programs) for the fast path; one lane of them per device."""
 
     def __init__(self, bundle: Bundle, options: EngineOptions):
         self.bundle, self.options = bundle, options
-        self.name, self.device = bundle.name, torch.device(options.device)
+        self.devices = parse_devices(options.device)
+        self.name, self.device = bundle.name, self.devices[0]
         self.threshold = bundle.threshold  # the search's: SEARCH and CASCADE decide with it
         self.thresholds = bundle.thresholds_by_steps  # search budget → its threshold
         self.fast_threshold = bundle.fast_threshold  # MODE_FAST's own
@@ -149,7 +182,7 @@ class ServedModel:
                         "calibrated with %s: SEARCH and CASCADE verdicts use a threshold "
                         "calibrated for another search", bundle.name,
                         _search_text(self.search_config), bundle.threshold, _search_text(base))
-        if self.device.type == "cuda":
+        if any(device.type == "cuda" for device in self.devices):
             # TF32 convolutions (cuDNN's default) round to ~1e-3: the search's scores would
             # no longer match the fast path's within CASCADE_MARGIN, and the cascade would not
             # be exact. fp32 it is (TF32 would be 3.5x faster on an H200: docs/performance.md).
@@ -159,27 +192,56 @@ class ServedModel:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, "
                              f"got {options.precision!r}")
         self.precision = options.precision
-        self.models = load_torch_models(bundle, self.device)
-        autocast = PRECISIONS[options.precision]
         self.slot_rates: dict[int, float] = {}  # measured when the slots are sized at load
-        slots = options.max_batch
-        if slots is None and self.device.type == "cuda":
-            slots, self.slot_rates = size_slots(self.models, self.search_config,
-                                                bundle.image_shape, self.device, autocast)
-        self.engine = SearchEngine(self.models, self.search_config, bundle.image_shape,
-                                   slots or 64, self.device, bundle.name, autocast)
-        self.fast = self._fast_path() if bundle.has_encoder else None
+        self.lanes = [self._lane(device, i) for i, device in enumerate(self.devices)]
+        # The first lane's, for the load-time checks and what GetModel reports.
+        self.models, self.engine, self.fast = (self.lanes[0].models, self.lanes[0].engine,
+                                               self.lanes[0].fast)
+        self._next_lane = 0
         self.modes = [Mode.FAST, Mode.SEARCH, Mode.CASCADE] if self.fast else [Mode.SEARCH]
         self.default_mode = Mode.CASCADE if self.fast else Mode.SEARCH
         self._random = torch.Generator().manual_seed(options.seed)
         self.score_gap = 0.0  # measured by check_exactness() at load
 
-    def _fast_path(self) -> FastPath:
+    def _lane(self, device: torch.device, index: int) -> Lane:
+        """The torch programs on `device`, an engine with slots sized for it, a fast path."""
+        bundle, options = self.bundle, self.options
+        models = load_torch_models(bundle, device)
+        autocast = PRECISIONS[options.precision]
+        slots = options.max_batch
+        if slots is None and device.type == "cuda":
+            slots, self.slot_rates = size_slots(models, self.search_config,
+                                                bundle.image_shape, device, autocast)
+        name = bundle.name if len(self.devices) == 1 else f"{bundle.name}-{index}"
+        engine = SearchEngine(models, self.search_config, bundle.image_shape, slots or 64,
+                              device, name, autocast)
+        fast = self._fast_path(device, models, name) if bundle.has_encoder else None
+        return Lane(device, models, engine, fast)
+
+    def _fast_path(self, device: torch.device, models: ScoringModels, name: str) -> FastPath:
         options, lam = self.options, self.search_config.lam
-        fast_batch = options.fast_max_batch or (1024 if self.device.type == "cuda" else 64)
-        if choose_backend(options.fast_backend, self.device) == "torch":
-            return TorchFastPath(self.name, self.models, lam, self.device, fast_batch)
-        return OrtFastPath(self.bundle, lam, options.device, fast_batch, options.ort_threads)
+        fast_batch = options.fast_max_batch or (1024 if device.type == "cuda" else 64)
+        if choose_backend(options.fast_backend, device) == "torch":
+            return TorchFastPath(name, models, lam, device, fast_batch)
+        return OrtFastPath(self.bundle, lam, str(device), fast_batch, options.ort_threads)
+
+    def _pick_lane(self) -> Lane:
+        """The least loaded lane (ties taken in turn)."""
+        if len(self.lanes) == 1:
+            return self.lanes[0]
+        self._next_lane = (self._next_lane + 1) % len(self.lanes)
+        order = self.lanes[self._next_lane:] + self.lanes[:self._next_lane]
+        return min(order, key=lambda lane: lane.load)
+
+    @property
+    def slots(self) -> int:
+        """Search slots over every device."""
+        return sum(lane.engine.table.capacity for lane in self.lanes)
+
+    @property
+    def device_text(self) -> str:
+        """The devices, comma-separated ("cuda:0,cuda:1")."""
+        return ",".join(str(lane.device) for lane in self.lanes)
 
     def check_exactness(self, samples: int = 64) -> float:
         """The worst relative gap between the fast path's scores, as served (this session,
@@ -191,10 +253,13 @@ class ServedModel:
             return self.score_gap
         gen = torch.Generator().manual_seed(self.options.seed)
         x = torch.rand(samples, *self.bundle.image_shape, generator=gen) * 2 - 1
-        served = self.fast.score_batch(x.numpy())[0]
-        with torch.no_grad():
-            reference, _ = fast_score(self.models, x.to(self.device), self.search_config.lam)
-        self.score_gap = float(np.max(np.abs(served - reference) / np.abs(reference)))
+        for lane in self.lanes:  # each device's fast path against its own search
+            served = lane.fast.score_batch(x.numpy())[0]
+            with torch.no_grad():
+                reference, _ = fast_score(lane.models, x.to(lane.device),
+                                          self.search_config.lam)
+            gap = float(np.max(np.abs(served - reference) / np.abs(reference)))
+            self.score_gap = max(self.score_gap, gap)
         if self.score_gap >= CASCADE_MARGIN:
             message = (f"model {self.name}: the fast path's scores as served differ from the "
                        f"torch scores by up to {self.score_gap:.1e} (relative), not under the "
@@ -207,15 +272,17 @@ class ServedModel:
         return self.score_gap
 
     def start(self) -> ServedModel:
-        self.engine.start()
-        if self.fast:
-            self.fast.start()
+        for lane in self.lanes:
+            lane.engine.start()
+            if lane.fast:
+                lane.fast.start()
         return self
 
     def stop(self) -> None:
-        self.engine.stop()
-        if self.fast:
-            self.fast.stop()
+        for lane in self.lanes:
+            lane.engine.stop()
+            if lane.fast:
+                lane.fast.stop()
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor | TiledFrame:
         """(C, H, W) in [0, 1], any size → the model's (C, S, S) in [-1, 1], or, for a
@@ -272,10 +339,11 @@ class ServedModel:
             return await self._inspect_tiles(x, mode, steps, threshold, judged_steps,
                                              want_reconstruction, on_provisional)
         arrived = time.perf_counter()
+        lane = self._pick_lane()
         fast: FastScore | None = None
         z0: torch.Tensor | None = None  # None: the engine starts from E(x) (torch, batched)
         if mode is not Mode.SEARCH:
-            fast = await self.fast.submit(x.numpy())
+            fast = await lane.fast.submit(x.numpy())
             outcome = dataclasses.replace(self._fast_outcome(fast, mode, arrived, threshold),
                                           threshold_steps=judged_steps)
             if mode is Mode.FAST or fast_clears(fast.score, threshold):
@@ -284,13 +352,13 @@ class ServedModel:
             if on_provisional is not None:
                 on_provisional(dataclasses.replace(outcome, final=False))
             z0 = torch.as_tensor(fast.z0)
-        elif self.models.encoder is None:
+        elif lane.models.encoder is None:
             z0 = torch.randn(self.bundle.latent_dim, generator=self._random)
-        request = self.engine.submit(x, z0, steps, want_reconstruction)
+        request = lane.engine.submit(x, z0, steps, want_reconstruction)
         try:
             searched = await request.future
         except asyncio.CancelledError:
-            self.engine.cancel(request)
+            lane.engine.cancel(request)
             raise
         result = searched.result
         fast_seconds = fast.seconds if fast else 0.0
@@ -307,6 +375,7 @@ class ServedModel:
         """Every tile through the fast path (batched with all other frames' tiles), the
         suspect ones through the engine; the frame's score aggregates the tiles'."""
         arrived = time.perf_counter()
+        lane = self._pick_lane()  # a frame's tiles stay on one device
         n = len(frame.tiles)
         score, residual, feature = np.zeros(n), np.zeros(n), np.zeros(n)
         reconstruction: list[np.ndarray | None] = [None] * n
@@ -314,11 +383,11 @@ class ServedModel:
         fast_seconds = 0.0
         if mode is Mode.SEARCH:
             suspect = np.ones(n, dtype=bool)
-            if self.models.encoder is None:
+            if lane.models.encoder is None:
                 z0 = [torch.randn(self.bundle.latent_dim, generator=self._random)
                       for _ in range(n)]
         else:
-            fast = await asyncio.gather(*(self.fast.submit(t.numpy()) for t in frame.tiles))
+            fast = await asyncio.gather(*(lane.fast.submit(t.numpy()) for t in frame.tiles))
             for i, tile in enumerate(fast):
                 score[i], residual[i], feature[i] = tile.score, tile.residual, tile.feature
                 reconstruction[i], z0[i] = tile.reconstruction, torch.as_tensor(tile.z0)
@@ -336,13 +405,13 @@ class ServedModel:
                                              0, 0, reconstruction, want_map, arrived,
                                              fast_seconds, threshold=threshold,
                                              judged_steps=judged_steps)
-        requests = [self.engine.submit(frame.tiles[i], z0[i], steps, want_map)
+        requests = [lane.engine.submit(frame.tiles[i], z0[i], steps, want_map)
                     for i in searched]
         try:
             outcomes = await asyncio.gather(*(r.future for r in requests))
         except BaseException:  # cancelled, or the engine failed: free every slot
             for request in requests:
-                self.engine.cancel(request)
+                lane.engine.cancel(request)
             raise
         for i, done in zip(searched, outcomes):
             result = done.result
@@ -417,14 +486,21 @@ class ServedModel:
                        threshold=threshold)
 
     def stats(self) -> dict:
-        engine, fast = self.engine.stats, self.fast.stats if self.fast else None
+        """Counters summed over the lanes (maxima: the largest lane's)."""
+        engines = [lane.engine for lane in self.lanes]
+        fasts = [lane.fast.stats for lane in self.lanes if lane.fast]
         return {
-            "search_batches": engine.batches, "search_slot_steps": engine.slot_steps,
-            "max_search_batch": engine.max_batch, "active_slots": self.engine.table.n,
-            "slot_capacity": self.engine.table.capacity, "queued_searches": self.engine.queued,
-            "searches_completed": engine.completed, "searches_cancelled": engine.cancelled,
-            "fast_batches": fast.batches if fast else 0, "fast_frames": fast.frames if fast else 0,
-            "max_fast_batch": fast.max_batch if fast else 0,
+            "search_batches": sum(e.stats.batches for e in engines),
+            "search_slot_steps": sum(e.stats.slot_steps for e in engines),
+            "max_search_batch": max(e.stats.max_batch for e in engines),
+            "active_slots": sum(e.table.n for e in engines),
+            "slot_capacity": sum(e.table.capacity for e in engines),
+            "queued_searches": sum(e.queued for e in engines),
+            "searches_completed": sum(e.stats.completed for e in engines),
+            "searches_cancelled": sum(e.stats.cancelled for e in engines),
+            "fast_batches": sum(f.batches for f in fasts),
+            "fast_frames": sum(f.frames for f in fasts),
+            "max_fast_batch": max((f.max_batch for f in fasts), default=0),
         }
 
 
@@ -462,11 +538,11 @@ def load_model(path: Path, options: EngineOptions, name: str | None = None) -> S
     errors = check_parity(bundle, model.models, options.parity_tolerance)
     model.check_exactness()
     log.info("loaded model %s version %s from %s on %s (modes %s; parity %s; fast path %s; "
-             "search %s, %d slots)", model.name, bundle.version, path, model.device,
+             "search %s, %d slots)", model.name, bundle.version, path, model.device_text,
              ",".join(m.name for m in model.modes),
              ", ".join(f"{k} {v:.1e}" for k, v in errors.items()),
              model.fast.backend if model.fast else "none: no encoder", model.precision,
-             model.engine.table.capacity)
+             model.slots)
     return model
 
 

@@ -379,7 +379,7 @@ def model_message(model: ServedModel) -> pb.Model:
         threshold=model.threshold, default_search_steps=model.search_config.steps,
         search_learning_rate=model.search_config.lr, has_encoder=bundle.has_encoder,
         modes=[MODE_PB[m] for m in model.modes], default_mode=MODE_PB[model.default_mode],
-        device=str(model.device), feature_weight=model.search_config.lam,
+        device=model.device_text, feature_weight=model.search_config.lam,
         fast_threshold=model.fast_threshold, score_gap=model.score_gap,
         cascade_margin=CASCADE_MARGIN,
         calibrated_search_steps=bundle.search_config.steps,
@@ -387,7 +387,7 @@ def model_message(model: ServedModel) -> pb.Model:
         search_overridden=model.search_overridden,
         calibrated_budgets=sorted(model.thresholds),
         fast_path_backend=model.fast.backend if model.fast else "",
-        search_precision=model.precision, search_slots=model.engine.table.capacity)
+        search_precision=model.precision, search_slots=model.slots)
     if model.tiling is not None:
         tiling = model.tiling
         message.tiling.CopyFrom(pb.Tiling(

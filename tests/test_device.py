@@ -65,8 +65,8 @@ def test_backend_choice_follows_the_device():
 
 def test_bf16_search_returns_float32_scores_never_above_the_start(tiny_models):
     models = tiny_models
-    cfg = SearchConfig(steps=12, lr=0.05)
-    x = frames(24)
+    cfg = SearchConfig(steps=10, lr=0.05)
+    x = frames(16)
     z0 = models.encoder(x).detach()
     with torch.no_grad():
         start, _ = fast_score(models, x, cfg.lam)
@@ -125,3 +125,39 @@ def test_serve_options_for_the_device(tiny_bundle):
     for bad in ("0", "many"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["--bundle", str(tiny_bundle), "--max-batch", bad])
+
+
+def test_frames_spread_across_devices_and_score_as_on_one(tiny_bundle):
+    """--device cpu,cpu: two lanes (programs, engine, fast path each), frames spread over
+    both, every frame scored as a one-device model scores it."""
+    two = ServedModel(read_bundle(tiny_bundle), EngineOptions(device="cpu,cpu"))
+    one = ServedModel(read_bundle(tiny_bundle), EngineOptions(device="cpu"))
+    assert two.device_text == "cpu,cpu" and len(two.lanes) == 2 and two.slots == 128
+    assert two.lanes[0].models is not two.lanes[1].models
+    assert two.check_exactness() < 1e-4 and Mode.CASCADE in two.modes
+    x = frames(24, seed=11)
+
+    async def run(model: ServedModel, mode: Mode):
+        model.start()
+        try:
+            return await asyncio.gather(*(model.inspect(image, mode) for image in x))
+        finally:
+            model.stop()
+
+    spread = asyncio.run(run(two, Mode.SEARCH))
+    alone = asyncio.run(run(one, Mode.SEARCH))
+    for a, b in zip(spread, alone):
+        assert a.score == pytest.approx(b.score, rel=1e-5)
+    completed = [lane.engine.stats.completed for lane in two.lanes]
+    assert sum(completed) == 24 and min(completed) > 0, completed
+    assert two.stats()["searches_completed"] == 24 and two.stats()["slot_capacity"] == 128
+
+
+def test_a_gpu_this_machine_lacks_is_refused():
+    from anogan_inspect.server.models import parse_devices
+
+    assert parse_devices("cpu") == [torch.device("cpu")]
+    with pytest.raises(ValueError, match=r"cuda:7: this machine has \d+ CUDA device"):
+        parse_devices("cuda:7")
+    with pytest.raises(ValueError, match="no device"):
+        parse_devices(" , ")
