@@ -185,7 +185,8 @@ class SlotTable:
     def remove(self, predicate: Callable[[Any], bool]) -> int:
         """Drop the searches whose tag matches; returns how many were dropped."""
         rows = [i for i, tag in enumerate(self.tags) if predicate(tag)]
-        self._pop(rows)
+        if rows:  # nothing is read out (no device work): they are only forgotten
+            self._compact(set(rows))
         return len(rows)
 
     def _track_best(self, n: int, loss, residual, feature) -> None:

@@ -186,7 +186,7 @@ async def _drive(target, mode, steps, streams, window, batch, clock, warmup, sec
             if response.HasField("result") and response.result.provisional:
                 continue
             room.release()
-            results = response.results or [response.result]
+            results = [response.result] if response.HasField("result") else response.results
             total += len(results)
             errors += sum(r.HasField("error") for r in results)
             if window_start <= time.time() < window_end:

@@ -128,7 +128,7 @@ async def run_stream(stub, index: int, frames: list[tuple[int, SourceFrame]],
                 provisional.add(response.result.sequence)
                 continue
             # A frame's result, or a batch's results in its frames' order.
-            for result in response.results or [response.result]:
+            for result in [response.result] if response.HasField("result") else response.results:
                 await take(result)
     except grpc.aio.AioRpcError as err:
         if err.code() != grpc.StatusCode.UNAVAILABLE:  # refused (bad model, mode, steps)

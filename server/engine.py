@@ -183,18 +183,28 @@ def size_slots(models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int,
     gen = torch.Generator().manual_seed(0)
     with torch.enable_grad():
         for capacity in candidates:
-            table = SlotTable(models, cfg, capacity, image_shape, device, autocast_dtype)
-            x = torch.rand(capacity, *image_shape, generator=gen) * 2 - 1
-            z0 = torch.randn(capacity, models.latent_dim, generator=gen)
-            table.admit(x, z0, [1 << 30] * capacity, range(capacity))
-            table.step()  # warm-up: kernels chosen, memory allocated
-            sync()
-            started = time.perf_counter()
-            for _ in range(steps):
-                table.step()
-            sync()
+            try:
+                table = SlotTable(models, cfg, capacity, image_shape, device, autocast_dtype)
+                x = torch.rand(capacity, *image_shape, generator=gen) * 2 - 1
+                z0 = torch.randn(capacity, models.latent_dim, generator=gen)
+                table.admit(x, z0, [1 << 30] * capacity, range(capacity))
+                table.step()  # warm-up: kernels chosen, memory allocated
+                sync()
+                started = time.perf_counter()
+                for _ in range(steps):
+                    table.step()
+                sync()
+            except torch.OutOfMemoryError:  # this many do not fit: choose among the fewer
+                log.warning("search slots: %d do not fit in %s's memory", capacity, device)
+                break
+            finally:
+                table = None
             rates[capacity] = capacity * steps / (time.perf_counter() - started)
-            del table
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if not rates:
+        raise ValueError(f"not even {candidates[0]} search slots fit on {device}: "
+                         "pass --max-batch")
     best = max(rates.values())
     chosen = min(c for c, rate in rates.items() if rate >= within * best)
     log.info("search slots sized for %s: %d (frame-steps/s by slots: %s)", device, chosen,

@@ -73,6 +73,11 @@ class FastPath(Worker):
         """(scores, residuals, features, z0, reconstructions) for a batch x (N, C, H, W)."""
         raise NotImplementedError
 
+    def _scores(self, residual, feature, z0, reconstruction) -> tuple[np.ndarray, ...]:
+        """score_batch's tuple: s0 = (1 - λ)·residual + λ·feature, with its parts."""
+        score = (1.0 - self.lam) * residual + self.lam * feature
+        return score, residual, feature, z0, reconstruction
+
     def _take(self) -> list[_Item]:
         return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
 
@@ -112,8 +117,7 @@ class OrtFastPath(FastPath):
         n = x.shape[0]
         residual = np.abs(x - reconstruction).reshape(n, -1).sum(1, dtype=np.float64)
         feature = np.abs(both[:n] - both[n:]).reshape(n, -1).sum(1, dtype=np.float64)
-        score = (1.0 - self.lam) * residual + self.lam * feature
-        return score, residual, feature, z0, reconstruction
+        return self._scores(residual, feature, z0, reconstruction)
 
 
 class TorchFastPath(FastPath):
@@ -144,9 +148,7 @@ class TorchFastPath(FastPath):
             feature = (both[:n] - both[n:]).abs().sum(1)
             out = torch.stack([residual, feature], 1).double().cpu().numpy()
             z0, reconstruction = z0.cpu().numpy(), reconstruction.cpu().numpy()
-        residual, feature = out[:, 0], out[:, 1]
-        score = (1.0 - self.lam) * residual + self.lam * feature
-        return score, residual, feature, z0, reconstruction
+        return self._scores(out[:, 0], out[:, 1], z0, reconstruction)
 
 
 def cuda_provider_available() -> bool:

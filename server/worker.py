@@ -154,24 +154,24 @@ class Worker:
         # What was taken (when it is a list of jobs) and what is in progress: failing a job
         # twice is harmless (a settled future is left alone).
         jobs = (list(work) if isinstance(work, list) else []) + self._in_progress()
-        self._abandon_in_progress()
-        for job in jobs:
+        for job in jobs:  # first: forgetting them may fail as the work did
             job.fail(err)
+        self._abandon_in_progress()
 
     def _fail_remaining(self) -> None:
         stopped = WorkerStopped(f"{self.name} stopped")
         jobs = list(self._queue) + self._in_progress()
         self._queue.clear()
-        self._abandon_in_progress()
         for job in jobs:
             job.fail(stopped)
+        self._abandon_in_progress()
 
 
 def resolve_all(jobs: list[Job], values: list[Any]) -> None:
     """Set many jobs' results from any thread with one wake-up per event loop (instead of
     one per job: a batch of a thousand frames is then one hop back to asyncio)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, Any]]] = {}
-    for job, value in zip(jobs, values):
+    for job, value in zip(jobs, values, strict=True):
         by_loop.setdefault(job.loop, []).append((job.future, value))
     for loop, pairs in by_loop.items():
         try:

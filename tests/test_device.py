@@ -98,9 +98,38 @@ def test_a_bf16_table_keeps_its_rows_straight_while_compacting(tiny_models):
             results[r.tag] = r
     with torch.no_grad():
         start, _ = fast_score(models, x, 0.1)
-    for i, r in results.items():
-        assert r.steps == [3, 9, 1, 6, 2, 12][i]
-        assert r.score <= start[i]
+        fx = models.features(x).flatten(1)
+        for i, r in results.items():
+            assert r.steps == [3, 9, 1, 6, 2, 12][i]
+            assert r.score <= start[i]
+            # Its own frame's float32 score at the z it came back with (rows kept apart).
+            own, _, _ = score_parts(models, x[i:i + 1], fx[i:i + 1],
+                                    torch.as_tensor(r.z)[None], 0.1)
+            assert r.score == pytest.approx(float(own), rel=1e-6)
+
+
+def test_a_bf16_search_whose_best_is_worse_in_float32_returns_its_start(tiny_models):
+    """Rows 0, 2 and 4 are made to hold a far-off "best" z that nothing beats (as if bf16
+    had judged it best): each comes back with its own start, float32-scored, even after
+    rows finishing earlier moved it in the table; the others keep their search."""
+    models = tiny_models
+    table = SlotTable(models, SearchConfig(steps=9, lr=0.05), 6, (1, 16, 16),
+                      autocast_dtype=torch.bfloat16)
+    x = frames(6, seed=8)
+    z0 = models.encoder(x).detach()
+    table.admit(x, z0, [4, 3, 6, 2, 1, 5], range(6))
+    table.best_z[[0, 2, 4]] = 25.0
+    table.best_loss[[0, 2, 4]] = -1e30
+    results = {}
+    while table.n:
+        results.update({r.tag: r for r in table.step()})
+    with torch.no_grad():
+        start, _ = fast_score(models, x, 0.1)
+    for i in (0, 2, 4):
+        np.testing.assert_allclose(results[i].z, z0[i].numpy(), rtol=1e-6)
+        assert results[i].score == pytest.approx(start[i], rel=1e-6)
+    for i in (1, 3, 5):
+        assert not np.allclose(results[i].z, z0[i].numpy())
 
 
 def test_slots_are_sized_at_the_knee_of_measured_rates(tiny_models):
@@ -161,3 +190,21 @@ def test_a_gpu_this_machine_lacks_is_refused():
         parse_devices("cuda:7")
     with pytest.raises(ValueError, match="no device"):
         parse_devices(" , ")
+
+
+def test_removing_searches_does_no_device_work(tiny_models):
+    """Cancelled or failed searches leave a bf16 table without being re-scored, so a failing
+    device (the reason they are removed) cannot stop them from being failed and freed."""
+    import dataclasses
+
+    table = SlotTable(tiny_models, SearchConfig(steps=5), 4, (1, 16, 16),
+                      autocast_dtype=torch.bfloat16)
+    x = frames(4)
+    table.admit(x, tiny_models.encoder(x).detach(), [5] * 4, range(4))
+
+    def broken(z):
+        raise RuntimeError("CUDA error (simulated)")
+
+    table.models = dataclasses.replace(tiny_models, generator=broken)
+    assert table.remove(lambda tag: tag % 2 == 0) == 2 and table.tags == [3, 1]
+    assert table.remove(lambda tag: True) == 2 and table.n == 0

@@ -498,3 +498,24 @@ def test_a_batch_of_mixed_sizes_scores_each_frame_as_alone(stub, digits):
     for batched, single in zip(response.results, alone):
         assert batched.score == pytest.approx(single.score, rel=1e-6)
         assert batched.error == single.error
+
+
+def test_a_batch_that_cannot_be_prepared_fails_its_frames_and_the_stream_goes_on(server, stub,
+                                                                                  digits):
+    model = server.server.models["tiny"]
+
+    def broken(images):
+        raise RuntimeError("out of memory (simulated)")
+
+    model.preprocess_many = broken
+    try:
+        frames = frames_of(digits, 4)
+        responses = list(stub.StreamInspect(iter([
+            pb.StreamInspectRequest(batch=pb.FrameBatch(frames=frames[:3])),
+            pb.StreamInspectRequest(frame=frames[3])]), timeout=120))
+    finally:
+        del model.preprocess_many  # the class's method again
+    failed, after = responses
+    assert [r.error.code for r in failed.results] == [grpc.StatusCode.INTERNAL.value[0]] * 3
+    assert "out of memory (simulated)" in failed.results[0].error.message
+    assert after.result.sequence == 3 and not after.result.HasField("error")
