@@ -84,18 +84,29 @@ def test_bf16_search_returns_float32_scores_never_above_the_start(tiny_models):
     assert np.corrcoef(fp32.score, result.score)[0, 1] > 0.99
 
 
+def bf16_table(models, budgets: list[int], seed: int):
+    """A bf16 slot table holding one search per budget, from E(x): (table, x, z0)."""
+    table = SlotTable(models, SearchConfig(steps=max(budgets), lr=0.05), len(budgets),
+                      (1, 16, 16), autocast_dtype=torch.bfloat16)
+    x = frames(len(budgets), seed=seed)
+    z0 = models.encoder(x).detach()
+    table.admit(x, z0, budgets, range(len(budgets)))
+    return table, x, z0
+
+
+def run_out(table: SlotTable) -> dict:
+    """Step the table until every search finished: results by tag."""
+    results = {}
+    while table.n:
+        results.update({r.tag: r for r in table.step()})
+    return results
+
+
 def test_a_bf16_table_keeps_its_rows_straight_while_compacting(tiny_models):
     """Rows finishing at different steps move in the table; each keeps its own start."""
     models = tiny_models
-    table = SlotTable(models, SearchConfig(steps=50, lr=0.05), 6, (1, 16, 16),
-                      autocast_dtype=torch.bfloat16)
-    x = frames(6, seed=5)
-    z0 = models.encoder(x).detach()
-    table.admit(x, z0, [3, 9, 1, 6, 2, 12], range(6))
-    results = {}
-    while table.n:
-        for r in table.step():
-            results[r.tag] = r
+    table, x, _ = bf16_table(models, [3, 9, 1, 6, 2, 12], seed=5)
+    results = run_out(table)
     with torch.no_grad():
         start, _ = fast_score(models, x, 0.1)
         fx = models.features(x).flatten(1)
@@ -113,16 +124,10 @@ def test_a_bf16_search_whose_best_is_worse_in_float32_returns_its_start(tiny_mod
     had judged it best): each comes back with its own start, float32-scored, even after
     rows finishing earlier moved it in the table; the others keep their search."""
     models = tiny_models
-    table = SlotTable(models, SearchConfig(steps=9, lr=0.05), 6, (1, 16, 16),
-                      autocast_dtype=torch.bfloat16)
-    x = frames(6, seed=8)
-    z0 = models.encoder(x).detach()
-    table.admit(x, z0, [4, 3, 6, 2, 1, 5], range(6))
+    table, x, z0 = bf16_table(models, [4, 3, 6, 2, 1, 5], seed=8)
     table.best_z[[0, 2, 4]] = 25.0
     table.best_loss[[0, 2, 4]] = -1e30
-    results = {}
-    while table.n:
-        results.update({r.tag: r for r in table.step()})
+    results = run_out(table)
     with torch.no_grad():
         start, _ = fast_score(models, x, 0.1)
     for i in (0, 2, 4):
