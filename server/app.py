@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
+from anogan_inspect.server.auth import TokenInterceptor, TokenStore
 from anogan_inspect.server.frames import FrameLimits
 from anogan_inspect.server.models import EngineOptions, ServedModel, load_model
 from anogan_inspect.server.service import InspectionService
@@ -59,6 +60,8 @@ class ServerConfig:
     drain_delay_seconds: float = 1.0  # NOT_SERVING, still serving, before refusing frames
     port_file: Path | None = None  # written once listening (useful with port 0)
     tls: TlsConfig | None = None  # None: plain text
+    auth_tokens: Path | None = None  # bearer tokens, one a line (None: no authentication)
+    open_reflection: bool = False  # with tokens: serve reflection without one
 
 
 def load_models(config: ServerConfig) -> dict[str, ServedModel]:
@@ -76,12 +79,15 @@ class InspectionServer:
     """A running server: start(), then wait(); drain() on SIGTERM."""
 
     def __init__(self, config: ServerConfig, models: dict[str, ServedModel],
-                 credentials: grpc.ServerCredentials | None = None):
-        """credentials: config.tls's, read by the caller (None: plain text)."""
-        self.config, self.models = config, models
+                 credentials: grpc.ServerCredentials | None = None,
+                 tokens: TokenStore | None = None):
+        """credentials: config.tls's, read by the caller (None: plain text); tokens:
+        config.auth_tokens's, read by the caller (None: no authentication)."""
+        self.config, self.models, self.tokens = config, models, tokens
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes)]
-        self.server = grpc.aio.server(options=options)
+        interceptors = [TokenInterceptor(tokens, config.open_reflection)] if tokens else []
+        self.server = grpc.aio.server(options=options, interceptors=interceptors)
         self.service = InspectionService(models, next(iter(models)), config.limits,
                                          config.max_in_flight)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
@@ -104,10 +110,16 @@ class InspectionServer:
             model.start()
         await self.server.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("listening on %s:%d, %s (models: %s)", self.config.host, self.port,
+        log.info("listening on %s:%d, %s, %s (models: %s)", self.config.host, self.port,
                  "TLS" + (" with client certificates" if self.config.tls.client_ca else "")
                  if self.config.tls else "plain text",
+                 "bearer tokens required" if self.tokens else "no authentication",
                  ", ".join(f"{m.name} on {m.device_text}" for m in self.models.values()))
+        if not self.config.tls and not self.tokens and not _loopback(self.config.host):
+            log.warning("listening on %s in plain text without tokens: anyone who reaches "
+                        "port %d can inspect frames and read the models; pass "
+                        "--auth-token-file (and --tls-cert/--tls-key), or --host localhost",
+                        self.config.host, self.port)
         if self.config.port_file:
             self.config.port_file.write_text(f"{self.port}\n")
         return self
@@ -145,13 +157,28 @@ class InspectionServer:
 
 
 async def serve(config: ServerConfig) -> int:
-    """Run until SIGTERM/SIGINT, then drain and return 0."""
-    # Read first: unreadable TLS files fail now, not after loading models.
+    """Run until SIGTERM/SIGINT, then drain and return 0; SIGHUP rereads the tokens."""
+    # Read first: unreadable TLS or token files fail now, not after loading models.
     credentials = config.tls.credentials() if config.tls else None
+    tokens = TokenStore(config.auth_tokens) if config.auth_tokens else None
     models = load_models(config)
-    server = await InspectionServer(config, models, credentials).start()
+    server = await InspectionServer(config, models, credentials, tokens).start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.drain()))
+    if tokens:
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload_tokens(tokens))
     await server.wait()
     return 0
+
+
+def reload_tokens(tokens: TokenStore) -> None:
+    """SIGHUP: reread the token file; a file that cannot be used keeps the tokens held."""
+    try:
+        log.info("reloaded %d token(s) from %s", tokens.reload(), tokens.path)
+    except ValueError as err:
+        log.error("%s: keeping the %d token(s) loaded before", err, len(tokens))
+
+
+def _loopback(host: str) -> bool:
+    return host.strip("[]") in ("localhost", "127.0.0.1", "::1")

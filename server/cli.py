@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
     parser.add_argument("--tls-client-ca", type=Path, metavar="PEM",
                         help="require client certificates signed by this CA (mutual TLS)")
+    parser.add_argument("--auth-token-file", type=Path, metavar="FILE",
+                        help="require `authorization: Bearer <token>` metadata naming one of "
+                             "this file's tokens (one a line) on every RPC but health; "
+                             "SIGHUP rereads it")
+    parser.add_argument("--open-reflection", action="store_true",
+                        help="with --auth-token-file: serve reflection without a token")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once listening (for --port 0)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -137,7 +143,9 @@ def config_from_args(args) -> ServerConfig:
                         max_message_bytes=args.max_message_bytes,
                         max_in_flight=args.max_in_flight, grace_seconds=args.grace,
                         drain_delay_seconds=args.drain_delay,
-                        port_file=args.port_file, tls=tls)
+                        port_file=args.port_file, tls=tls,
+                        auth_tokens=args.auth_token_file,
+                        open_reflection=args.open_reflection)
 
 
 def main(argv: list[str] | None = None) -> int:

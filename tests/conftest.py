@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from anogan_inspect.server.app import InspectionServer, ServerConfig, load_models
+from anogan_inspect.server.auth import TokenStore
 from anogan_inspect.server.cli import parse_bundle
 from anogan_inspect.server.models import EngineOptions
 from anogan_inspect.trainer.cli import main as train_main
@@ -49,9 +50,11 @@ class InProcessServer:
     service's code is covered in this process. ServerProcess (clients/launcher.py) runs
     `anogan-serve` itself, for what only a process shows (signals, exit codes)."""
 
-    def __init__(self, bundles: list[str], engine: EngineOptions):
-        config = ServerConfig(bundles=[parse_bundle(b) for b in bundles], host="localhost",
-                              port=0, engine=engine, drain_delay_seconds=0.0)
+    def __init__(self, bundles: list[str], engine: EngineOptions, **config_fields):
+        """config_fields: more ServerConfig fields (auth_tokens, host, ...)."""
+        config = ServerConfig(**{"host": "localhost", **config_fields},
+                              bundles=[parse_bundle(b) for b in bundles], port=0,
+                              engine=engine, drain_delay_seconds=0.0)
         models = load_models(config)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-server",
@@ -62,7 +65,8 @@ class InProcessServer:
 
     @staticmethod
     async def _start(config: ServerConfig, models) -> InspectionServer:
-        return await InspectionServer(config, models).start()
+        tokens = TokenStore(config.auth_tokens) if config.auth_tokens else None
+        return await InspectionServer(config, models, tokens=tokens).start()
 
     def _call(self, coroutine, timeout: float = 120.0):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
