@@ -125,7 +125,9 @@ class SlotTable:
         self.z, self.m, self.v, self.best_z = new(latent), new(latent), new(latent), new(latent)
         self.start_z = new(latent)
         self.best_loss, self.best_residual, self.best_feature = new(), new(), new()
-        self.step_count, self.budget, self.since_best = new(), new(), new()
+        # Integer counts: a float32 count stops growing at 2^24 steps.
+        count = lambda: torch.zeros(capacity, dtype=torch.int64, device=self.device)  # noqa: E731
+        self.step_count, self.budget, self.since_best = count(), count(), count()
         self.tags: list[Any] = []
 
     @property
@@ -157,7 +159,7 @@ class SlotTable:
         for buf in (self.m, self.v, self.step_count, self.since_best):
             buf[rows] = 0.0
         self.best_loss[rows] = float("inf")
-        self.budget[rows] = torch.tensor(budgets, dtype=torch.float32, device=self.device)
+        self.budget[rows] = torch.tensor(budgets, dtype=torch.int64, device=self.device)
         self.tags.extend(tags)
 
     def step(self) -> list[SlotResult]:
@@ -194,7 +196,7 @@ class SlotTable:
         best = self.best_loss[:n]
         threshold = torch.where(best.isfinite(), best - self.cfg.min_delta * best.abs(), best)
         improved = loss < best
-        self.since_best[:n] = torch.where(loss < threshold, 0.0, self.since_best[:n] + 1)
+        self.since_best[:n] = torch.where(loss < threshold, 0, self.since_best[:n] + 1)
         self.best_loss[:n] = torch.where(improved, loss, best)
         self.best_residual[:n] = torch.where(improved, residual, self.best_residual[:n])
         self.best_feature[:n] = torch.where(improved, feature, self.best_feature[:n])
@@ -221,10 +223,11 @@ class SlotTable:
                                           self.best_feature[rows_t], self.best_z[rows_t])
         else:
             loss, residual, feature, z = self._rescore(rows_t)
-        scores = torch.stack([loss, residual, feature, self.step_count[rows_t]], 1).cpu()
+        scores = torch.stack([loss, residual, feature], 1).cpu()
+        steps = self.step_count[rows_t].tolist()
         zs = z.cpu().numpy()
         results = [
-            SlotResult(self.tags[r], float(s[0]), float(s[1]), float(s[2]), zs[i], int(s[3]))
+            SlotResult(self.tags[r], float(s[0]), float(s[1]), float(s[2]), zs[i], steps[i])
             for i, (r, s) in enumerate(zip(rows, scores.tolist()))
         ]
         self._compact(set(rows))

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tiles", type=int, default=EngineOptions.max_tiles,
                         help="tiled models: most tiles one frame may be cut into (more: a "
                              "per-frame INVALID_ARGUMENT)")
+    parser.add_argument("--max-search-steps", type=int,
+                        default=EngineOptions.max_search_steps,
+                        help="most search steps a stream may ask for a frame (more: "
+                             "INVALID_ARGUMENT when the stream or call starts)")
     parser.add_argument("--max-pixels", type=int, default=FrameLimits.max_pixels,
                         help="largest frame accepted, height × width (larger: a per-frame "
                              "INVALID_ARGUMENT)")
@@ -137,7 +141,7 @@ def config_from_args(args) -> ServerConfig:
                            ort_threads=args.ort_threads, parity_tolerance=args.parity_tolerance,
                            require_exact_cascade=args.require_exact_cascade,
                            uncalibrated_steps=args.uncalibrated_steps,
-                           max_tiles=args.max_tiles)
+                           max_tiles=args.max_tiles, max_search_steps=args.max_search_steps)
     return ServerConfig(bundles=args.bundle, host=args.host, port=args.port, engine=engine,
                         limits=FrameLimits(max_pixels=args.max_pixels),
                         max_message_bytes=args.max_message_bytes,

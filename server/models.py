@@ -82,6 +82,7 @@ class EngineOptions:
     patience: int | None = None
     ort_threads: int = 1  # 1 beat ORT's automatic pool on 2 cores (docs/performance.md)
     max_tiles: int = 65536  # tiled models: most tiles one frame may be cut into
+    max_search_steps: int = 10_000  # most search steps a client may ask for a frame
     parity_tolerance: float = PARITY_TOLERANCE
     # Refuse to start (instead of serving without CASCADE) when the fast path as served
     # strays from the torch scores by more than the cascade's margin.
@@ -176,6 +177,9 @@ class ServedModel:
         self.search_config = dataclasses.replace(
             base, **{k: v for k, v in overrides.items() if v is not None})
         self.search_overridden = self.search_config != base
+        if self.search_config.steps > options.max_search_steps:
+            raise ValueError(f"--steps {self.search_config.steps} is above --max-search-steps "
+                             f"{options.max_search_steps}")
         self.search_threshold(self.search_config.steps)  # the server's own budget: or refuse
         if self.search_overridden:
             log.warning("model %s: this server searches with %s, but its threshold %.2f was "

@@ -248,6 +248,8 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         echo = _echo(frame, model)
         mode = MODES.get(frame.mode, options.mode)
         try:
+            if frame.mode and frame.mode not in MODES:
+                raise FrameError(_unknown_mode(frame.mode))
             x = await self._prepare(frame, model) if prepared is None else prepared
             if isinstance(x, Exception):
                 raise x
@@ -325,6 +327,14 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         if config.search_steps < 0:
             raise StreamError(grpc.StatusCode.INVALID_ARGUMENT,
                               f"search_steps must be ≥ 0, got {config.search_steps}")
+        limit = model.options.max_search_steps
+        if config.search_steps > limit:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"search_steps {config.search_steps} is above this server's "
+                              f"limit of {limit} steps a frame (anogan-serve "
+                              "--max-search-steps)")
+        if config.mode and config.mode not in MODES:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, _unknown_mode(config.mode))
         mode = MODES.get(config.mode, model.default_mode)
         if mode not in model.modes:
             raise StreamError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -339,6 +349,12 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
 
     def _unknown_model(self, name: str) -> str:
         return f"unknown model {name!r}; served: {', '.join(self.models)}"
+
+
+def _unknown_mode(value: int) -> str:
+    return (f"unknown mode {value}: one of " + ", ".join(
+        f"{pb.Mode.Name(m)} ({m})" for m in MODES) + ", or MODE_UNSPECIFIED (0) for the "
+        "stream's or model's default")
 
 
 def _decoded(frame: pb.Frame, limits: FrameLimits):

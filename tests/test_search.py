@@ -101,3 +101,14 @@ def test_admitting_past_capacity_is_refused(models):
     table = SlotTable(models, SearchConfig(), capacity=2, image_shape=(1, 16, 16))
     with pytest.raises(ValueError, match="do not fit"):
         table.admit(images(3), random_start(3, models.latent_dim), [1] * 3, range(3))
+
+
+def test_step_counts_are_integers_past_float32s_2_to_the_24(models):
+    """A float32 count stops at 2^24 (2^24 + 1 rounds back down): such a budget would never
+    finish. Counts are integers."""
+    table = SlotTable(models, SearchConfig(steps=5), 2, (1, 16, 16))
+    budget = 2 ** 24 + 3
+    table.admit(images(2), random_start(2, models.latent_dim), [budget, 5], ["big", "small"])
+    table.step_count[0] = 2 ** 24  # as if it had run that long
+    finished = [r for _ in range(3) for r in table.step()]
+    assert [(r.tag, r.steps) for r in finished] == [("big", budget)]

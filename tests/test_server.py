@@ -519,3 +519,21 @@ def test_a_batch_that_cannot_be_prepared_fails_its_frames_and_the_stream_goes_on
     assert [r.error.code for r in failed.results] == [grpc.StatusCode.INTERNAL.value[0]] * 3
     assert "out of memory (simulated)" in failed.results[0].error.message
     assert after.result.sequence == 3 and not after.result.HasField("error")
+
+
+def test_unknown_modes_and_budgets_over_the_limit_are_invalid_arguments(stub, digits):
+    frames = frames_of(digits, 3)
+    frames[1].mode = 99
+    results = stream(stub, frames)
+    assert [r.sequence for r in results] == [0, 1, 2]
+    assert results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "unknown mode 99: one of MODE_FAST (1)" in results[1].error.message
+    assert not results[2].HasField("error")  # the stream goes on
+    for config, message in ((pb.InspectionConfig(mode=42), "unknown mode 42"),
+                            (pb.InspectionConfig(search_steps=2_000_000_000),
+                             "above this server's limit of 10000 steps a frame "
+                             "(anogan-serve --max-search-steps)")):
+        with pytest.raises(grpc.RpcError) as err:
+            stream(stub, frames[:1], config)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in err.value.details()
