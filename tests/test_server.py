@@ -299,7 +299,7 @@ class OpenStream:
 
 def test_cancelling_a_stream_frees_its_slots(stub, digits):
     before = stats(stub)
-    long_search = pb.InspectionConfig(mode=pb.MODE_SEARCH, search_steps=1_000_000)
+    long_search = pb.InspectionConfig(mode=pb.MODE_SEARCH, search_steps=10_000)  # the most allowed
     open_stream = OpenStream(stub, long_search)
     open_stream.send(frames_of(digits, 40))  # 32 slots: 32 searching, 8 queued
     wait_for(lambda: stats(stub).active_slots == 32 and stats(stub).queued_searches == 8,
