@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +40,28 @@ class TlsConfig:
             except OSError as err:
                 raise ValueError(f"cannot read TLS file {path}: {err.strerror}") from err
 
+        key, cert = read(self.key), read(self.cert)
+        client_ca = read(self.client_ca) if self.client_ca else None
+        self._check()
         return grpc.ssl_server_credentials(
-            [(read(self.key), read(self.cert))],
-            root_certificates=read(self.client_ca) if self.client_ca else None,
+            [(key, cert)], root_certificates=client_ca,
             require_client_auth=self.client_ca is not None)
+
+    def _check(self) -> None:
+        """What gRPC would only say as "Failed to bind to address" once the models are
+        loaded: a key that is not the certificate's, or files that are not PEM."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except ssl.SSLError as err:
+            raise ValueError(f"TLS certificate {self.cert} and key {self.key} do not go "
+                             f"together, or are not PEM ({err.reason or err})") from err
+        if self.client_ca:
+            try:
+                context.load_verify_locations(self.client_ca)
+            except ssl.SSLError as err:
+                raise ValueError(f"cannot use TLS client CA {self.client_ca}: "
+                                 f"{err.reason or err}") from err
 
 
 @dataclass

@@ -7,11 +7,12 @@ the frame's INVALID_ARGUMENT status. Scaling is explicit by dtype, never guessed
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan_inspect.pixels import image_pixels
@@ -87,9 +88,14 @@ def decode_encoded(data: bytes, limits: FrameLimits) -> np.ndarray:
             image.load()
     except FrameError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
-        raise FrameError(f"cannot decode image: {err}") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise FrameError(f"the encoded image is larger than this server's limit of "
+                         f"{limits.max_pixels} pixels (anogan-serve --max-pixels)") from err
+    except UnidentifiedImageError as err:
+        raise FrameError("cannot decode image: its data is not a PNG or JPEG this server "
+                         "can read") from err
+    except (OSError, ValueError, SyntaxError) as err:
+        raise FrameError(f"cannot decode image: {_plain(err)}") from err
     try:
         pixels = image_pixels(image)
     except ValueError as err:  # e.g. a 32-bit integer PNG beyond 16 bits
@@ -100,7 +106,13 @@ def decode_encoded(data: bytes, limits: FrameLimits) -> np.ndarray:
 def _check_pixels(width: int, height: int, limits: FrameLimits) -> None:
     if width * height > limits.max_pixels:
         raise FrameError(f"frame has {width}x{height} = {width * height} pixels; "
-                         f"the limit is {limits.max_pixels}")
+                         f"the limit is {limits.max_pixels} (anogan-serve --max-pixels)")
+
+
+def _plain(err: Exception) -> str:
+    """An error's text without Python object representations (`<_io.BytesIO object at
+    0x...>`): a client is told about its data, not the server's objects."""
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "the data", str(err))
 
 
 def encode_png(image: np.ndarray) -> bytes:

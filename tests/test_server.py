@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import queue
 import shutil
@@ -15,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
@@ -435,10 +437,6 @@ def test_an_open_health_watch_does_not_hold_the_drain(tiny_bundle, tmp_path):
 
 
 def test_8_and_16_bit_pngs_of_a_digit_score_alike(stub, digits):
-    import io
-
-    from PIL import Image
-
     pixels = digits[0].pixels[..., 0]
     eight, sixteen = io.BytesIO(), io.BytesIO()
     Image.fromarray(pixels).save(eight, format="PNG")
@@ -537,3 +535,17 @@ def test_unknown_modes_and_budgets_over_the_limit_are_invalid_arguments(stub, di
             stream(stub, frames[:1], config)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert message in err.value.details()
+
+
+def test_encoded_image_errors_name_the_problem_and_the_limit_not_python_objects(stub, digits):
+    huge = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(huge, format="PNG")  # 25 M pixels in a few KB
+    frames = frames_of(digits, 2)
+    for frame, data in zip(frames, (b"\x89PNG garbage", huge.getvalue())):
+        frame.ClearField("raw")
+        frame.encoded.data = data
+    results = stream(stub, frames)
+    assert "its data is not a PNG or JPEG this server can read" in results[0].error.message
+    assert "(anogan-serve --max-pixels)" in results[1].error.message
+    for result in results:
+        assert " object at 0x" not in result.error.message

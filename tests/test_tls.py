@@ -107,3 +107,20 @@ def test_server_refuses_half_a_tls_config(tiny_bundle, pki, capsys):
     assert serve_main(["--bundle", str(tiny_bundle), "--tls-cert", "/nonexistent.crt",
                        "--tls-key", str(pki["server"][3]), "--port", "0"]) == 2
     assert "cannot read TLS file /nonexistent.crt" in capsys.readouterr().err
+
+
+def test_a_key_that_is_not_the_certificates_stops_the_start_before_models_load(pki, tmp_path,
+                                                                                capsys):
+    from anogan_inspect.server.cli import main as serve_main
+
+    missing_bundle = str(tmp_path / "no-bundle")  # read after TLS: its error would show
+    assert serve_main(["--bundle", missing_bundle, "--tls-cert", str(pki["server"][2]),
+                       "--tls-key", str(pki["client"][3]), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"TLS certificate {pki['server'][2]} and key {pki['client'][3]} do not go" in err
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+    assert serve_main(["--bundle", missing_bundle, "--tls-cert", str(pki["server"][2]),
+                       "--tls-key", str(pki["server"][3]), "--tls-client-ca", str(garbage),
+                       "--port", "0"]) == 2
+    assert f"cannot use TLS client CA {garbage}" in capsys.readouterr().err
