@@ -22,7 +22,8 @@ from anogan_inspect.server.models import Outcome, ServedModel, Stage
 def without_scoring(model: ServedModel) -> ServedModel:
     """The model with `inspect` answering at once (the frame was decoded and preprocessed
     by the service before it gets here)."""
-    async def inspect(x, mode, steps=None, want_reconstruction=False, on_provisional=None):
+    async def inspect(x, mode, steps=None, want_reconstruction=False, on_provisional=None,
+                      owner=None):
         return Outcome(True, Stage.FAST, mode, 0.0, 0.0, 0.0, 0, False, 0.0, 0.0,
                        threshold=model.fast_threshold)
 

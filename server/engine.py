@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,9 +39,57 @@ class SearchRequest(Job):
     z0: torch.Tensor | None = None
     steps: int = 0
     want_reconstruction: bool = False
+    owner: Any = None  # whose frame (a stream): slots are shared out among owners
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     cancelled: bool = False
+
+
+class FairQueue:
+    """Queued searches, taken in turn from each owner (stream): a stream with thousands of
+    frames waiting takes one free slot per round like any other, so another stream's frame
+    waits at most one admission round behind it. The deque methods the worker uses."""
+
+    def __init__(self):
+        self._owners: OrderedDict[Any, deque] = OrderedDict()
+        self._length = 0
+
+    def append(self, request: SearchRequest) -> None:
+        self._owners.setdefault(request.owner, deque()).append(request)
+        self._length += 1
+
+    def popleft(self) -> SearchRequest:
+        """The next owner's oldest request; that owner then goes to the back of the line."""
+        owner, requests = next(iter(self._owners.items()))
+        request = requests.popleft()
+        del self._owners[owner]
+        if requests:
+            self._owners[owner] = requests
+        self._length -= 1
+        return request
+
+    def remove_if(self, predicate) -> int:
+        """Drop the requests that match (cancelled ones); returns how many."""
+        dropped = 0
+        for owner in list(self._owners):
+            kept = deque(r for r in self._owners[owner] if not predicate(r))
+            dropped += len(self._owners[owner]) - len(kept)
+            if kept:
+                self._owners[owner] = kept
+            else:
+                del self._owners[owner]
+        self._length -= dropped
+        return dropped
+
+    def clear(self) -> None:
+        self._owners.clear()
+        self._length = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self):
+        return (r for requests in self._owners.values() for r in requests)
 
 
 @dataclass
@@ -69,16 +118,18 @@ class SearchEngine(Worker):
                  capacity: int = 64, device: torch.device | str = "cpu", name: str = "engine",
                  autocast_dtype: torch.dtype | None = None):
         super().__init__(f"search-{name}")
+        self._queue = FairQueue()
         self.table = SlotTable(models, cfg, capacity, image_shape, device, autocast_dtype)
         self.models, self.device = models, torch.device(device)
         self.stats = EngineStats()
         self._cancel_pending = False
 
     def submit(self, x: torch.Tensor, z0: torch.Tensor | None, steps: int,
-               want_reconstruction: bool = False) -> SearchRequest:
-        """Queue a search; await ``request.future`` for its :class:`SearchOutcome`."""
+               want_reconstruction: bool = False, owner: Any = None) -> SearchRequest:
+        """Queue a search; await ``request.future`` for its :class:`SearchOutcome`.
+        `owner` (e.g. the stream): free slots go to owners in turn (FairQueue)."""
         return self._put(SearchRequest(x=x, z0=z0, steps=steps,
-                                       want_reconstruction=want_reconstruction))
+                                       want_reconstruction=want_reconstruction, owner=owner))
 
     def cancel(self, request: SearchRequest) -> None:
         """Drop a request wherever it is (queue or slot) before the engine's next step."""
@@ -105,9 +156,8 @@ class SearchEngine(Worker):
         """Drop cancelled requests; take as many queued ones as slots are free."""
         if self._cancel_pending:
             self._cancel_pending = False
-            kept = [r for r in self._queue if not r.cancelled]
-            dropped = len(self._queue) - len(kept) + self.table.remove(lambda r: r.cancelled)
-            self._queue = deque(kept)
+            dropped = (self._queue.remove_if(lambda r: r.cancelled)
+                       + self.table.remove(lambda r: r.cancelled))
             self.stats.cancelled += dropped
         return [self._queue.popleft() for _ in range(min(self.table.free, len(self._queue)))]
 

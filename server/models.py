@@ -330,8 +330,10 @@ class ServedModel:
 
     async def inspect(self, x: torch.Tensor | TiledFrame, mode: Mode, steps: int | None = None,
                       want_reconstruction: bool = False,
-                      on_provisional: Callable[[Outcome], None] | None = None) -> Outcome:
-        """Score one preprocessed frame; cancelling the caller frees its slot."""
+                      on_provisional: Callable[[Outcome], None] | None = None,
+                      owner=None) -> Outcome:
+        """Score one preprocessed frame; cancelling the caller frees its slot. `owner` (the
+        stream): search slots are shared out among owners in turn."""
         if mode not in self.modes:
             raise ValueError(f"model {self.name} does not serve {mode.name} "
                              f"(it has no encoder; modes: {[m.name for m in self.modes]})")
@@ -341,7 +343,7 @@ class ServedModel:
         threshold = self.thresholds[judged_steps] if judged_steps else self.threshold
         if isinstance(x, TiledFrame):
             return await self._inspect_tiles(x, mode, steps, threshold, judged_steps,
-                                             want_reconstruction, on_provisional)
+                                             want_reconstruction, on_provisional, owner)
         arrived = time.perf_counter()
         lane = self._pick_lane()
         fast: FastScore | None = None
@@ -358,7 +360,7 @@ class ServedModel:
             z0 = torch.as_tensor(fast.z0)
         elif lane.models.encoder is None:
             z0 = torch.randn(self.bundle.latent_dim, generator=self._random)
-        request = lane.engine.submit(x, z0, steps, want_reconstruction)
+        request = lane.engine.submit(x, z0, steps, want_reconstruction, owner)
         try:
             searched = await request.future
         except asyncio.CancelledError:
@@ -375,7 +377,8 @@ class ServedModel:
 
     async def _inspect_tiles(self, frame: TiledFrame, mode: Mode, steps: int, threshold: float,
                              judged_steps: int, want_map: bool,
-                             on_provisional: Callable[[Outcome], None] | None) -> Outcome:
+                             on_provisional: Callable[[Outcome], None] | None,
+                             owner=None) -> Outcome:
         """Every tile through the fast path (batched with all other frames' tiles), the
         suspect ones through the engine; the frame's score aggregates the tiles'."""
         arrived = time.perf_counter()
@@ -409,7 +412,7 @@ class ServedModel:
                                              0, 0, reconstruction, want_map, arrived,
                                              fast_seconds, threshold=threshold,
                                              judged_steps=judged_steps)
-        requests = [lane.engine.submit(frame.tiles[i], z0[i], steps, want_map)
+        requests = [lane.engine.submit(frame.tiles[i], z0[i], steps, want_map, owner)
                     for i in searched]
         try:
             outcomes = await asyncio.gather(*(r.future for r in requests))

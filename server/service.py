@@ -53,7 +53,7 @@ class StreamError(Exception):
         self.code, self.message = code, message
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: a stream's options name it to the engine
 class StreamOptions:
     model: ServedModel
     mode: Mode
@@ -258,7 +258,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                 provisional = lambda o: on_provisional(  # noqa: E731
                     result_message(o, model, echo, False))
             outcome = await model.inspect(x, mode, options.steps, options.residual_map,
-                                          provisional)
+                                          provisional, owner=options)
         except (FrameError, ValueError) as err:
             self.invalid_frames[model.name] += 1
             return pb.InspectionResult(

@@ -549,3 +549,24 @@ def test_encoded_image_errors_name_the_problem_and_the_limit_not_python_objects(
     assert "(anogan-serve --max-pixels)" in results[1].error.message
     for result in results:
         assert " object at 0x" not in result.error.message
+
+
+def test_a_busy_stream_cannot_hold_back_another_streams_frame(stub, digits):
+    """A hog queues 100 long searches on the 32 slots; a light stream's one frame, sent
+    behind them, takes the first slot that frees (slots go to streams in turn), so at most
+    the 32 searches running when it came and 31 admitted with it finish with or before it,
+    not the hog's whole queue (FIFO: 100)."""
+    before = stats(stub)
+    long_search = pb.InspectionConfig(mode=pb.MODE_SEARCH, search_steps=500)
+    hog = OpenStream(stub, long_search)
+    hog.send(frames_of(digits, 100))
+    try:
+        wait_for(lambda: stats(stub).queued_searches == 68, what="the hog's queue")
+        (light,) = stream(stub, frames_of(digits, 1, start=100), long_search)
+        completed = stats(stub).searches_completed - before.searches_completed
+        assert not light.HasField("error")
+        assert completed <= 64, f"{completed} searches finished before the light frame's"
+    finally:
+        hog.call.cancel()
+        hog.join()
+    wait_for(lambda: stats(stub).active_slots == 0, what="slots to empty")

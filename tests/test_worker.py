@@ -190,3 +190,28 @@ def test_resolve_all_settles_each_job_on_its_own_loop_from_another_thread():
     finally:
         for loop in loops:
             loop.close()
+
+
+def test_fair_queue_takes_each_owners_frames_in_turn():
+    from anogan_inspect.server.engine import FairQueue
+
+    @dataclass(eq=False)
+    class Request:
+        owner: str
+        n: int
+        cancelled: bool = False
+
+    queue = FairQueue()
+    for n in range(4):
+        queue.append(Request("hog", n))
+    queue.append(Request("light", 0))
+    queue.append(Request("hog", 4))
+    queue.append(Request("other", 0))
+    assert len(queue) == 7 and sorted(r.n for r in queue) == [0, 0, 0, 1, 2, 3, 4]
+    taken = [queue.popleft() for _ in range(3)]
+    assert [(r.owner, r.n) for r in taken] == [("hog", 0), ("light", 0), ("other", 0)]
+    for r in queue:
+        r.cancelled = r.n == 2
+    assert queue.remove_if(lambda r: r.cancelled) == 1 and len(queue) == 3
+    assert [queue.popleft().n for _ in range(3)] == [1, 3, 4]
+    assert not queue
