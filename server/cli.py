@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=int, default=FrameLimits.max_pixels,
                         help="largest frame accepted, height × width (larger: a per-frame "
                              "INVALID_ARGUMENT)")
+    parser.add_argument("--max-frame-seconds", type=float, default=FrameLimits.max_seconds,
+                        help="longest a frame's scoring may take, s (0: no limit); past it "
+                             "the frame's result is DEADLINE_EXCEEDED and its slots are freed")
     parser.add_argument("--max-message-bytes", type=int,
                         default=ServerConfig.max_message_bytes,
                         help="largest gRPC message received or sent")
@@ -143,7 +146,8 @@ def config_from_args(args) -> ServerConfig:
                            uncalibrated_steps=args.uncalibrated_steps,
                            max_tiles=args.max_tiles, max_search_steps=args.max_search_steps)
     return ServerConfig(bundles=args.bundle, host=args.host, port=args.port, engine=engine,
-                        limits=FrameLimits(max_pixels=args.max_pixels),
+                        limits=FrameLimits(max_pixels=args.max_pixels,
+                                           max_seconds=args.max_frame_seconds),
                         max_message_bytes=args.max_message_bytes,
                         max_in_flight=args.max_in_flight, grace_seconds=args.grace,
                         drain_delay_seconds=args.drain_delay,

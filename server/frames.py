@@ -34,6 +34,9 @@ class FrameLimits:
     """Bounds on what one frame may carry."""
 
     max_pixels: int = 4096 * 4096
+    # Longest a frame's scoring may take (0: no limit); past it the frame's result is
+    # DEADLINE_EXCEEDED and its searches leave their slots.
+    max_seconds: float = 300.0
 
 
 def decode_frame(frame: pb.Frame, limits: FrameLimits) -> np.ndarray:

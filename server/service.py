@@ -257,8 +257,9 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             if on_provisional is not None:
                 provisional = lambda o: on_provisional(  # noqa: E731
                     result_message(o, model, echo, False))
-            outcome = await model.inspect(x, mode, options.steps, options.residual_map,
-                                          provisional, owner=options)
+            outcome = await asyncio.wait_for(
+                model.inspect(x, mode, options.steps, options.residual_map, provisional,
+                              owner=options), self.limits.max_seconds or None)
         except (FrameError, ValueError) as err:
             self.invalid_frames[model.name] += 1
             return pb.InspectionResult(
@@ -266,6 +267,12 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                 **echo)
         except asyncio.CancelledError:
             raise
+        except TimeoutError:  # its searches were cancelled: their slots are free
+            return pb.InspectionResult(error=status_pb2.Status(
+                code=code_pb2.DEADLINE_EXCEEDED,
+                message=f"scoring the frame took longer than this server's limit of "
+                        f"{self.limits.max_seconds:g} s (anogan-serve --max-frame-seconds)"),
+                **echo)
         except Exception as err:  # an engine failure: this frame fails, the stream goes on
             log.exception("scoring failed for frame %r", frame.frame_id)
             return pb.InspectionResult(

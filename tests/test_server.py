@@ -570,3 +570,28 @@ def test_a_busy_stream_cannot_hold_back_another_streams_frame(stub, digits):
         hog.call.cancel()
         hog.join()
     wait_for(lambda: stats(stub).active_slots == 0, what="slots to empty")
+
+
+def test_a_frame_past_the_time_limit_gets_deadline_exceeded_and_frees_its_slot(server, stub,
+                                                                                 digits):
+    from anogan_inspect.server.frames import FrameLimits
+
+    service = server.server.service
+    default = service.limits
+    service.limits = FrameLimits(max_seconds=0.5)  # what --max-frame-seconds 0.5 sets
+    try:
+        before = stats(stub)
+        frames = frames_of(digits, 2)
+        frames[1].mode = pb.MODE_FAST
+        slow, quick = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_SEARCH,
+                                                               search_steps=10_000))
+    finally:
+        service.limits = default
+    assert slow.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert "longer than this server's limit of 0.5 s (anogan-serve --max-frame-seconds)" \
+        in slow.error.message
+    assert not quick.HasField("error") and quick.stage == pb.STAGE_FAST
+    after = wait_for(lambda: (s := stats(stub)).active_slots == 0 and s,
+                     what="the slot to free")
+    assert after.searches_cancelled - before.searches_cancelled == 1
+    assert after.searches_completed == before.searches_completed
