@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-frame-seconds", type=float, default=FrameLimits.max_seconds,
                         help="longest a frame's scoring may take, s (0: no limit); past it "
                              "the frame's result is DEADLINE_EXCEEDED and its slots are freed")
+    parser.add_argument("--max-frames-in-flight", type=int,
+                        default=FrameLimits.max_frames_in_flight,
+                        help="frames being scored at once, all streams together (more: "
+                             "RESOURCE_EXHAUSTED for the frame)")
+    parser.add_argument("--max-bytes-in-flight", type=int,
+                        default=FrameLimits.max_bytes_in_flight,
+                        help="bytes the model inputs of the frames being scored may hold, "
+                             "all streams together (more: RESOURCE_EXHAUSTED for the frame)")
     parser.add_argument("--max-message-bytes", type=int,
                         default=ServerConfig.max_message_bytes,
                         help="largest gRPC message received or sent")
@@ -147,7 +155,9 @@ def config_from_args(args) -> ServerConfig:
                            max_tiles=args.max_tiles, max_search_steps=args.max_search_steps)
     return ServerConfig(bundles=args.bundle, host=args.host, port=args.port, engine=engine,
                         limits=FrameLimits(max_pixels=args.max_pixels,
-                                           max_seconds=args.max_frame_seconds),
+                                           max_seconds=args.max_frame_seconds,
+                                           max_frames_in_flight=args.max_frames_in_flight,
+                                           max_bytes_in_flight=args.max_bytes_in_flight),
                         max_message_bytes=args.max_message_bytes,
                         max_in_flight=args.max_in_flight, grace_seconds=args.grace,
                         drain_delay_seconds=args.drain_delay,

@@ -37,6 +37,10 @@ class FrameLimits:
     # Longest a frame's scoring may take (0: no limit); past it the frame's result is
     # DEADLINE_EXCEEDED and its searches leave their slots.
     max_seconds: float = 300.0
+    # Server-wide: frames being scored at once, and the bytes their model inputs hold (a
+    # tiled frame's tiles); past either, a frame gets RESOURCE_EXHAUSTED, never an OOM.
+    max_frames_in_flight: int = 16384
+    max_bytes_in_flight: int = 4 << 30
 
 
 def decode_frame(frame: pb.Frame, limits: FrameLimits) -> np.ndarray:

@@ -72,6 +72,8 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         self.max_in_flight = max_in_flight
         self.draining = False
         self.invalid_frames = {name: 0 for name in models}
+        self.frames_in_flight = 0  # frames being scored, all streams (--max-frames-in-flight)
+        self.bytes_in_flight = 0  # their model inputs' bytes (--max-bytes-in-flight)
         self._readers: set[asyncio.Task] = set()  # one per open stream
         self._calls = 0  # Inspect and StreamInspect calls in progress
         self._idle = asyncio.Event()
@@ -247,12 +249,24 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         model = options.model
         echo = _echo(frame, model)
         mode = MODES.get(frame.mode, options.mode)
+        counted, held = False, 0
         try:
             if frame.mode and frame.mode not in MODES:
                 raise FrameError(_unknown_mode(frame.mode))
+            if self.frames_in_flight >= self.limits.max_frames_in_flight:
+                raise Exhausted(f"this server is scoring {self.frames_in_flight} frames, its "
+                                "limit (anogan-serve --max-frames-in-flight): send it later")
+            self.frames_in_flight, counted = self.frames_in_flight + 1, True
             x = await self._prepare(frame, model) if prepared is None else prepared
             if isinstance(x, Exception):
                 raise x
+            size = _input_bytes(x)
+            if self.bytes_in_flight + size > self.limits.max_bytes_in_flight:
+                raise Exhausted(f"the frame's {size} bytes of model input do not fit: this "
+                                f"server holds {self.bytes_in_flight} of its "
+                                f"{self.limits.max_bytes_in_flight} (anogan-serve "
+                                "--max-bytes-in-flight): send it later")
+            self.bytes_in_flight, held = self.bytes_in_flight + size, size
             provisional = None
             if on_provisional is not None:
                 provisional = lambda o: on_provisional(  # noqa: E731
@@ -265,6 +279,9 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             return pb.InspectionResult(
                 error=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(err)),
                 **echo)
+        except Exhausted as err:
+            return pb.InspectionResult(error=status_pb2.Status(
+                code=code_pb2.RESOURCE_EXHAUSTED, message=str(err)), **echo)
         except asyncio.CancelledError:
             raise
         except TimeoutError:  # its searches were cancelled: their slots are free
@@ -277,6 +294,9 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             log.exception("scoring failed for frame %r", frame.frame_id)
             return pb.InspectionResult(
                 error=status_pb2.Status(code=code_pb2.INTERNAL, message=str(err)), **echo)
+        finally:
+            self.frames_in_flight -= counted
+            self.bytes_in_flight -= held
         message = (result_message, outcome, model, echo, options.residual_map,
                    options.map_encoding)
         if options.residual_map and outcome.anomaly_map is not None:
@@ -370,6 +390,16 @@ def _decoded(frame: pb.Frame, limits: FrameLimits):
         return decode_frame(frame, limits)
     except (FrameError, ValueError) as err:
         return err
+
+
+class Exhausted(Exception):
+    """A server-wide cap is reached: this frame gets RESOURCE_EXHAUSTED."""
+
+
+def _input_bytes(x) -> int:
+    """Bytes a preprocessed frame holds: its model input, or a tiled frame's tiles."""
+    tensor = getattr(x, "tiles", x)
+    return tensor.nelement() * tensor.element_size()
 
 
 def _echo(frame: pb.Frame, model: ServedModel) -> dict:

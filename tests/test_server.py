@@ -595,3 +595,32 @@ def test_a_frame_past_the_time_limit_gets_deadline_exceeded_and_frees_its_slot(s
                      what="the slot to free")
     assert after.searches_cancelled - before.searches_cancelled == 1
     assert after.searches_completed == before.searches_completed
+
+
+def test_server_wide_caps_give_frames_resource_exhausted(server, stub, digits):
+    import dataclasses
+
+    service = server.server.service
+    default = service.limits
+    long_search = pb.InspectionConfig(mode=pb.MODE_SEARCH, search_steps=10_000)
+    hog = OpenStream(stub, long_search)
+    try:
+        service.limits = dataclasses.replace(default, max_frames_in_flight=1)
+        hog.send(frames_of(digits, 1))
+        wait_for(lambda: service.frames_in_flight == 1, what="the hog's frame")
+        (refused,) = stream(stub, frames_of(digits, 1, start=1))
+        assert refused.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert "(anogan-serve --max-frames-in-flight)" in refused.error.message
+        # The tiny model's input is 1×16×16 float32: 1,024 bytes.
+        service.limits = dataclasses.replace(default, max_bytes_in_flight=1000)
+        (too_big,) = stream(stub, frames_of(digits, 1, start=2))
+        assert too_big.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert "1024 bytes of model input do not fit" in too_big.error.message
+        assert "(anogan-serve --max-bytes-in-flight)" in too_big.error.message
+    finally:
+        service.limits = default
+        hog.call.cancel()
+        hog.join()
+    wait_for(lambda: service.frames_in_flight == 0 and service.bytes_in_flight == 0,
+             what="the counts to return to 0")
+    assert not stream(stub, frames_of(digits, 1, start=3))[0].HasField("error")
