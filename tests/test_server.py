@@ -624,3 +624,95 @@ def test_server_wide_caps_give_frames_resource_exhausted(server, stub, digits):
     wait_for(lambda: service.frames_in_flight == 0 and service.bytes_in_flight == 0,
              what="the counts to return to 0")
     assert not stream(stub, frames_of(digits, 1, start=3))[0].HasField("error")
+
+
+def test_soak_many_streams_with_malformed_and_cancelled_ones(server, stub, digits):
+    """16 streams × 100 frames at once, every 10th frame malformed, 2 more streams cancelled
+    part-way: each kept stream gets its 100 results in order (the malformed ones as
+    INVALID_ARGUMENT, no other error), and the server is idle and serving afterwards."""
+    rng = np.random.default_rng(7)
+    outcomes: dict[int, list[pb.InspectionResult]] = {}
+
+    def frames_for(index: int) -> list[pb.Frame]:
+        picks = rng.integers(0, len(digits), 100) if index >= 0 else range(100)
+        frames = [frame_message(digits[int(k)], i) for i, k in enumerate(picks)]
+        for frame in frames[int(rng.integers(10))::10]:
+            frame.raw.data = frame.raw.data[:-3]
+        return frames
+
+    streams = {i: frames_for(i) for i in range(16)}
+
+    def run(index: int) -> None:
+        outcomes[index] = stream(stub, streams[index])
+
+    cancelled = [OpenStream(stub, pb.InspectionConfig()) for _ in range(2)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in streams]
+    for thread in threads:
+        thread.start()
+    for open_stream in cancelled:
+        open_stream.send(frames_for(-1))
+    wait_for(lambda: all(len(s.results) >= 5 for s in cancelled), what="some results")
+    for open_stream in cancelled:
+        open_stream.call.cancel()
+        open_stream.join()
+    for thread in threads:
+        thread.join(180)
+    for index, frames in streams.items():
+        results = outcomes[index]
+        assert [r.sequence for r in results] == list(range(100)), index
+        bad = {i for i, f in enumerate(frames) if len(f.raw.data) % 784}
+        for i, result in enumerate(results):
+            if i in bad:
+                assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            else:
+                assert not result.HasField("error"), result.error.message
+    wait_for(lambda: stats(stub).active_slots == 0 and stats(stub).queued_searches == 0,
+             what="the server to be idle")
+    assert server.server.service.frames_in_flight == 0
+    with grpc.insecure_channel(server.target) as channel:
+        assert health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=30).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+
+def test_decoder_fuzz_every_frame_answered_none_internal(server, stub, digits):
+    """2,000 seeded random frames (raw of any type, size and length, PNG/JPEG good, cut or
+    garbage, unknown modes): each gets a result in order, none INTERNAL."""
+    rng = np.random.default_rng(11)
+    good_png, good_jpeg = io.BytesIO(), io.BytesIO()
+    Image.fromarray(digits[0].pixels[..., 0]).save(good_png, format="PNG")
+    Image.fromarray(digits[0].pixels[..., 0]).save(good_jpeg, format="JPEG")
+    encoded = [good_png.getvalue(), good_jpeg.getvalue()]
+
+    def fuzzed(i: int) -> pb.Frame:
+        frame = pb.Frame(frame_id=f"fuzz-{i}", sequence=i,
+                         mode=int(rng.choice([0, 1, 2, 3, 7, -1])))
+        kind = rng.integers(4)
+        if kind == 0:  # raw, sizes and types at random, data of any length
+            height, width = (int(v) for v in rng.integers(-2, 70, 2))
+            frame.raw.CopyFrom(pb.RawImage(
+                data=rng.bytes(int(rng.integers(0, 20000))), height=height, width=width,
+                channels=int(rng.integers(-1, 5)), data_type=int(rng.integers(0, 6))))
+        elif kind == 1:  # raw, consistent: a valid frame
+            height, width = (int(v) for v in rng.integers(1, 64, 2))
+            frame.raw.CopyFrom(pb.RawImage(data=rng.bytes(height * width), height=height,
+                                           width=width, channels=1,
+                                           data_type=pb.DATA_TYPE_UINT8))
+        elif kind == 2:  # a real PNG or JPEG, maybe cut, maybe with bytes flipped
+            data = bytearray(encoded[int(rng.integers(2))])
+            if rng.random() < 0.5:
+                data = data[:int(rng.integers(1, len(data)))]
+            for _ in range(int(rng.integers(0, 4))):
+                data[int(rng.integers(len(data)))] = int(rng.integers(256))
+            frame.encoded.data = bytes(data)
+        else:  # garbage
+            frame.encoded.data = rng.bytes(int(rng.integers(0, 500)))
+        return frame
+
+    frames = [fuzzed(i) for i in range(2000)]
+    results = stream(stub, frames, pb.InspectionConfig(mode=pb.MODE_FAST), timeout=300)
+    assert [r.sequence for r in results] == list(range(2000))
+    codes = {r.error.code for r in results}
+    assert grpc.StatusCode.INTERNAL.value[0] not in codes
+    assert sum(not r.HasField("error") for r in results) >= 300  # the valid ones scored
+    assert stub.GetModel(pb.GetModelRequest(), timeout=30).model.name == "tiny"
