@@ -257,7 +257,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                 raise Exhausted(f"this server is scoring {self.frames_in_flight} frames, its "
                                 "limit (anogan-serve --max-frames-in-flight): send it later")
             self.frames_in_flight, counted = self.frames_in_flight + 1, True
-            x = await self._prepare(frame, model) if prepared is None else prepared
+            x = (await self._prepare([frame], model))[0] if prepared is None else prepared
             if isinstance(x, Exception):
                 raise x
             size = _input_bytes(x)
@@ -276,24 +276,18 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                               owner=options), self.limits.max_seconds or None)
         except (FrameError, ValueError) as err:
             self.invalid_frames[model.name] += 1
-            return pb.InspectionResult(
-                error=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(err)),
-                **echo)
+            return _failed(frame, model, code_pb2.INVALID_ARGUMENT, str(err))
         except Exhausted as err:
-            return pb.InspectionResult(error=status_pb2.Status(
-                code=code_pb2.RESOURCE_EXHAUSTED, message=str(err)), **echo)
+            return _failed(frame, model, code_pb2.RESOURCE_EXHAUSTED, str(err))
         except asyncio.CancelledError:
             raise
         except TimeoutError:  # its searches were cancelled: their slots are free
-            return pb.InspectionResult(error=status_pb2.Status(
-                code=code_pb2.DEADLINE_EXCEEDED,
-                message=f"scoring the frame took longer than this server's limit of "
-                        f"{self.limits.max_seconds:g} s (anogan-serve --max-frame-seconds)"),
-                **echo)
+            return _failed(frame, model, code_pb2.DEADLINE_EXCEEDED,
+                           f"scoring the frame took longer than this server's limit of "
+                           f"{self.limits.max_seconds:g} s (anogan-serve --max-frame-seconds)")
         except Exception as err:  # an engine failure: this frame fails, the stream goes on
             log.exception("scoring failed for frame %r", frame.frame_id)
-            return pb.InspectionResult(
-                error=status_pb2.Status(code=code_pb2.INTERNAL, message=str(err)), **echo)
+            return _failed(frame, model, code_pb2.INTERNAL, str(err))
         finally:
             self.frames_in_flight -= counted
             self.bytes_in_flight -= held
@@ -308,15 +302,12 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         """A batch's frames, each scored as if alone, their results in the frames' order;
         decoded and preprocessed together (one resize per frame size: cheaper per frame)."""
         model = options.model
-        prepare = lambda: model.preprocess_many(  # noqa: E731
-            [_decoded(frame, self.limits) for frame in frames])
         try:
-            prepared = await self._off_loop_unless_small(prepare, frames)
+            prepared = await self._prepare(frames, model)
         except Exception as err:  # e.g. out of memory resizing them: each frame says so
             log.exception("preparing a batch of %d frames failed", len(frames))
-            return [pb.InspectionResult(error=status_pb2.Status(
-                code=code_pb2.INTERNAL, message=f"preparing the frame failed: {err}"),
-                **_echo(frame, model)) for frame in frames]
+            return [_failed(frame, model, code_pb2.INTERNAL,
+                            f"preparing the frame failed: {err}") for frame in frames]
         return list(await asyncio.gather(*(self._score(frame, options, on_provisional, x)
                                            for frame, x in zip(frames, prepared))))
 
@@ -325,19 +316,15 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         message = (f"a batch of {len(frames)} frames is larger than this stream's in-flight "
                    f"window of {self.max_in_flight} frames (anogan-serve --max-in-flight): "
                    f"send at most {self.max_in_flight} frames in one batch")
-        return [pb.InspectionResult(error=status_pb2.Status(
-            code=code_pb2.RESOURCE_EXHAUSTED, message=message), **_echo(frame, model))
-            for frame in frames]
+        return [_failed(frame, model, code_pb2.RESOURCE_EXHAUSTED, message)
+                for frame in frames]
 
-    async def _prepare(self, frame: pb.Frame, model: ServedModel):
-        """Decode and resize; off the event loop unless the frame is raw and small."""
-        return await self._off_loop_unless_small(
-            lambda: model.preprocess(decode_frame(frame, self.limits)), [frame])
-
-    @staticmethod
-    async def _off_loop_unless_small(prepare, frames):
-        """prepare() on the event loop when the frames are raw and small in all (see
-        INLINE_PIXELS), else on a worker thread."""
+    async def _prepare(self, frames, model: ServedModel) -> list:
+        """Frames decoded and resized (ServedModel.preprocess_many), each item the model
+        input or the error its frame gave; on the event loop when they are raw and small in
+        all (see INLINE_PIXELS), else on a worker thread."""
+        prepare = lambda: model.preprocess_many(  # noqa: E731
+            [_decoded(frame, self.limits) for frame in frames])
         pixels = 0
         for frame in frames:
             if frame.WhichOneof("image") != "raw":
@@ -400,6 +387,13 @@ def _input_bytes(x) -> int:
     """Bytes a preprocessed frame holds: its model input, or a tiled frame's tiles."""
     tensor = getattr(x, "tiles", x)
     return tensor.nelement() * tensor.element_size()
+
+
+def _failed(frame: pb.Frame, model: ServedModel, code: int, message: str
+            ) -> pb.InspectionResult:
+    """The frame's result when it could not be scored: its status, and its echo."""
+    return pb.InspectionResult(error=status_pb2.Status(code=code, message=message),
+                               **_echo(frame, model))
 
 
 def _echo(frame: pb.Frame, model: ServedModel) -> dict:
