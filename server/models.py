@@ -196,11 +196,7 @@ class ServedModel:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, "
                              f"got {options.precision!r}")
         self.precision = options.precision
-        self.slot_rates: dict[int, float] = {}  # measured when the slots are sized at load
         self.lanes = [self._lane(device, i) for i, device in enumerate(self.devices)]
-        # The first lane's, for the load-time checks and what GetModel reports.
-        self.models, self.engine, self.fast = (self.lanes[0].models, self.lanes[0].engine,
-                                               self.lanes[0].fast)
         self._next_lane = 0
         self.modes = [Mode.FAST, Mode.SEARCH, Mode.CASCADE] if self.fast else [Mode.SEARCH]
         self.default_mode = Mode.CASCADE if self.fast else Mode.SEARCH
@@ -214,8 +210,8 @@ class ServedModel:
         autocast = PRECISIONS[options.precision]
         slots = options.max_batch
         if slots is None and device.type == "cuda":
-            slots, self.slot_rates = size_slots(models, self.search_config,
-                                                bundle.image_shape, device, autocast)
+            slots, _ = size_slots(models, self.search_config, bundle.image_shape, device,
+                                  autocast)
         name = bundle.name if len(self.devices) == 1 else f"{bundle.name}-{index}"
         engine = SearchEngine(models, self.search_config, bundle.image_shape, slots or 64,
                               device, name, autocast)
@@ -236,6 +232,19 @@ class ServedModel:
         self._next_lane = (self._next_lane + 1) % len(self.lanes)
         order = self.lanes[self._next_lane:] + self.lanes[:self._next_lane]
         return min(order, key=lambda lane: lane.load)
+
+    # The first lane's, for the load-time checks and what GetModel reports.
+    @property
+    def models(self) -> ScoringModels:
+        return self.lanes[0].models
+
+    @property
+    def engine(self) -> SearchEngine:
+        return self.lanes[0].engine
+
+    @property
+    def fast(self) -> FastPath | None:
+        return self.lanes[0].fast
 
     @property
     def slots(self) -> int:
