@@ -37,6 +37,7 @@ from anogan_inspect.clients.sources import (
 from anogan_inspect.datasets import DatasetError
 from anogan_inspect.help_format import HelpFormatter
 from anogan_inspect.metrics import auroc, confusion, confusion_table, save_roc_plot
+from anogan_inspect.tokens import read_tokens
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the server's --max-message-bytes default
 MODES = {"fast": pb.MODE_FAST, "search": pb.MODE_SEARCH, "cascade": pb.MODE_CASCADE,
@@ -375,14 +376,11 @@ TOKEN_VARIABLE = "ANOGAN_TOKEN"
 
 
 def read_token(path: Path | None) -> str | None:
-    """The file's first token (blank lines and # comments skipped), else $ANOGAN_TOKEN;
-    OSError/ValueError naming the file when it cannot be used."""
+    """The file's first token (read as the server reads its own), else $ANOGAN_TOKEN;
+    ValueError naming the file when it cannot be used."""
     if path is None:
         return os.environ.get(TOKEN_VARIABLE) or None
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            return line.strip()
-    raise ValueError(f"the token file {path} holds no token")
+    return read_tokens(path)[0]
 
 
 def token_metadata(args) -> tuple[tuple[str, str], ...] | None:

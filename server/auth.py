@@ -16,6 +16,8 @@ from pathlib import Path
 
 import grpc
 
+from anogan_inspect.tokens import read_tokens
+
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -36,16 +38,8 @@ class TokenStore:
     def reload(self) -> int:
         """Reread the file; ValueError (naming it) when it is unreadable or holds no token,
         and the tokens held so far stay. Returns how many tokens it holds."""
-        try:
-            lines = self.path.read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"cannot read the token file {self.path}: {err}") from err
-        tokens = [line.strip().encode() for line in lines
-                  if line.strip() and not line.lstrip().startswith("#")]
-        if not tokens:
-            raise ValueError(f"the token file {self.path} holds no token")
-        self._tokens = tokens
-        return len(tokens)
+        self._tokens = [token.encode() for token in read_tokens(self.path)]
+        return len(self._tokens)
 
     def __len__(self) -> int:
         return len(self._tokens)
