@@ -110,14 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "RESOURCE_EXHAUSTED for the frame)")
     parser.add_argument("--max-bytes-in-flight", type=int,
                         default=FrameLimits.max_bytes_in_flight,
-                        help="bytes the model inputs of the frames being scored may hold, "
-                             "all streams together (more: RESOURCE_EXHAUSTED for the frame)")
+                        help="bytes the frames being decoded (about 4 float32 copies of "
+                             "their pixels) and the model inputs of those being scored may "
+                             "hold, all streams together (more: RESOURCE_EXHAUSTED for the "
+                             "frame, before decoding it)")
     parser.add_argument("--max-message-bytes", type=int,
                         default=ServerConfig.max_message_bytes,
                         help="largest gRPC message received or sent")
     parser.add_argument("--max-in-flight", type=int, default=ServerConfig.max_in_flight,
-                        help="frames per stream sent and not yet answered; the stream "
-                             "stops reading beyond it (flow control)")
+                        help="frames per stream sent and not yet answered (a result "
+                             "counts until gRPC has taken it); the stream stops reading "
+                             "beyond it (flow control)")
     parser.add_argument("--grace", type=float, default=ServerConfig.grace_seconds,
                         help="on SIGTERM: how long frames in flight may take to finish, s")
     parser.add_argument("--drain-delay", type=float, default=ServerConfig.drain_delay_seconds,

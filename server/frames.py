@@ -92,6 +92,8 @@ def decode_encoded(data: bytes, limits: FrameLimits) -> np.ndarray:
             if image.format not in ENCODED_FORMATS:
                 raise FrameError(f"encoded image is {image.format}, expected PNG or JPEG")
             _check_pixels(image.width, image.height, limits)
+            if image.format == "JPEG":
+                _check_jpeg_scan(data, image)
             image.load()
     except FrameError:
         raise
@@ -108,6 +110,91 @@ def decode_encoded(data: bytes, limits: FrameLimits) -> np.ndarray:
     except ValueError as err:  # e.g. a 32-bit integer PNG beyond 16 bits
         raise FrameError(str(err)) from err
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def decoded_bytes(frame: pb.Frame) -> int:
+    """About the bytes decoding and resizing the frame take at their peak: four float32
+    copies of its pixels (the pixels, the decoder's working copy, the stacked batch, the
+    resize's copy; measured: 2048×2048 RGBA peaks at 195 MB), from the raw shape or the
+    encoded header (0 when it has neither: decoding says why). Held against
+    --max-bytes-in-flight before any pixel is decoded."""
+    kind = frame.WhichOneof("image")
+    if kind == "raw":
+        width, height, channels = frame.raw.width, frame.raw.height, frame.raw.channels or 1
+    elif kind == "encoded":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(frame.encoded.data))
+        except Exception:  # noqa: BLE001 - any header error is decoding's to report
+            return 0
+        width, height = image.size
+        channels = 1 if image.mode in GRAY_MODES or image.mode.startswith("I;16") else 3
+    else:
+        return 0
+    return max(width, 0) * max(height, 0) * max(channels, 0) * 4 * 4
+
+
+GRAY_MODES = ("1", "L", "LA", "La", "I", "F")
+# JPEG frame markers: SOF0-3, 5-7 Huffman-coded; SOF9-11, 13-15 arithmetic-coded.
+HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}
+ARITHMETIC_SOF = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+PROGRESSIVE_SOF = {0xC2, 0xC6}  # a progressive scan can code a run of empty blocks at once
+
+
+def _check_jpeg_scan(data: bytes, image) -> None:
+    """Refuse a JPEG whose scan data cannot cover the size its header declares (libjpeg
+    would fill the missing blocks with grey and score them): every 8×8 block of every
+    component takes at least two Huffman-coded bits in a sequential JPEG (its DC and its
+    first AC code) and one in a progressive one (its DC). A lower bound: it catches a
+    header that overstates the data many times over, not a few missing rows. Arithmetic
+    coding, which can go below it, is refused (cameras write Huffman-coded JPEGs)."""
+    sof, scan_bytes = _jpeg_segments(data)
+    if sof in ARITHMETIC_SOF:
+        raise FrameError("arithmetic-coded JPEG is not supported: send a baseline or "
+                         "progressive JPEG, or a PNG")
+    layers = getattr(image, "layer", None) or [("", 1, 1, 0)] * len(image.getbands())
+    h_max = max(layer[1] for layer in layers)
+    v_max = max(layer[2] for layer in layers)
+    blocks = sum(_ceil(_ceil(image.width * h, h_max), 8) * _ceil(_ceil(image.height * v, v_max), 8)
+                 for _, h, v, _ in layers)
+    bits = 1 if sof in PROGRESSIVE_SOF else 2  # sequential: a DC code and an AC code
+    if scan_bytes * 8 < blocks * bits:
+        raise FrameError(
+            f"the JPEG's header declares {image.width}x{image.height} pixels, but its "
+            f"{scan_bytes} bytes of scan data cannot hold them (at least {_ceil(blocks * bits, 8)} "
+            "bytes): the image is truncated or its header is wrong")
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _jpeg_segments(data: bytes) -> tuple[int | None, int]:
+    """A JPEG's frame (SOF) marker and the bytes of entropy-coded data in its scans."""
+    sof, scan_bytes, i = None, 0, 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+            continue
+        if marker in HUFFMAN_SOF or marker in ARITHMETIC_SOF:
+            sof = marker
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: coded data up to the next real marker
+            end = i
+            while (end := data.find(b"\xff", end)) >= 0 and end + 1 < len(data) and (
+                    data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7):
+                end += 2  # a stuffed 0xFF or a restart marker
+            end = len(data) if end < 0 or end + 1 >= len(data) else end
+            scan_bytes += end - i
+            i = end
+    return sof, scan_bytes
 
 
 def _check_pixels(width: int, height: int, limits: FrameLimits) -> None:

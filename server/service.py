@@ -26,7 +26,13 @@ from google.rpc import code_pb2, status_pb2
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
 from anogan_inspect.search import CASCADE_MARGIN
-from anogan_inspect.server.frames import FrameError, FrameLimits, decode_frame, encode_png
+from anogan_inspect.server.frames import (
+    FrameError,
+    FrameLimits,
+    decode_frame,
+    decoded_bytes,
+    encode_png,
+)
 from anogan_inspect.server.models import Mode, Outcome, ServedModel, Stage
 
 log = logging.getLogger(__name__)
@@ -74,6 +80,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         self.invalid_frames = {name: 0 for name in models}
         self.frames_in_flight = 0  # frames being scored, all streams (--max-frames-in-flight)
         self.bytes_in_flight = 0  # their model inputs' bytes (--max-bytes-in-flight)
+        self.results_unsent = 0  # frames whose final result gRPC has not taken yet, all streams
         self._readers: set[asyncio.Task] = set()  # one per open stream
         self._calls = 0  # Inspect and StreamInspect calls in progress
         self._idle = asyncio.Event()
@@ -170,18 +177,30 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         # even before it first ran: the frames before it get their results, then UNAVAILABLE.
         reader.add_done_callback(lambda task: task.cancelled() and ordered.put_nowait(
             StreamError(grpc.StatusCode.UNAVAILABLE, DRAINING)))
-        sequencer = asyncio.create_task(self._sequence(ordered, out, in_flight))
+        sequencer = asyncio.create_task(self._sequence(ordered, out))
+        sending = 0  # frames of the final result being written
         try:
             while (message := await out.get()) is not None:
                 if isinstance(message, StreamError):
                     await context.abort(message.code, message.message)
-                if isinstance(message, list):  # a batch's results
-                    yield pb.StreamInspectResponse(results=message)
-                else:
-                    yield pb.StreamInspectResponse(result=message)
+                if not isinstance(message, tuple):  # provisional: one a frame at most
+                    yield _response(message)
+                    continue
+                # A final result's frames leave the window once gRPC has taken it, so a
+                # client that stops reading stops being read (HTTP/2 flow control).
+                message, sending = message
+                yield _response(message)
+                self.results_unsent -= sending
+                for _ in range(sending):
+                    in_flight.release()
+                sending = 0
         finally:
             for task in (reader, sequencer, *tasks):
                 task.cancel()
+            while not out.empty():  # finals the stream ended before sending
+                if isinstance(message := out.get_nowait(), tuple):
+                    sending += message[1]
+            self.results_unsent -= sending
 
     async def _read(self, request_iterator, out, ordered, in_flight, tasks) -> None:
         """Take config and frames; one scoring task per frame, queued in arrival order."""
@@ -220,7 +239,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             return
         ordered.put_nowait(None)
 
-    async def _sequence(self, ordered, out, in_flight) -> None:
+    async def _sequence(self, ordered, out) -> None:
         """Final results in frame order; a stream error goes out after the frames before it."""
         while (item := await ordered.get()) is not None:
             if isinstance(item, StreamError):
@@ -235,9 +254,8 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                 log.exception("scoring task failed")
                 out.put_nowait(StreamError(grpc.StatusCode.INTERNAL, f"scoring failed: {err}"))
                 return
-            for _ in range(permits):
-                in_flight.release()
-            out.put_nowait(result)
+            self.results_unsent += permits
+            out.put_nowait((result, permits))
         out.put_nowait(None)
 
     # -- per frame ---------------------------------------------------------------------------
@@ -322,16 +340,42 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     async def _prepare(self, frames, model: ServedModel) -> list:
         """Frames decoded and resized (ServedModel.preprocess_many), each item the model
         input or the error its frame gave; on the event loop when they are raw and small in
-        all (see INLINE_PIXELS), else on a worker thread."""
-        prepare = lambda: model.preprocess_many(  # noqa: E731
-            [_decoded(frame, self.limits) for frame in frames])
-        pixels = 0
-        for frame in frames:
-            if frame.WhichOneof("image") != "raw":
-                return await asyncio.to_thread(prepare)
+        all (see INLINE_PIXELS), else on a worker thread. What decoding will take is held
+        against --max-bytes-in-flight first (from raw shapes and encoded headers): a frame
+        that does not fit is not decoded, its item is RESOURCE_EXHAUSTED."""
+        items: list = [None] * len(frames)
+        admitted, held, pixels, inline = [], 0, 0, True
+        for i, frame in enumerate(frames):
+            size = decoded_bytes(frame)
+            if self.bytes_in_flight + size > self.limits.max_bytes_in_flight:
+                items[i] = Exhausted(
+                    f"decoding the frame takes about {size} bytes: this server holds "
+                    f"{self.bytes_in_flight} of its {self.limits.max_bytes_in_flight} "
+                    "(anogan-serve --max-bytes-in-flight): send it later")
+                continue
+            self.bytes_in_flight += size
+            held += size
+            admitted.append(i)
+            inline = inline and frame.WhichOneof("image") == "raw"
             pixels += frame.raw.height * frame.raw.width
+        prepare = lambda: model.preprocess_many(  # noqa: E731
+            [_decoded(frames[i], self.limits) for i in admitted])
         limit = INLINE_PIXELS if len(frames) == 1 else INLINE_BATCH_PIXELS
-        return prepare() if pixels <= limit else await asyncio.to_thread(prepare)
+        if not admitted:
+            prepared = []
+        elif inline and pixels <= limit:
+            try:
+                prepared = prepare()
+            finally:
+                self.bytes_in_flight -= held
+        else:  # held until the thread is done, even when the stream is cancelled
+            job = asyncio.ensure_future(asyncio.to_thread(prepare))
+            job.add_done_callback(lambda _: setattr(
+                self, "bytes_in_flight", self.bytes_in_flight - held))
+            prepared = await asyncio.shield(job)
+        for i, x in zip(admitted, prepared):
+            items[i] = x
+        return items
 
     def _options(self, config: pb.InspectionConfig) -> StreamOptions:
         name = config.model or self.default_model
@@ -363,6 +407,13 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
 
     def _unknown_model(self, name: str) -> str:
         return f"unknown model {name!r}; served: {', '.join(self.models)}"
+
+
+def _response(result) -> pb.StreamInspectResponse:
+    """A frame's result, or a batch's results (a list), as the message that carries it."""
+    if isinstance(result, list):
+        return pb.StreamInspectResponse(results=result)
+    return pb.StreamInspectResponse(result=result)
 
 
 def _unknown_mode(value: int) -> str:

@@ -543,13 +543,25 @@ def test_unknown_modes_and_budgets_over_the_limit_are_invalid_arguments(stub, di
 def test_encoded_image_errors_name_the_problem_and_the_limit_not_python_objects(stub, digits):
     huge = io.BytesIO()
     Image.new("L", (5000, 5000)).save(huge, format="PNG")  # 25 M pixels in a few KB
-    frames = frames_of(digits, 2)
-    for frame, data in zip(frames, (b"\x89PNG garbage", huge.getvalue())):
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8)).save(
+        jpeg, format="JPEG")
+    forged = bytearray(jpeg.getvalue())  # its header (SOF0) says 4096×4096
+    sof = forged.index(b"\xff\xc0")
+    forged[sof + 5:sof + 9] = (4096).to_bytes(2, "big") * 2
+    frames = frames_of(digits, 4)
+    for frame, data in zip(frames, (b"\x89PNG garbage", huge.getvalue(), bytes(forged),
+                                    jpeg.getvalue())):
         frame.ClearField("raw")
         frame.encoded.data = data
     results = stream(stub, frames)
     assert "its data is not a PNG or JPEG this server can read" in results[0].error.message
     assert "(anogan-serve --max-pixels)" in results[1].error.message
+    assert "the JPEG's header declares 4096x4096 pixels, but its " in results[2].error.message
+    assert "cannot hold them (at least 65536 bytes)" in results[2].error.message
+    assert not results[3].HasField("error")  # the same JPEG, unforged
+    for result in results[:3]:
+        assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     for result in results:
         assert " object at 0x" not in result.error.message
 
@@ -614,12 +626,17 @@ def test_server_wide_caps_give_frames_resource_exhausted(server, stub, digits):
         (refused,) = stream(stub, frames_of(digits, 1, start=1))
         assert refused.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
         assert "(anogan-serve --max-frames-in-flight)" in refused.error.message
-        # The tiny model's input is 1×16×16 float32: 1,024 bytes.
-        service.limits = dataclasses.replace(default, max_bytes_in_flight=1000)
-        (too_big,) = stream(stub, frames_of(digits, 1, start=2))
-        assert too_big.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        # Decoding a 28×28 digit is counted as 4 float32 copies: 12,544 bytes; a 4×4 frame
+        # 256, but the tiny model's input is 1×16×16 float32: 1,024 bytes, as the hog's.
+        service.limits = dataclasses.replace(default, max_bytes_in_flight=2000)
+        small = pb.Frame(raw=pb.RawImage(data=bytes(16), height=4, width=4,
+                                         data_type=pb.DATA_TYPE_UINT8))
+        undecoded, too_big = stream(stub, frames_of(digits, 1, start=2) + [small])
+        assert "decoding the frame takes about 12544 bytes" in undecoded.error.message
         assert "1024 bytes of model input do not fit" in too_big.error.message
-        assert "(anogan-serve --max-bytes-in-flight)" in too_big.error.message
+        for result in (undecoded, too_big):
+            assert result.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            assert "(anogan-serve --max-bytes-in-flight)" in result.error.message
     finally:
         service.limits = default
         hog.call.cancel()
@@ -627,6 +644,78 @@ def test_server_wide_caps_give_frames_resource_exhausted(server, stub, digits):
     wait_for(lambda: service.frames_in_flight == 0 and service.bytes_in_flight == 0,
              what="the counts to return to 0")
     assert not stream(stub, frames_of(digits, 1, start=3))[0].HasField("error")
+
+
+def test_a_client_that_stops_reading_stops_being_read(server, stub, digits):
+    """Results of 256 KB (a long frame_id, echoed) to a client that reads none: once HTTP/2
+    flow control stops gRPC taking them, the server holds at most the stream's window of
+    unsent results and reads no more frames; when the client reads, all come, in order."""
+    service = server.server.service
+    default_window, service.max_in_flight = service.max_in_flight, 4
+    frames = frames_of(digits, 40)
+    for frame in frames:
+        frame.frame_id = f"{frame.sequence:03d}" + "x" * (256 << 10)
+    config = pb.InspectionConfig(mode=pb.MODE_FAST)
+    before = stats(stub).fast_frames
+    try:
+        call = stub.StreamInspect(iter([pb.StreamInspectRequest(config=config)] + [
+            pb.StreamInspectRequest(frame=f) for f in frames]), timeout=120)
+        wait_for(lambda: service.results_unsent == 4, what="the window to fill")
+        time.sleep(1.0)  # room for any more frames to be read, if they could be
+        assert service.results_unsent <= 4
+        scored = stats(stub).fast_frames - before
+        assert scored < 40, "every frame was read though no result was"
+        results = [r.result for r in call]
+    finally:
+        service.max_in_flight = default_window
+    assert [r.frame_id[:3] for r in results] == [f"{i:03d}" for i in range(40)]
+    assert not any(r.HasField("error") for r in results)
+    assert service.results_unsent == 0
+
+
+def test_a_png_flood_stays_within_the_bytes_cap(server, stub, digits):
+    """16 PNGs of a few KB that decode to 2048×2048 RGBA, from 2 streams at once: what
+    decoding takes is held against --max-bytes-in-flight (512 MB here, 2 such frames), so
+    the rest are refused before decoding and the server's peak memory grows by less than
+    the cap. Without the hold, 6 decode at once (the worker threads): the peak grew
+    by 927 MB (335 MB with it)."""
+    import dataclasses
+
+    service = server.server.service
+    default = service.limits
+    cap = 512 << 20
+    png = io.BytesIO()
+    Image.new("RGBA", (2048, 2048), (40, 80, 120, 255)).save(png, format="PNG")
+    flood = [pb.Frame(encoded=pb.EncodedImage(data=png.getvalue()), sequence=i)
+             for i in range(8)]
+    service.limits = dataclasses.replace(default, max_bytes_in_flight=cap)
+    rss = lambda: _status_kb("VmRSS") << 10  # noqa: E731
+    before = rss()
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # the peak (VmHWM) starts again from now
+    try:
+        streams = [OpenStream(stub, pb.InspectionConfig(mode=pb.MODE_FAST)) for _ in range(2)]
+        for open_stream in streams:
+            open_stream.send(flood)
+            open_stream.close()
+        for open_stream in streams:
+            open_stream.join()
+    finally:
+        service.limits = default
+    growth = (_status_kb("VmHWM") << 10) - before
+    results = [r for s in streams for r in s.results]
+    assert len(results) == 16 and all(s.error is None for s in streams)
+    refused = [r for r in results if r.HasField("error")]
+    assert all(r.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and
+               "(anogan-serve --max-bytes-in-flight)" in r.error.message for r in refused)
+    assert 0 < len(refused) < 16
+    assert growth < cap, f"peak memory grew by {growth >> 20} MB"
+    assert service.bytes_in_flight == 0
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith(field)).split()[1])
 
 
 def test_soak_many_streams_with_malformed_and_cancelled_ones(server, stub, digits):
