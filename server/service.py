@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
 from anogan.v1 import inspection_pb2 as pb
@@ -236,6 +237,15 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                 ordered.put_nowait((task, permits))
         except StreamError as err:
             ordered.put_nowait(err)
+            return
+        except DecodeError as err:  # the client's bytes: the frames before it are answered
+            ordered.put_nowait(StreamError(grpc.StatusCode.INVALID_ARGUMENT,
+                                           f"a message on the stream does not parse: {err}"))
+            return
+        except Exception as err:  # a bug: end the stream, say so, never leave it hanging
+            log.exception("reading a stream failed")
+            ordered.put_nowait(StreamError(grpc.StatusCode.INTERNAL,
+                                           f"reading the stream failed: {err}"))
             return
         ordered.put_nowait(None)
 

@@ -646,6 +646,33 @@ def test_server_wide_caps_give_frames_resource_exhausted(server, stub, digits):
     assert not stream(stub, frames_of(digits, 1, start=3))[0].HasField("error")
 
 
+def test_a_message_that_does_not_parse_or_a_reader_fault_ends_the_stream_with_a_status(
+        server, stub, digits, monkeypatch):
+    """Bytes that are no StreamInspectRequest, after two frames: both answered, then
+    INVALID_ARGUMENT (the stream used to hang until its deadline). A fault in the stream's
+    own reading ends it with INTERNAL."""
+    with server.channel() as channel:
+        raw_call = channel.stream_stream("/anogan.v1.InspectionService/StreamInspect")
+        frames = [pb.StreamInspectRequest(frame=f).SerializeToString()
+                  for f in frames_of(digits, 2)]
+        responses = raw_call(iter(frames + [b"\xff\xff\xff"]), timeout=60)
+        answered = []
+        with pytest.raises(grpc.RpcError) as err:
+            for response in responses:
+                answered.append(pb.StreamInspectResponse.FromString(response).result)
+    assert [r.sequence for r in answered] == [0, 1]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a message on the stream does not parse" in err.value.details()
+
+    def broken(config):
+        raise RuntimeError("a bug in reading the config")
+    monkeypatch.setattr(server.server.service, "_options", broken)
+    with pytest.raises(grpc.RpcError) as err:
+        stream(stub, frames_of(digits, 1), timeout=60)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "reading the stream failed: a bug in reading the config" in err.value.details()
+
+
 def test_a_client_that_stops_reading_stops_being_read(server, stub, digits):
     """Results of 256 KB (a long frame_id, echoed) to a client that reads none: once HTTP/2
     flow control stops gRPC taking them, the server holds at most the stream's window of
