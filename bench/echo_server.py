@@ -10,12 +10,9 @@ can carry at all, the ceiling the modes' figures are read against (bench/line_be
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import sys
 
-from anogan_inspect.server import app
-from anogan_inspect.server.cli import build_parser, config_from_args
+from anogan_inspect.server import app, cli
 from anogan_inspect.server.models import Outcome, ServedModel, Stage
 
 
@@ -32,13 +29,10 @@ def without_scoring(model: ServedModel) -> ServedModel:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load = app.load_models
     app.load_models = lambda config: {name: without_scoring(model)
                                       for name, model in load(config).items()}
-    return asyncio.run(app.serve(config_from_args(args)))
+    return cli.main(argv, module="bench.echo_server")  # --workers N start N of these
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ so a timeout keeps what finished) and DIR/line-bench.md:
    server with scoring taken out: the gRPC ceiling), driven by ``--clients`` processes of
    ``--streams`` streams each, every stream keeping ``--window`` frames in flight; frames/s
    counts the final results received in the measured window (after ``--warmup`` s). The
-   frames are the 1,000 bundled MNIST test digits (all ten classes), cycled.
+   frames are the 1,000 bundled MNIST test digits (all ten classes), or with ``--frames
+   reference`` the reference task's 300 (7, 8 and 2), cycled; each stream has a
+   connection of its own, so that ``--workers`` servers get them spread (rows -w4: four
+   processes on the port, an engine each; their counters are summed over the workers).
 """
 
 from __future__ import annotations
@@ -116,11 +119,17 @@ def quality(bundle, models, device) -> dict:
 
 # -- 4: servers driven by client processes --------------------------------------------------
 
-def test_frames() -> list[bytes]:
-    """The 1,000 bundled test digits as serialised frame requests (raw uint8)."""
+FRAME_SETS = {  # --frames: which bundled test digits the clients send
+    "all": {},  # all 1,000 (ten classes: to the 7/8 model, 80 % are anomalous)
+    "reference": {"normal_labels": [7, 8], "anomaly_labels": [2]},  # the reference task's 300
+}
+
+
+def test_frames(which: str = "all") -> list[bytes]:
+    """The bundled test digits as serialised frame requests (raw uint8)."""
     from anogan.v1 import inspection_pb2 as pb
 
-    data = load_dataset(TEST_CSV)
+    data = load_dataset(TEST_CSV, **FRAME_SETS[which])
     pixels = (data.images[:, 0] * 255.0 + 0.5).astype(np.uint8)
     return [pb.StreamInspectRequest(frame=pb.Frame(
         frame_id=str(i), sequence=i, raw=pb.RawImage(
@@ -193,17 +202,25 @@ async def _drive(target, mode, steps, streams, window, batch, clock, warmup, sec
                 counted += len(results)
         await sender
 
-    options = [("grpc.max_receive_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 60)
-        stub = pb_grpc.InspectionServiceStub(channel)
+    # A connection per stream (a channel argument of its own keeps gRPC from sharing one),
+    # as separate cameras would have: the kernel spreads them over `--workers` processes.
+    channels = [grpc.aio.insecure_channel(target, options=[
+        ("grpc.max_receive_message_length", 64 << 20), ("bench.stream", f"{os.getpid()}/{i}")])
+        for i in range(streams)]
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), 60)
         result.put(("ready", os.getpid()))
         await asyncio.to_thread(clock.go.wait)
         start = clock.start.value
         await asyncio.sleep(max(0.0, start - time.time()))
         late = max(0.0, time.time() - start)
         window_start, window_end = start + warmup, start + warmup + seconds
-        await asyncio.gather(*(one(stub, i) for i in range(streams)))
+        await asyncio.gather(*(one(pb_grpc.InspectionServiceStub(channel), i)
+                               for i, channel in enumerate(channels)))
+    finally:
+        for channel in channels:
+            await channel.close()
     return counted, errors, total, late
 
 
@@ -213,6 +230,34 @@ class Clock:
     def __init__(self, context):
         self.start = context.Value("d", 0.0)
         self.go = context.Event()
+
+
+def all_workers_stats(target: str, workers: int) -> dict:
+    """The model's counters summed over every worker of the server (`--workers`): asked
+    over new connections until each worker has answered (the kernel picks one per
+    connection). Largest batches: the largest any worker ran."""
+    import grpc
+
+    from anogan.v1 import inspection_pb2 as pb
+    from anogan.v1 import inspection_pb2_grpc as pb_grpc
+
+    seen: dict[int, pb.ModelStats] = {}
+    for attempt in range(64 * workers):
+        with grpc.insecure_channel(target, options=[("bench.stats", attempt)]) as channel:
+            reply = pb_grpc.InspectionServiceStub(channel).GetServerStats(
+                pb.GetServerStatsRequest(), timeout=30)
+        seen.setdefault(reply.worker, reply.models[0])
+        if len(seen) == workers:
+            break
+    else:
+        raise RuntimeError(f"only workers {sorted(seen)} of {workers} answered")
+    total = pb.ModelStats()
+    for stats in seen.values():
+        for field in ("search_batches", "search_slot_steps", "searches_completed",
+                      "fast_batches", "fast_frames"):
+            setattr(total, field, getattr(total, field) + getattr(stats, field))
+        total.max_search_batch = max(total.max_search_batch, stats.max_search_batch)
+    return total
 
 
 def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
@@ -231,7 +276,8 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
         startup = time.perf_counter() - started
         stub = pb_grpc.InspectionServiceStub(server.channel())
         model = stub.GetModel(pb.GetModelRequest()).model
-        before = stub.GetServerStats(pb.GetServerStatsRequest()).models[0]
+        processes = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
+        before = all_workers_stats(server.target, processes)
         context = multiprocessing.get_context("spawn")
         queue, clock = context.Queue(), Clock(context)
         steps = args.steps or model.default_search_steps
@@ -253,7 +299,7 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
                 worker.join(timeout=30)
                 if worker.is_alive():
                     worker.terminate()
-        after = stub.GetServerStats(pb.GetServerStatsRequest()).models[0]
+        after = all_workers_stats(server.target, processes)
     except grpc.RpcError as err:
         raise RuntimeError(f"{name}: {err.code().name} {err.details()}") from err
     finally:
@@ -266,7 +312,8 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
     batches = after.search_batches - before.search_batches
     fast_batches = after.fast_batches - before.fast_batches
     row = {
-        "server": name, "mode": mode, "batch": batch, "streams": args.clients * args.streams,
+        "server": name, "workers": processes, "frames": args.frames, "mode": mode, "batch": batch,
+        "streams": args.clients * args.streams,
         "client_processes": args.clients, "frames_per_s": counted / args.seconds,
         "frames_counted": counted, "results": sum(o[2] for o in outcomes),
         "errors": sum(o[1] for o in outcomes), "startup_s": round(startup, 1),
@@ -285,16 +332,21 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
     return row
 
 
-SERVE = "anogan_inspect.server"
+SERVE, ECHO = "anogan_inspect.server", "bench.echo_server"
 BF16 = ["--precision", "bf16"]
+W4 = ["--workers", "4"]  # 4 processes on the port (SO_REUSEPORT), an engine each
 SERVERS = [  # name, module, mode, extra serve arguments, batched (--batch frames a message)
-    ("echo", "bench.echo_server", "FAST", [], False),
-    ("echo", "bench.echo_server", "FAST", [], True),
+    ("echo", ECHO, "FAST", [], False),
+    ("echo", ECHO, "FAST", [], True),
+    ("echo-w4", ECHO, "FAST", W4, True),
     ("fp32", SERVE, "FAST", [], False),
     ("fp32", SERVE, "FAST", [], True),
+    ("fp32-w4", SERVE, "FAST", W4, True),
     ("fp32", SERVE, "CASCADE", [], True),
+    ("fp32-w4", SERVE, "CASCADE", W4, True),
     ("fp32", SERVE, "SEARCH", [], True),
     ("bf16", SERVE, "CASCADE", BF16, True),
+    ("bf16-w4", SERVE, "CASCADE", BF16 + W4, True),
     ("bf16", SERVE, "SEARCH", BF16, True),
 ]
 
@@ -319,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                         + "; NAME:MODE:1 only the per-frame one, NAME:MODE:B the batched)")
     parser.add_argument("--batch", type=int, default=32,
                         help="frames per message of the batched runs")
+    parser.add_argument("--frames", choices=FRAME_SETS, default="all",
+                        help="the test digits sent: all 1,000, or the reference task's 300 "
+                             "(7 and 8 normal, 2 anomalous; a third need the search)")
     parser.add_argument("--code-version", default="",
                         help="recorded as the code version where git is absent")
     args = parser.parse_args(argv)
@@ -382,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     section("engine", engines)
     section("quality", lambda: quality(bundle, models, device))
     if "servers" in sections:
-        requests = test_frames()
+        requests = test_frames(args.frames)
         logs = args.out / "logs"
         logs.mkdir(exist_ok=True)
         report["servers"] = []

@@ -81,6 +81,10 @@ class ServerConfig:
     tls: TlsConfig | None = None  # None: plain text
     auth_tokens: Path | None = None  # bearer tokens, one a line (None: no authentication)
     open_reflection: bool = False  # with tokens: serve reflection without one
+    # Share the port with other processes (SO_REUSEPORT): --workers only, so that a second
+    # server started on a taken port by mistake fails instead of taking half its calls.
+    reuse_port: bool = False
+    worker: int = 0  # this process's index among --workers (reported by GetServerStats)
 
 
 def load_models(config: ServerConfig) -> dict[str, ServedModel]:
@@ -104,11 +108,12 @@ class InspectionServer:
         config.auth_tokens's, read by the caller (None: no authentication)."""
         self.config, self.models, self.tokens = config, models, tokens
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
-                   ("grpc.max_send_message_length", config.max_message_bytes)]
+                   ("grpc.max_send_message_length", config.max_message_bytes),
+                   ("grpc.so_reuseport", int(config.reuse_port))]
         interceptors = [TokenInterceptor(tokens, config.open_reflection)] if tokens else []
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         self.service = InspectionService(models, next(iter(models)), config.limits,
-                                         config.max_in_flight)
+                                         config.max_in_flight, config.worker)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
             health.HealthServicer()
         pb_grpc.add_InspectionServiceServicer_to_server(self.service, self.server)
@@ -175,11 +180,18 @@ class InspectionServer:
                 await result
 
 
-async def serve(config: ServerConfig) -> int:
-    """Run until SIGTERM/SIGINT, then drain and return 0; SIGHUP rereads the tokens."""
-    # Read first: unreadable TLS or token files fail now, not after loading models.
+def check_files(config: ServerConfig) -> tuple[grpc.ServerCredentials | None,
+                                                TokenStore | None]:
+    """The TLS credentials and tokens, read now: unreadable or mismatched files fail
+    before any model loads (ValueError naming the file)."""
     credentials = config.tls.credentials() if config.tls else None
     tokens = TokenStore(config.auth_tokens) if config.auth_tokens else None
+    return credentials, tokens
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT, then drain and return 0; SIGHUP rereads the tokens."""
+    credentials, tokens = check_files(config)
     models = load_models(config)
     server = await InspectionServer(config, models, credentials, tokens).start()
     loop = asyncio.get_running_loop()

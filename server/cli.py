@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -12,11 +13,12 @@ import torch
 
 from anogan_inspect.bundle import BundleError
 from anogan_inspect.help_format import HelpFormatter
-from anogan_inspect.server.app import ServerConfig, TlsConfig, serve
+from anogan_inspect.server.app import ServerConfig, TlsConfig, check_files, serve
 from anogan_inspect.server.engine import PRECISIONS
 from anogan_inspect.server.fastpath import BACKENDS
 from anogan_inspect.server.frames import FrameLimits
 from anogan_inspect.server.models import EngineOptions
+from anogan_inspect.server.workers import Worker, run_workers
 
 
 def parse_bundle(text: str) -> tuple[str | None, Path]:
@@ -138,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --auth-token-file: serve reflection without a token")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once listening (for --port 0)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port (SO_REUSEPORT), each with "
+                             "its own models and engine on the device; the kernel spreads "
+                             "connections across them, so a client needs several "
+                             "connections to use several")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -169,14 +176,30 @@ def config_from_args(args) -> ServerConfig:
                         open_reflection=args.open_reflection)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, module: str = "anogan_inspect.server") -> int:
+    """`anogan-serve`; `module`: the entry point --workers starts N of (the benchmarks'
+    echo server passes its own)."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    worker = Worker.from_env()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s " + (
+                            f"worker {worker.index} " if worker else "") + "%(name)s: "
+                               "%(message)s")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     try:
-        return asyncio.run(serve(config_from_args(args)))
+        config = config_from_args(args)
+        if args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        if worker:  # one of --workers N: the supervisor chose the port
+            config = dataclasses.replace(config, port=worker.port, port_file=worker.port_file,
+                                         reuse_port=True, worker=worker.index)
+        elif args.workers > 1:
+            check_files(config)  # once, before N processes load models
+            return run_workers(argv, config.host, config.port, args.workers, config.port_file,
+                               module)
+        return asyncio.run(serve(config))
     except (BundleError, ValueError, FileNotFoundError) as err:
         print(f"anogan-serve: error: {err}", file=sys.stderr)
         return 2

@@ -74,9 +74,10 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     """InspectionService over a set of resident models."""
 
     def __init__(self, models: dict[str, ServedModel], default_model: str, limits: FrameLimits,
-                 max_in_flight: int):
+                 max_in_flight: int, worker: int = 0):
         self.models, self.default_model, self.limits = models, default_model, limits
         self.max_in_flight = max_in_flight
+        self.worker = worker  # this process's index among `anogan-serve --workers N`
         self.draining = False
         self.invalid_frames = {name: 0 for name in models}
         self.frames_in_flight = 0  # frames being scored, all streams (--max-frames-in-flight)
@@ -150,7 +151,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                                      next_page_token=following[0] if following else "")
 
     async def GetServerStats(self, request, context) -> pb.GetServerStatsResponse:
-        return pb.GetServerStatsResponse(models=[
+        return pb.GetServerStatsResponse(worker=self.worker, models=[
             pb.ModelStats(model=name, invalid_frames=self.invalid_frames[name], **model.stats())
             for name, model in self.models.items()])
 

@@ -300,4 +300,4 @@ def test_line_bench_drives_the_echo_server_from_client_processes(tmp_path):
         assert row["frames_counted"] > 0 and row["results"] >= row["frames_counted"]
         assert row["fast_path"] == "onnxruntime CPUExecutionProvider"
         assert row["search_slots"] == 64
-    assert "| echo | FAST | 4 |" in (tmp_path / "line-bench.md").read_text()
+    assert "| echo | 1 | all | FAST | 4 |" in (tmp_path / "line-bench.md").read_text()

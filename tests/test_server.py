@@ -416,6 +416,38 @@ def test_server_says_when_its_port_is_taken(tiny_bundle):
 
 
 @pytest.mark.slow
+def test_workers_share_one_port_and_drain_together(tiny_bundle, tmp_path, digits):
+    """`--workers 2`: two processes on one port, connections spread across them (each
+    GetServerStats names its worker); every stream answered in order whichever worker has
+    it; a single server started on that port by mistake is refused (no silent sharing);
+    SIGTERM to the supervisor drains both, exit 0."""
+    proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
+                         "--workers", "2", "--drain-delay", "0", cwd=ROOT)
+    try:
+        # A channel argument of its own keeps gRPC from sharing one connection among them.
+        channels = [grpc.insecure_channel(proc.target, options=[("anogan.test.channel", i)])
+                    for i in range(16)]
+        stubs = [pb_grpc.InspectionServiceStub(c) for c in channels]
+        workers = [s.GetServerStats(pb.GetServerStatsRequest()).worker for s in stubs]
+        assert set(workers) == {0, 1}, workers
+        for worker in (0, 1):
+            stub = stubs[workers.index(worker)]
+            results = stream(stub, frames_of(digits, 20, start=20 * worker))
+            assert [r.sequence for r in results] == list(range(20 * worker, 20 * worker + 20))
+            assert not any(r.HasField("error") for r in results)
+        taken = run_server("--bundle", str(tiny_bundle), "--port", str(proc.port))
+        assert taken.returncode == 2 and f"cannot listen on [::]:{proc.port}" in taken.stderr
+        for channel in channels:
+            channel.close()
+    finally:
+        assert proc.stop(timeout=120) == 0
+    log = proc.log_path.read_text()
+    assert "2 workers listening" in log
+    assert "worker 0 anogan_inspect.server.app: stopped" in log
+    assert "worker 1 anogan_inspect.server.app: stopped" in log
+
+
+@pytest.mark.slow
 def test_an_open_health_watch_does_not_hold_the_drain(tiny_bundle, tmp_path):
     proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
                          "--grace", "300",

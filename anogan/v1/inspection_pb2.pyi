@@ -352,10 +352,12 @@ class GetServerStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerStatsResponse(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "worker")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelStats]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ...) -> None: ...
+    worker: int
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., worker: _Optional[int] = ...) -> None: ...
 
 class ModelStats(_message.Message):
     __slots__ = ("model", "search_batches", "search_slot_steps", "max_search_batch", "active_slots", "slot_capacity", "queued_searches", "searches_completed", "searches_cancelled", "fast_batches", "fast_frames", "max_fast_batch", "invalid_frames")
