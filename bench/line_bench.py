@@ -348,6 +348,7 @@ SERVERS = [  # name, module, mode, extra serve arguments, batched (--batch frame
     ("bf16", SERVE, "CASCADE", BF16, True),
     ("bf16-w4", SERVE, "CASCADE", BF16 + W4, True),
     ("bf16", SERVE, "SEARCH", BF16, True),
+    ("bf16-w4", SERVE, "SEARCH", BF16 + W4, True),
 ]
 
 
