@@ -62,10 +62,16 @@ def run_workers(argv: list[str], host: str, port: int, workers: int,
         procs = [subprocess.Popen([sys.executable, "-m", module, *argv], env=spec.env())
                  for spec in specs]
 
+        stopping: set[int] = set()  # workers told to drain: a second SIGTERM, arriving
+        # after a worker's drain removed its handler, would kill it
+
         def forward(signum, _frame) -> None:
             for proc in procs:
-                if proc.poll() is None:
+                if proc.poll() is None and not (signum != signal.SIGHUP and
+                                                proc.pid in stopping):
                     proc.send_signal(signum)
+                    if signum != signal.SIGHUP:
+                        stopping.add(proc.pid)
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, forward)
