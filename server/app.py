@@ -18,6 +18,7 @@ from anogan.v1 import inspection_pb2_grpc as pb_grpc
 from anogan_inspect.server.auth import TokenInterceptor, TokenStore
 from anogan_inspect.server.frames import FrameLimits
 from anogan_inspect.server.models import EngineOptions, ServedModel, load_model
+from anogan_inspect.server.monitoring import Metrics
 from anogan_inspect.server.service import InspectionService
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class ServerConfig:
     # server started on a taken port by mistake fails instead of taking half its calls.
     reuse_port: bool = False
     worker: int = 0  # this process's index among --workers (reported by GetServerStats)
+    metrics_port: int | None = None  # Prometheus /metrics (None: off; 0: a free port)
 
 
 def load_models(config: ServerConfig) -> dict[str, ServedModel]:
@@ -126,6 +128,10 @@ class InspectionServer:
                          if credentials else self.server.add_insecure_port(address))
         except RuntimeError as err:  # grpc's "Failed to bind to address ..."
             raise ValueError(f"cannot listen on {address}: {err}") from err
+        self.metrics = Metrics(self.service, models) if config.metrics_port is not None \
+            else None
+        self.service.metrics = self.metrics
+        self.metrics_port: int | None = None  # bound at start()
         self._stopped = asyncio.Event()
         self._draining = False
 
@@ -133,6 +139,14 @@ class InspectionServer:
         for model in self.models.values():
             model.start()
         await self.server.start()
+        if self.metrics is not None:
+            try:
+                self.metrics_port = self.metrics.serve(self.config.host,
+                                                       self.config.metrics_port)
+            except OSError as err:
+                raise ValueError(f"cannot serve metrics on port {self.config.metrics_port}: "
+                                 f"{err.strerror}") from err
+            log.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s:%d, %s, %s (models: %s)", self.config.host, self.port,
                  "TLS" + (" with client certificates" if self.config.tls.client_ca else "")
@@ -167,6 +181,8 @@ class InspectionServer:
         await self.server.stop(0)
         for model in self.models.values():
             model.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self._stopped.set()
         log.info("stopped")
 

@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --auth-token-file: serve reflection without a token")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once listening (for --port 0)")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics (plain "
+                             "HTTP, no token: counters and scores, never frames); with "
+                             "--workers, worker i on PORT + i; 0 picks a free port "
+                             "(logged). Default: off")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes sharing the port (SO_REUSEPORT), each with "
                              "its own models and engine on the device; the kernel spreads "
@@ -173,7 +178,8 @@ def config_from_args(args) -> ServerConfig:
                         drain_delay_seconds=args.drain_delay,
                         port_file=args.port_file, tls=tls,
                         auth_tokens=args.auth_token_file,
-                        open_reflection=args.open_reflection)
+                        open_reflection=args.open_reflection,
+                        metrics_port=args.metrics_port)
 
 
 def main(argv: list[str] | None = None, module: str = "anogan_inspect.server") -> int:
@@ -193,8 +199,10 @@ def main(argv: list[str] | None = None, module: str = "anogan_inspect.server") -
         if args.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {args.workers}")
         if worker:  # one of --workers N: the supervisor chose the port
+            metrics = config.metrics_port and config.metrics_port + worker.index
             config = dataclasses.replace(config, port=worker.port, port_file=worker.port_file,
-                                         reuse_port=True, worker=worker.index)
+                                         reuse_port=True, worker=worker.index,
+                                         metrics_port=metrics)
         elif args.workers > 1:
             check_files(config)  # once, before N processes load models
             return run_workers(argv, config.host, config.port, args.workers, config.port_file,

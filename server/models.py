@@ -37,6 +37,7 @@ from anogan_inspect.server.fastpath import (
     TorchFastPath,
     choose_backend,
 )
+from anogan_inspect.server.monitoring import Drift
 from anogan_inspect.tiling import (
     Region,
     cut_tiles,
@@ -202,6 +203,24 @@ class ServedModel:
         self.default_mode = Mode.CASCADE if self.fast else Mode.SEARCH
         self._random = torch.Generator().manual_seed(options.seed)
         self.score_gap = 0.0  # measured by check_exactness() at load
+        self.drift = self._drift_monitors()
+
+    def _drift_monitors(self) -> dict[str, Drift]:
+        """Live scores against the bundle's held-out ones (server/monitoring.py): "fast"
+        (every fast-path score of a whole frame) and "search_B" (SEARCH-mode scores at each
+        calibrated budget B). Tiled models have none yet: their held-out scores are whole
+        frames', their fast path scores tiles."""
+        if self.tiling is not None:
+            return {}
+        manifest = self.bundle.manifest
+        entries = {f"search_{steps}": entry
+                   for steps, entry in (manifest.get("thresholds") or {}).items()}
+        entries[f"search_{self.bundle.search_config.steps}"] = manifest["threshold"]
+        fast = manifest.get("fast_threshold")
+        if self.fast and fast and not fast.get("shared_with_search"):
+            entries["fast"] = fast
+        monitors = {kind: Drift.from_calibration(entry) for kind, entry in entries.items()}
+        return {kind: drift for kind, drift in sorted(monitors.items()) if drift is not None}
 
     def _lane(self, device: torch.device, index: int) -> Lane:
         """The torch programs on `device`, an engine with slots sized for it, a fast path."""
@@ -359,6 +378,8 @@ class ServedModel:
         z0: torch.Tensor | None = None  # None: the engine starts from E(x) (torch, batched)
         if mode is not Mode.SEARCH:
             fast = await lane.fast.submit(x.numpy())
+            if "fast" in self.drift:
+                self.drift["fast"].add(fast.score)
             outcome = dataclasses.replace(self._fast_outcome(fast, mode, arrived, threshold),
                                           threshold_steps=judged_steps)
             if mode is Mode.FAST or fast_clears(fast.score, threshold):
@@ -377,6 +398,9 @@ class ServedModel:
             raise
         result = searched.result
         fast_seconds = fast.seconds if fast else 0.0
+        if mode is Mode.SEARCH and (drift := self.drift.get(f"search_{judged_steps}")) \
+                and steps == judged_steps:
+            drift.add(result.score)
         outcome = Outcome(True, Stage.SEARCH, mode, result.score, result.residual,
                           result.feature, result.steps, result.score > threshold,
                           request.enqueued - arrived - fast_seconds + searched.queue_seconds,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -78,6 +79,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         self.models, self.default_model, self.limits = models, default_model, limits
         self.max_in_flight = max_in_flight
         self.worker = worker  # this process's index among `anogan-serve --workers N`
+        self.metrics = None  # server/monitoring.py's Metrics, with --metrics-port
         self.draining = False
         self.invalid_frames = {name: 0 for name in models}
         self.frames_in_flight = 0  # frames being scored, all streams (--max-frames-in-flight)
@@ -273,8 +275,17 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
 
     async def _score(self, frame: pb.Frame, options: StreamOptions, on_provisional,
                      prepared=None) -> pb.InspectionResult:
-        """One frame → one final result (errors become the result's status). `prepared`:
-        the frame already decoded and preprocessed (or the error that gave), for batches."""
+        """One frame → one final result (errors become the result's status), counted in
+        the metrics. `prepared`: the frame already decoded and preprocessed (or the error
+        that gave), for batches."""
+        started = time.perf_counter()
+        result = await self._score_frame(frame, options, on_provisional, prepared)
+        if self.metrics is not None:
+            self.metrics.observe(result, time.perf_counter() - started)
+        return result
+
+    async def _score_frame(self, frame: pb.Frame, options: StreamOptions, on_provisional,
+                           prepared) -> pb.InspectionResult:
         model = options.model
         echo = _echo(frame, model)
         mode = MODES.get(frame.mode, options.mode)
@@ -335,8 +346,9 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             prepared = await self._prepare(frames, model)
         except Exception as err:  # e.g. out of memory resizing them: each frame says so
             log.exception("preparing a batch of %d frames failed", len(frames))
-            return [_failed(frame, model, code_pb2.INTERNAL,
-                            f"preparing the frame failed: {err}") for frame in frames]
+            return self._counted([_failed(frame, model, code_pb2.INTERNAL,
+                                          f"preparing the frame failed: {err}")
+                                  for frame in frames])
         return list(await asyncio.gather(*(self._score(frame, options, on_provisional, x)
                                            for frame, x in zip(frames, prepared))))
 
@@ -345,8 +357,15 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         message = (f"a batch of {len(frames)} frames is larger than this stream's in-flight "
                    f"window of {self.max_in_flight} frames (anogan-serve --max-in-flight): "
                    f"send at most {self.max_in_flight} frames in one batch")
-        return [_failed(frame, model, code_pb2.RESOURCE_EXHAUSTED, message)
-                for frame in frames]
+        return self._counted([_failed(frame, model, code_pb2.RESOURCE_EXHAUSTED, message)
+                              for frame in frames])
+
+    def _counted(self, results: list[pb.InspectionResult]) -> list[pb.InspectionResult]:
+        """Error results made without scoring, counted in the metrics."""
+        if self.metrics is not None:
+            for result in results:
+                self.metrics.observe(result, 0.0)
+        return results
 
     async def _prepare(self, frames, model: ServedModel) -> list:
         """Frames decoded and resized (ServedModel.preprocess_many), each item the model

@@ -110,7 +110,8 @@ def server(tiny_bundle, tiny_bundle_no_encoder, tiny_tiled_bundle):
                               # Tests hold slots with long searches, beyond the
                               # calibrated budgets: judged by the nearest one's threshold.
                               EngineOptions(device="cpu", max_batch=32,
-                                            uncalibrated_steps="nearest"))
+                                            uncalibrated_steps="nearest"),
+                              metrics_port=0)  # Prometheus on a free port
     yield running
     running.stop()
 

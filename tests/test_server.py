@@ -705,6 +705,58 @@ def test_a_message_that_does_not_parse_or_a_reader_fault_ends_the_stream_with_a_
     assert "reading the stream failed: a bug in reading the config" in err.value.details()
 
 
+def scrape(server) -> dict[tuple[str, tuple], float]:
+    """The server's /metrics, as {(sample name, sorted labels): value}."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = server.server.metrics_port
+    with urlopen(f"http://localhost:{port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def total(samples: dict, name: str, **labels) -> float:
+    """The sum of a metric's samples whose labels include `labels`."""
+    return sum(value for (sample, sample_labels), value in samples.items()
+               if sample == name and set(labels.items()) <= set(sample_labels))
+
+
+def test_metrics_count_frames_errors_latency_and_drift(server, stub, digits):
+    """A stream of 30 digits and 2 malformed frames, then a scrape: the frame, error and
+    latency counts grew by what was sent, and every fast score went into the drift
+    window, beside the held-out share the bundle carries."""
+    before = scrape(server)
+    frames = frames_of(digits, 32)
+    for frame in frames[30:]:
+        frame.raw.data = b"short"
+    results = stream(stub, frames)
+    after = scrape(server)
+
+    def grew(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    passed = sum(r.verdict == pb.VERDICT_PASS for r in results[:30])
+    assert grew("anogan_frames_total", model="tiny", mode="cascade") == 30
+    assert grew("anogan_frames_total", model="tiny", mode="cascade", verdict="pass") == passed
+    assert grew("anogan_frame_errors_total", model="tiny", code="INVALID_ARGUMENT") == 2
+    assert grew("anogan_frame_seconds_count", model="tiny", mode="cascade") == 30
+    assert grew("anogan_frame_queue_seconds_count", model="tiny") == 30
+    searched = sum(r.stage == pb.STAGE_SEARCH for r in results[:30])
+    assert grew("anogan_frame_compute_seconds_count", model="tiny", stage="search") == searched
+    window = total(after, "anogan_drift_window_frames", model="tiny", score="fast")
+    assert window == min(1000, total(before, "anogan_drift_window_frames", model="tiny",
+                                     score="fast") + 30)
+    heldout = total(after, "anogan_drift_heldout_fail_share", model="tiny", score="fast")
+    assert 0 < heldout < 0.5
+    assert total(after, "anogan_drift_psi", model="tiny", score="fast") >= 0
+    assert ("anogan_search_slots", (("model", "tiny"),)) in after
+    assert total(after, "anogan_streams_open") == 0
+    assert grew("anogan_fast_frames_total", model="tiny") == 30
+
+
 def test_a_client_that_stops_reading_stops_being_read(server, stub, digits):
     """Results of 256 KB (a long frame_id, echoed) to a client that reads none: once HTTP/2
     flow control stops gRPC taking them, the server holds at most the stream's window of
