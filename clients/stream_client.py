@@ -69,6 +69,8 @@ class Record:
 class StreamReport:
     records: list[Record] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    restarts: int = 0  # streams opened again after UNAVAILABLE (--resend)
+    resent: int = 0  # frames sent again then
 
 
 def frame_message(frame: SourceFrame, sequence: int) -> pb.Frame:
@@ -85,36 +87,41 @@ def frame_message(frame: SourceFrame, sequence: int) -> pb.Frame:
 async def run_stream(stub, index: int, frames: list[tuple[int, SourceFrame]],
                      config: pb.InspectionConfig, rate: float | None, on_record,
                      overlays: Path | None = None, batch: int = 1,
-                     metadata=None) -> StreamReport:
+                     metadata=None, resend: int = 0) -> StreamReport:
     """Send frames on one stream at `rate` frames/s, `batch` frames per message (a
     FrameBatch when more than one); check one in-order final per frame; save an overlay for
-    each result with an anomaly map when `overlays` names a folder."""
+    each result with an anomaly map when `overlays` names a folder. When the stream ends
+    UNAVAILABLE (a draining or lost server), up to `resend` times: open a new stream (with
+    client-side balancing, on another server) and send again every frame from the first
+    unanswered one; scoring is a pure function of the frame, so a frame answered twice is
+    answered the same."""
     report = StreamReport()
     pixels = {seq: frame.pixels for seq, frame in frames}
     sent: dict[int, float] = {}
     provisional: set[int] = set()
     truth = {seq: frame.is_anomaly for seq, frame in frames}
+    answered = 0  # frames[:answered] have their final result
+    start = time.perf_counter()
 
-    async def requests():
+    async def requests(first: int):
         yield pb.StreamInspectRequest(config=config)
-        start = time.perf_counter()
-        for k in range(0, len(frames), batch):
-            if rate:
+        for k in range(first, len(frames), batch):
+            if rate:  # the camera's schedule: frames sent again are overdue, so go at once
                 await asyncio.sleep(max(0.0, start + k / rate - time.perf_counter()))
             group = frames[k:k + batch]
             now = time.perf_counter()
             for sequence, _ in group:
-                sent[sequence] = now
+                sent.setdefault(sequence, now)  # latency counts from the first send
             messages = [frame_message(frame, sequence) for sequence, frame in group]
             if batch == 1:
                 yield pb.StreamInspectRequest(frame=messages[0])
             else:
                 yield pb.StreamInspectRequest(batch=pb.FrameBatch(frames=messages))
 
-    expected = iter([seq for seq, _ in frames])
-
     async def take(result: pb.InspectionResult) -> None:
-        want = next(expected, None)
+        nonlocal answered
+        want = frames[answered][0] if answered < len(frames) else None
+        answered += 1
         if result.sequence != want:
             report.problems.append(f"stream {index}: got sequence {result.sequence}, "
                                    f"expected {want}")
@@ -125,23 +132,36 @@ async def run_stream(stub, index: int, frames: list[tuple[int, SourceFrame]],
             await asyncio.to_thread(save_overlay, overlays, pixels[result.sequence], result)
         on_record(record)
 
-    try:
-        async for response in stub.StreamInspect(requests(), metadata=metadata):
-            if response.HasField("result") and response.result.provisional:
-                provisional.add(response.result.sequence)
+    attempts = 0
+    while True:
+        first = answered
+        try:
+            async for response in stub.StreamInspect(requests(first), metadata=metadata):
+                if response.HasField("result") and response.result.provisional:
+                    provisional.add(response.result.sequence)
+                    continue
+                # A frame's result, or a batch's results in its frames' order.
+                for result in ([response.result] if response.HasField("result")
+                               else response.results):
+                    await take(result)
+            break
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE:  # refused (bad model, mode, steps)
+                raise
+            unanswered = sum(seq in sent for seq, _ in frames[answered:])
+            if attempts < resend and answered < len(frames):
+                attempts += 1
+                report.resent += unanswered
+                report.restarts += 1
+                await asyncio.sleep(min(0.05 * 2 ** attempts, 2.0))  # then a new stream
                 continue
-            # A frame's result, or a batch's results in its frames' order.
-            for result in [response.result] if response.HasField("result") else response.results:
-                await take(result)
-    except grpc.aio.AioRpcError as err:
-        if err.code() != grpc.StatusCode.UNAVAILABLE:  # refused (bad model, mode, steps)
-            raise
-        # A draining or lost server: keep what came back.
-        report.problems.append(f"stream {index} ended early: {err.code().name}: "
-                               f"{err.details()}")
-    missing = list(expected)
-    if missing:
-        report.problems.append(f"stream {index}: no result for {len(missing)} frames")
+            # A draining or lost server, and no resending left: keep what came back.
+            report.problems.append(f"stream {index} ended early: {err.code().name}: "
+                                   f"{err.details()}")
+            break
+    if answered < len(frames):
+        report.problems.append(f"stream {index}: no result for {len(frames) - answered} "
+                               "frames")
     return report
 
 
@@ -252,6 +272,10 @@ def print_summary(summary: dict, out=None) -> None:
     print(f"{summary['frames_per_second']} frames/s over {summary['seconds']} s; latency "
           f"p50 {summary['latency_ms']['p50']} ms, p99 {summary['latency_ms']['p99']} ms",
           file=out)
+    if summary.get("streams_restarted"):
+        print(f"{summary['streams_restarted']} stream(s) ended UNAVAILABLE and were opened "
+              f"again (--resend): {summary['frames_resent']} frames sent again, each "
+              "answered once", file=out)
     if "auroc" in summary:
         print(f"AUROC {summary['auroc']:.4f}; at the model's threshold:", file=out)
         print(confusion_table(summary["confusion"]), file=out)
@@ -290,12 +314,16 @@ async def run(args) -> tuple[dict, list[Record], list[str]]:
         table = LiveTable(0 if args.quiet else args.every, total=len(frames))
         started = time.perf_counter()
         reports = await asyncio.gather(*(run_stream(stub, i, part, config, rate, table,
-                                                    args.overlays, args.batch, metadata)
+                                                    args.overlays, args.batch, metadata,
+                                                    args.resend)
                                          for i, part in enumerate(per_stream) if part))
         seconds = time.perf_counter() - started
     records = sorted((r for rep in reports for r in rep.records), key=lambda r: r.sequence)
     problems = [p for rep in reports for p in rep.problems]
-    return summarize(records, seconds, args.rate), records, problems
+    summary = summarize(records, seconds, args.rate)
+    summary["streams_restarted"] = sum(rep.restarts for rep in reports)
+    summary["frames_resent"] = sum(rep.resent for rep in reports)
+    return summary, records, problems
 
 
 class Refused(Exception):
@@ -364,6 +392,12 @@ def open_channel(args) -> grpc.aio.Channel:
     """Plain text, or TLS when --tls-ca is given (with a client certificate if asked)."""
     # Results can carry a frame-sized anomaly map: allow what the server allows to send.
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    if getattr(args, "lb", "pick_first") != "pick_first":
+        # Client-side balancing, health-driven: a server reporting NOT_SERVING gets no new
+        # streams (grpc.health.v1, which anogan-serve serves without a token).
+        options.append(("grpc.service_config", json.dumps({
+            "loadBalancingConfig": [{args.lb: {}}],
+            "healthCheckConfig": {"serviceName": ""}})))
     if not args.tls_ca:
         return grpc.aio.insecure_channel(args.target, options=options)
     read = lambda path: path.read_bytes() if path else None  # noqa: E731
@@ -411,7 +445,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anogan-client", description=__doc__,
                                      formatter_class=HelpFormatter)
     parser.add_argument("--target", default="localhost:50051",
-                        help="server address, HOST:PORT")
+                        help="server address, HOST:PORT; several servers: "
+                             "dns:///NAME:PORT (every address the name has) or "
+                             "ipv4:HOST:PORT,HOST:PORT, with --lb round_robin")
+    parser.add_argument("--lb", choices=("pick_first", "round_robin"), default="pick_first",
+                        help="with several servers behind --target: round_robin spreads the "
+                             "streams over them, one connection each, and skips a server "
+                             "whose health check says NOT_SERVING (draining)")
+    parser.add_argument("--resend", type=int, nargs="?", const=3, default=0, metavar="N",
+                        help="when a stream ends UNAVAILABLE (its server drains or goes "
+                             "away), open it again and resend its unanswered frames, up to "
+                             "N times a stream (3 if N is left out); each frame is still "
+                             "answered once")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", type=Path, help="MNIST-style CSV (.csv or .csv.gz)")
     source.add_argument("--folder", type=Path, help="image folder (MVTec layout: --split)")

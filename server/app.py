@@ -87,6 +87,12 @@ class ServerConfig:
     reuse_port: bool = False
     worker: int = 0  # this process's index among --workers (reported by GetServerStats)
     metrics_port: int | None = None  # Prometheus /metrics (None: off; 0: a free port)
+    # Close each connection after this long (GOAWAY: its calls go on, new ones go to a new
+    # connection, and the client resolves its target again). None: never.
+    max_connection_age: float | None = None
+    # End a stream after this long with UNAVAILABLE, once its frames read are answered
+    # (a client with --resend opens a new one, possibly on another replica). None: never.
+    max_stream_age: float | None = None
 
 
 def load_models(config: ServerConfig) -> dict[str, ServedModel]:
@@ -112,10 +118,14 @@ class InspectionServer:
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes),
                    ("grpc.so_reuseport", int(config.reuse_port))]
+        if config.max_connection_age:  # no grace limit: gRPC would reset the streams
+            # still open then (INTERNAL at the client); --max-stream-age ends them instead
+            options.append(("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)))
         interceptors = [TokenInterceptor(tokens, config.open_reflection)] if tokens else []
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         self.service = InspectionService(models, next(iter(models)), config.limits,
-                                         config.max_in_flight, config.worker)
+                                         config.max_in_flight, config.worker,
+                                         config.max_stream_age)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
             health.HealthServicer()
         pb_grpc.add_InspectionServiceServicer_to_server(self.service, self.server)

@@ -145,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "HTTP, no token: counters and scores, never frames); with "
                              "--workers, worker i on PORT + i; 0 picks a free port "
                              "(logged). Default: off")
+    parser.add_argument("--max-connection-age", type=float, metavar="SECONDS",
+                        help="close each client connection after this long (its calls go "
+                             "on; new calls open a new connection, resolving the target "
+                             "again, so clients find replicas added since). Default: never")
+    parser.add_argument("--max-stream-age", type=float, metavar="SECONDS",
+                        help="end a stream after this long with UNAVAILABLE, once the "
+                             "frames it sent are answered (a client with --resend opens a "
+                             "new one, on whichever replica its balancing picks). "
+                             "Default: never")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes sharing the port (SO_REUSEPORT), each with "
                              "its own models and engine on the device; the kernel spreads "
@@ -179,7 +188,9 @@ def config_from_args(args) -> ServerConfig:
                         port_file=args.port_file, tls=tls,
                         auth_tokens=args.auth_token_file,
                         open_reflection=args.open_reflection,
-                        metrics_port=args.metrics_port)
+                        metrics_port=args.metrics_port,
+                        max_connection_age=args.max_connection_age,
+                        max_stream_age=args.max_stream_age)
 
 
 def main(argv: list[str] | None = None, module: str = "anogan_inspect.server") -> int:

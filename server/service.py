@@ -75,10 +75,11 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     """InspectionService over a set of resident models."""
 
     def __init__(self, models: dict[str, ServedModel], default_model: str, limits: FrameLimits,
-                 max_in_flight: int, worker: int = 0):
+                 max_in_flight: int, worker: int = 0, max_stream_age: float | None = None):
         self.models, self.default_model, self.limits = models, default_model, limits
         self.max_in_flight = max_in_flight
         self.worker = worker  # this process's index among `anogan-serve --workers N`
+        self.max_stream_age = max_stream_age  # s; then UNAVAILABLE (--max-stream-age)
         self.metrics = None  # server/monitoring.py's Metrics, with --metrics-port
         self.draining = False
         self.invalid_frames = {name: 0 for name in models}
@@ -209,8 +210,12 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     async def _read(self, request_iterator, out, ordered, in_flight, tasks) -> None:
         """Take config and frames; one scoring task per frame, queued in arrival order."""
         options = None
+        opened = time.monotonic()
         try:
             async for request in request_iterator:
+                if self.max_stream_age and time.monotonic() - opened > self.max_stream_age:
+                    raise StreamError(grpc.StatusCode.UNAVAILABLE, STREAM_AGED.format(
+                        self.max_stream_age))
                 if request.HasField("config"):
                     if options is not None:
                         raise StreamError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -437,6 +442,11 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
 
     def _unknown_model(self, name: str) -> str:
         return f"unknown model {name!r}; served: {', '.join(self.models)}"
+
+
+STREAM_AGED = ("this stream is older than this server's limit of {:g} s (anogan-serve "
+               "--max-stream-age): the frames before this one are answered; open a new "
+               "stream and send the rest")
 
 
 def _response(result) -> pb.StreamInspectResponse:

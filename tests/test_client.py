@@ -162,3 +162,52 @@ def test_client_exits_2_when_the_server_cannot_serve_it(server, capsys, request_
                                "--quiet", *request_])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_three_replicas_share_the_streams_and_a_drained_one_loses_nothing(tiny_bundle,
+                                                                         tmp_path, capsys):
+    """Three servers behind one round_robin target: each gets frames; one drains under
+    load (health NOT_SERVING, its streams end UNAVAILABLE after their frames in flight),
+    and the client resends what it had not answered on new streams, which go to the other
+    two: all 300 frames answered once, in order on every stream."""
+    from anogan_inspect.server.models import EngineOptions
+    from tests.conftest import InProcessServer
+
+    replicas = [InProcessServer([f"tiny={tiny_bundle}"], EngineOptions(device="cpu",
+                                                                       max_batch=32),
+                                host="127.0.0.1") for _ in range(3)]
+    stopped = set()
+    try:
+        target = "ipv4:" + ",".join(f"127.0.0.1:{r.server.port}" for r in replicas)
+        jsonl, summary_json = tmp_path / "results.jsonl", tmp_path / "summary.json"
+        outcome = {}
+        client = threading.Thread(target=lambda: outcome.setdefault("code", stream_client.main(
+            ["--target", target, "--lb", "round_robin", "--resend", "5", *DIGITS,
+             "--mode", "fast", "--streams", "6", "--rate", "100", "--quiet",
+             "--jsonl", str(jsonl), "--summary-json", str(summary_json)])))
+        client.start()
+        frames = lambda i: replicas[i].server.service.models["tiny"].stats()[  # noqa: E731
+            "fast_frames"]
+        wait_for(lambda: sum(frames(i) for i in range(3)) >= 30,
+                 what="the streams to reach the replicas")
+        # Drain the busiest (a drain, as on SIGTERM, while the streams go on): its streams
+        # move to the others, so by the end every replica has had frames, even if
+        # round_robin had put them all on one before the others' connections were up.
+        busiest = max(range(3), key=frames)
+        drained_frames = frames(busiest)
+        replicas[busiest].stop()
+        stopped.add(busiest)
+        client.join(120)
+        served = [drained_frames if i == busiest else frames(i) for i in range(3)]
+    finally:
+        for i, replica in enumerate(replicas):
+            if i not in stopped:
+                replica.stop()
+    assert all(count > 0 for count in served), served
+    assert outcome["code"] == 0, capsys.readouterr()
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert sorted(r["sequence"] for r in records) == list(range(300))  # each once
+    summary = json.loads(summary_json.read_text())
+    assert summary["frames"] == 300 and summary["errors"] == 0
+    assert summary["streams_restarted"] >= 1
+    assert "opened again (--resend)" in capsys.readouterr().out

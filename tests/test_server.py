@@ -753,8 +753,27 @@ def test_metrics_count_frames_errors_latency_and_drift(server, stub, digits):
     assert 0 < heldout < 0.5
     assert total(after, "anogan_drift_psi", model="tiny", score="fast") >= 0
     assert ("anogan_search_slots", (("model", "tiny"),)) in after
-    assert total(after, "anogan_streams_open") == 0
+    assert ("anogan_streams_open", ()) in after
     assert grew("anogan_fast_frames_total", model="tiny") == 30
+
+
+def test_a_stream_past_its_age_limit_ends_unavailable_after_its_frames(server, stub, digits):
+    """--max-stream-age: the frames read before the limit are answered, then UNAVAILABLE
+    (which `anogan-client --resend` answers with a new stream)."""
+    service = server.server.service
+    service.max_stream_age = 0.5
+    try:
+        old = OpenStream(stub, pb.InspectionConfig(mode=pb.MODE_FAST))
+        old.send(frames_of(digits, 2))
+        wait_for(lambda: len(old.results) == 2, what="the first frames' results")
+        time.sleep(0.6)
+        old.send(frames_of(digits, 1, start=2))
+        old.join()
+    finally:
+        service.max_stream_age = None
+    assert [r.sequence for r in old.results] == [0, 1]
+    assert old.error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "(anogan-serve --max-stream-age)" in old.error.details()
 
 
 def test_a_client_that_stops_reading_stops_being_read(server, stub, digits):
