@@ -351,14 +351,14 @@ def test_concurrent_streams_share_engine_batches_and_drain_on_sigterm(fresh_serv
 def test_sigterm_reports_not_serving_then_ends_open_streams(tiny_bundle, tmp_path, digits):
     proc = ServerProcess([str(tiny_bundle)], tmp_path / "server.log", "--device", "cpu",
                          "--grace", "300",
-                         "--uncalibrated-steps", "nearest", "--drain-delay", "10", cwd=ROOT)
+                         "--uncalibrated-steps", "nearest", "--drain-delay", "4", cwd=ROOT)
     try:
         with proc.channel() as channel:
             stub = pb_grpc.InspectionServiceStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
             status = lambda: health.Check(health_pb2.HealthCheckRequest()).status  # noqa: E731
             open_stream = OpenStream(stub, pb.InspectionConfig(mode=pb.MODE_SEARCH,
-                                                               search_steps=3000))
+                                                               search_steps=1500))
             open_stream.send(frames_of(digits, 4))
             wait_for(lambda: stats(stub).active_slots == 4, what="searches in the engine")
             proc.terminate()
