@@ -18,6 +18,7 @@ from anogan.v1 import inspection_pb2_grpc as pb_grpc
 from anogan_inspect.server.auth import TokenInterceptor, TokenStore
 from anogan_inspect.server.frames import FrameLimits
 from anogan_inspect.server.models import EngineOptions, ServedModel, load_model
+from anogan_inspect.server.models_dir import ModelsWatcher, load_folder
 from anogan_inspect.server.monitoring import Metrics
 from anogan_inspect.server.service import InspectionService
 
@@ -93,16 +94,25 @@ class ServerConfig:
     # End a stream after this long with UNAVAILABLE, once its frames read are answered
     # (a client with --resend opens a new one, possibly on another replica). None: never.
     max_stream_age: float | None = None
+    models_dir: Path | None = None  # bundles followed while serving (server/models_dir.py)
+    models_poll: float = 5.0  # s between reads of models_dir
 
 
 def load_models(config: ServerConfig) -> dict[str, ServedModel]:
-    """Load and verify every bundle (BundleError on the first that fails)."""
+    """Load and verify every bundle, --bundle's then --models-dir's (BundleError on the
+    first that fails)."""
     models: dict[str, ServedModel] = {}
-    for name, path in config.bundles:
-        model = load_model(path, config.engine, name)
+    loaded = [load_model(path, config.engine, name) for name, path in config.bundles]
+    if config.models_dir:
+        loaded += load_folder(config.models_dir, config.engine).values()
+    for model in loaded:
         if model.name in models:
-            raise ValueError(f"two bundles are named {model.name!r}: use NAME=PATH")
+            raise ValueError(f"two bundles are named {model.name!r}: use NAME=PATH, or "
+                             "rename the --models-dir folder")
         models[model.name] = model
+    if not models:
+        raise ValueError(f"nothing to serve: --models-dir {config.models_dir} has no bundle "
+                         "(a subfolder with a manifest.json)")
     return models
 
 
@@ -142,6 +152,8 @@ class InspectionServer:
             else None
         self.service.metrics = self.metrics
         self.metrics_port: int | None = None  # bound at start()
+        self.watcher = ModelsWatcher(self.service, config.models_dir, config.engine,
+                                     config.models_poll) if config.models_dir else None
         self._stopped = asyncio.Event()
         self._draining = False
 
@@ -157,6 +169,8 @@ class InspectionServer:
                 raise ValueError(f"cannot serve metrics on port {self.config.metrics_port}: "
                                  f"{err.strerror}") from err
             log.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
+        if self.watcher:
+            self.watcher.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s:%d, %s, %s (models: %s)", self.config.host, self.port,
                  "TLS" + (" with client certificates" if self.config.tls.client_ca else "")
@@ -182,6 +196,8 @@ class InspectionServer:
         log.info("draining (health NOT_SERVING for %.1f s, then grace %.0f s)",
                  self.config.drain_delay_seconds, self.config.grace_seconds)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.watcher:  # the versions serving now see the drain through
+            await self.watcher.stop()
         await asyncio.sleep(self.config.drain_delay_seconds)
         self.service.start_draining()
         if not await self.service.wait_idle(self.config.grace_seconds):

@@ -43,9 +43,18 @@ def _slots(text: str) -> int | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anogan-serve", description=__doc__,
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--bundle", action="append", type=parse_bundle, required=True,
+    parser.add_argument("--bundle", action="append", type=parse_bundle, default=[],
                         metavar="[NAME=]PATH",
-                        help="bundle to serve (repeat; the first is the default)")
+                        help="bundle to serve (repeat; the first is the default); needed "
+                             "unless --models-dir is given")
+    parser.add_argument("--models-dir", type=Path, metavar="DIR",
+                        help="also serve every bundle in DIR (a subfolder with a "
+                             "manifest.json; named after the subfolder), and follow it while "
+                             "serving: a changed manifest loads and verifies the new version "
+                             "beside the old, then new calls get it (open streams finish on "
+                             "theirs); a removed folder stops being served")
+    parser.add_argument("--models-poll", type=float, default=5.0, metavar="SECONDS",
+                        help="how often --models-dir is read again")
     parser.add_argument("--host", default=ServerConfig.host,
                         help="address to listen on ([::] is every interface)")
     parser.add_argument("--port", type=int, default=ServerConfig.port, help="0 picks a free port")
@@ -177,7 +186,10 @@ def config_from_args(args) -> ServerConfig:
                            require_exact_cascade=args.require_exact_cascade,
                            uncalibrated_steps=args.uncalibrated_steps,
                            max_tiles=args.max_tiles, max_search_steps=args.max_search_steps)
+    if not args.bundle and not args.models_dir:
+        raise ValueError("nothing to serve: pass --bundle PATH or --models-dir DIR")
     return ServerConfig(bundles=args.bundle, host=args.host, port=args.port, engine=engine,
+                        models_dir=args.models_dir, models_poll=args.models_poll,
                         limits=FrameLimits(max_pixels=args.max_pixels,
                                            max_seconds=args.max_frame_seconds,
                                            max_frames_in_flight=args.max_frames_in_flight,

@@ -204,6 +204,8 @@ class ServedModel:
         self._random = torch.Generator().manual_seed(options.seed)
         self.score_gap = 0.0  # measured by check_exactness() at load
         self.drift = self._drift_monitors()
+        self.streams = 0  # calls holding this version (a replaced one stops at 0)
+        self.fingerprint: str | None = None  # its manifest's sha256, from --models-dir
 
     def _drift_monitors(self) -> dict[str, Drift]:
         """Live scores against the bundle's held-out ones (server/monitoring.py): "fast"

@@ -82,7 +82,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         self.max_stream_age = max_stream_age  # s; then UNAVAILABLE (--max-stream-age)
         self.metrics = None  # server/monitoring.py's Metrics, with --metrics-port
         self.draining = False
-        self.invalid_frames = {name: 0 for name in models}
+        self.invalid_frames = {name: 0 for name in models}  # (--models-dir adds names)
         self.frames_in_flight = 0  # frames being scored, all streams (--max-frames-in-flight)
         self.bytes_in_flight = 0  # their model inputs' bytes (--max-bytes-in-flight)
         self.results_unsent = 0  # frames whose final result gRPC has not taken yet, all streams
@@ -125,7 +125,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             options = self._options(request.config)
         except StreamError as err:
             await context.abort(err.code, err.message)
-        with self._call():
+        with self._call(), _holding(options.model):
             result = await self._score(request.frame, options, None)
         if result.HasField("error"):
             await context.abort(STATUS_CODES[result.error.code], result.error.message)
@@ -174,8 +174,9 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         ordered: asyncio.Queue = asyncio.Queue()
         in_flight = asyncio.Semaphore(self.max_in_flight)
         tasks: set[asyncio.Task] = set()
+        held: list[ServedModel] = []  # the stream's model: its version serves it to the end
         reader = asyncio.create_task(
-            self._read(request_iterator, out, ordered, in_flight, tasks))
+            self._read(request_iterator, out, ordered, in_flight, tasks, held))
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
         # Cancelled by start_draining (or at the stream's end, when nobody reads it any more),
@@ -202,13 +203,16 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         finally:
             for task in (reader, sequencer, *tasks):
                 task.cancel()
+            for model in held:
+                model.streams -= 1
             while not out.empty():  # finals the stream ended before sending
                 if isinstance(message := out.get_nowait(), tuple):
                     sending += message[1]
             self.results_unsent -= sending
 
-    async def _read(self, request_iterator, out, ordered, in_flight, tasks) -> None:
-        """Take config and frames; one scoring task per frame, queued in arrival order."""
+    async def _read(self, request_iterator, out, ordered, in_flight, tasks, held) -> None:
+        """Take config and frames; one scoring task per frame, queued in arrival order.
+        The stream's model goes on `held` (counted as in use until the stream ends)."""
         options = None
         opened = time.monotonic()
         try:
@@ -221,10 +225,15 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                         raise StreamError(grpc.StatusCode.INVALID_ARGUMENT,
                                           "config is allowed as the first message only")
                     options = self._options(request.config)
+                    held.append(options.model)
+                    options.model.streams += 1
                     continue
                 if self.draining:
                     raise StreamError(grpc.StatusCode.UNAVAILABLE, DRAINING)
-                options = options or self._options(pb.InspectionConfig())
+                if options is None:
+                    options = self._options(pb.InspectionConfig())
+                    held.append(options.model)
+                    options.model.streams += 1
                 on_provisional = out.put_nowait if options.provisional else None
                 batch = request.batch.frames if request.HasField("batch") else None
                 # Every frame holds a place in the window; a batch that could never fit
@@ -447,6 +456,16 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
 STREAM_AGED = ("this stream is older than this server's limit of {:g} s (anogan-serve "
                "--max-stream-age): the frames before this one are answered; open a new "
                "stream and send the rest")
+
+
+@contextlib.contextmanager
+def _holding(model: ServedModel):
+    """Count a unary call as using its model's version while it runs."""
+    model.streams += 1
+    try:
+        yield
+    finally:
+        model.streams -= 1
 
 
 def _response(result) -> pb.StreamInspectResponse:
