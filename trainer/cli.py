@@ -34,6 +34,7 @@ from anogan_inspect.networks import NORMS, PRESETS, FeatureExtractor, ModelConfi
 from anogan_inspect.preprocess import to_model_input
 from anogan_inspect.search import ScoringModels, SearchConfig, fast_score
 from anogan_inspect.tiling import AGGREGATES, Tiling
+from anogan_inspect.trainer.distributed import Distributed
 from anogan_inspect.trainer.evaluate_tiles import evaluate_tiled, print_tiled_report
 from anogan_inspect.trainer.export import ExportError, export_bundle
 from anogan_inspect.trainer.score import MODES as SCORE_MODES
@@ -273,12 +274,15 @@ def run_train(args) -> int:
     quantile = 1.0 - args.target_fpr if args.target_fpr is not None else args.quantile
     search_cfg = search_config(args, SearchConfig())
     device = torch.device(args.device)
+    job = Distributed.from_env(device)  # under torchrun: one of several processes
+    if job:
+        device = job.device(device)
 
     data, train_idx, holdout_idx, train_x, heldout_x = _training_images(args, model, tiling)
     log.info("model %s, device %s", model, device)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(Networks.build(model, args.seed), cfg, run_dir, device)
+    trainer = Trainer(Networks.build(model, args.seed), cfg, run_dir, device, job)
     checkpoint = run_dir / "checkpoint.pt"
     if args.resume:
         if not checkpoint.is_file():
@@ -292,6 +296,10 @@ def run_train(args) -> int:
         trainer.train_encoder(train_x)
         networks["encoder"] = nets.encoder
     train_seconds = time.time() - started
+    if job:  # rank 0 goes on alone: calibration and the bundle
+        job.close()
+        if not job.main:
+            return 0
 
     models = ScoringModels(networks["generator"], networks["features"], model.latent_dim,
                            networks.get("encoder")).prepare()
@@ -425,6 +433,8 @@ def _training_metadata(args, data: ImageSet, train_idx, holdout_idx, cfg: TrainC
         "device": str(args.device),
         "seconds": round(seconds, 1),
         "final_losses": [h for h in trainer.history[-2:]],
+        # torchrun: processes that trained (each on its share, --batch-size each)
+        "processes": trainer.job.world_size if trainer.job else 1,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

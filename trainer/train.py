@@ -19,6 +19,7 @@ from anogan_inspect.networks import (
     init_weights,
 )
 from anogan_inspect.pictures import save_grid
+from anogan_inspect.trainer.distributed import Distributed
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,11 @@ class Networks:
 class Trainer:
     """Trains G and D adversarially, then E with G and D frozen; checkpoints every epoch."""
 
-    def __init__(self, nets: Networks, cfg: TrainConfig, run_dir: Path, device: torch.device):
+    def __init__(self, nets: Networks, cfg: TrainConfig, run_dir: Path, device: torch.device,
+                 job: Distributed | None = None):
+        """job: this process's place in a torchrun job (trainer/distributed.py), or None."""
         self.nets, self.cfg, self.run_dir, self.device = nets.to(device), cfg, run_dir, device
+        self.job = job
         self.opt_g = torch.optim.Adam(nets.generator.parameters(), cfg.lr_g, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(nets.discriminator.parameters(), cfg.lr_d, betas=cfg.betas)
         self.opt_e = torch.optim.Adam(nets.encoder.parameters(), cfg.encoder_lr)
@@ -98,15 +102,31 @@ class Trainer:
         # GAN's z) go into every checkpoint, so a resumed run equals an uninterrupted one.
         self.gan_order = torch.Generator().manual_seed(cfg.seed)
         self.encoder_order = torch.Generator().manual_seed(cfg.seed + 1000)
+        # What trains: the networks themselves, or their DistributedDataParallel wrappers
+        # (the same parameters); checkpoints and the bundle take the networks themselves.
+        self.G, self.D, self.E = nets.generator, nets.discriminator, nets.encoder
+        if job is not None:
+            if cfg.gan_loss == "wgan-gp":
+                raise ValueError("distributed training supports --gan-loss bce only (the "
+                                 "gradient penalty's double backward does not go through "
+                                 "DistributedDataParallel)")
+            if nets.model.disc_norm == "batch":
+                raise ValueError("distributed training needs a discriminator without "
+                                 "BatchNorm: use --disc-norm layer or none")
+            torch.manual_seed(cfg.seed + job.rank)  # each process draws its own z
+            self.G, self.D = job.wrap(nets.generator), job.wrap(nets.discriminator)
+            self.E = job.wrap(nets.encoder)
+        self.writes = job is None or job.main  # checkpoints, samples (rank 0)
 
     # -- GAN ---------------------------------------------------------------------------------
 
     def train_gan(self, images: torch.Tensor) -> None:
         """Adversarial training on images (N, C, S, S) in [-1, 1] up to cfg.epochs."""
         while self.gan_epoch < self.cfg.epochs:
-            order = torch.randperm(images.shape[0], generator=self.gan_order)
+            order = self._order(images.shape[0], self.gan_order, self.gan_epoch)
             bar = tqdm(range(0, len(order), self.cfg.batch_size), leave=False,
-                       desc=f"GAN epoch {self.gan_epoch + 1}/{self.cfg.epochs}")
+                       desc=f"GAN epoch {self.gan_epoch + 1}/{self.cfg.epochs}",
+                       disable=not self.writes)
             totals = {"loss_d": 0.0, "loss_g": 0.0}
             for start in bar:
                 real = images[order[start:start + self.cfg.batch_size]].to(self.device)
@@ -115,10 +135,11 @@ class Trainer:
                     totals[key] += losses[key] * real.shape[0]
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             self.gan_epoch += 1
-            means = {k: v / len(order) for k, v in totals.items()}
+            means = self._mean({k: v / len(order) for k, v in totals.items()})
             self.history.append({"phase": "gan", "epoch": self.gan_epoch, **means})
-            tqdm.write(f"GAN epoch {self.gan_epoch}/{self.cfg.epochs}: "
-                       f"loss_d {means['loss_d']:.4f} loss_g {means['loss_g']:.4f}")
+            if self.writes:
+                tqdm.write(f"GAN epoch {self.gan_epoch}/{self.cfg.epochs}: "
+                           f"loss_d {means['loss_d']:.4f} loss_g {means['loss_g']:.4f}")
             self._save_samples()
             self.save_checkpoint()
         self.recalibrate_generator_bn()
@@ -127,15 +148,20 @@ class Trainer:
         """One discriminator and one generator update (BCE with logits, as in the seed)."""
         if self.cfg.gan_loss == "wgan-gp":
             return self._wgan_gp_step(real)
-        G, D = self.nets.generator, self.nets.discriminator
+        G, D = self.G, self.D
         G.train()
         D.train()
         z = torch.randn(real.shape[0], self.nets.model.latent_dim, device=self.device)
         fake = G(z)
         ones = torch.ones(real.shape[0], device=self.device)
         zeros = torch.zeros_like(ones)
-        loss_d = (F.binary_cross_entropy_with_logits(D(real), ones)
-                  + F.binary_cross_entropy_with_logits(D(fake.detach()), zeros))
+        if self.job is None:
+            real_logits, fake_logits = D(real), D(fake.detach())
+        else:  # one forward a backward, as DistributedDataParallel wants (D has no BN)
+            real_logits, fake_logits = D(torch.cat([real, fake.detach()])).split(
+                real.shape[0])
+        loss_d = (F.binary_cross_entropy_with_logits(real_logits, ones)
+                  + F.binary_cross_entropy_with_logits(fake_logits, zeros))
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
@@ -195,15 +221,17 @@ class Trainer:
 
     def train_encoder(self, images: torch.Tensor) -> None:
         """izi_f: mean|x - G(E(x))|² + κ·mean|f(x) - f(G(E(x)))|², G and D frozen, eval."""
-        G, E = self.nets.generator.eval(), self.nets.encoder
+        G, E = self.nets.generator.eval(), self.E
         f = FeatureExtractor(self.nets.discriminator).eval()
         for net in (G, self.nets.discriminator):
             net.requires_grad_(False)
         while self.encoder_epoch < self.cfg.encoder_epochs:
             E.train()
-            order = torch.randperm(images.shape[0], generator=self.encoder_order)
+            order = self._order(images.shape[0], self.encoder_order,
+                                self.cfg.epochs + self.encoder_epoch)
             bar = tqdm(range(0, len(order), self.cfg.batch_size), leave=False,
-                       desc=f"encoder epoch {self.encoder_epoch + 1}/{self.cfg.encoder_epochs}")
+                       desc=f"encoder epoch {self.encoder_epoch + 1}/{self.cfg.encoder_epochs}",
+                       disable=not self.writes)
             total = 0.0
             for start in bar:
                 x = images[order[start:start + self.cfg.batch_size]].to(self.device)
@@ -216,18 +244,31 @@ class Trainer:
                 total += loss.item() * x.shape[0]
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             self.encoder_epoch += 1
-            mean = total / len(order)
+            mean = self._mean({"loss": total / len(order)})["loss"]
             self.history.append({"phase": "encoder", "epoch": self.encoder_epoch, "loss": mean})
-            tqdm.write(f"encoder epoch {self.encoder_epoch}/{self.cfg.encoder_epochs}: "
-                       f"loss {mean:.4f}")
+            if self.writes:
+                tqdm.write(f"encoder epoch {self.encoder_epoch}/{self.cfg.encoder_epochs}: "
+                           f"loss {mean:.4f}")
             self._save_encoder_samples(images[:32].to(self.device))
             self.save_checkpoint()
         E.eval()
+
+    def _order(self, n: int, generator: torch.Generator, epoch: int) -> torch.Tensor:
+        """An epoch's order of the n images: a shuffle, or this rank's share of one."""
+        if self.job is None:
+            return torch.randperm(n, generator=generator)
+        return self.job.order(n, epoch, self.cfg.seed)
+
+    def _mean(self, values: dict[str, float]) -> dict[str, float]:
+        """An epoch's mean losses, over every process's images."""
+        return values if self.job is None else self.job.mean(values)
 
     # -- Pictures and checkpoints ------------------------------------------------------------
 
     @torch.no_grad()
     def _save_samples(self) -> None:
+        if not self.writes:
+            return
         G = self.nets.generator
         G.eval()
         save_grid(G(self.fixed_z), self.run_dir / "samples" / f"gan_epoch_{self.gan_epoch:03d}.png")
@@ -235,13 +276,18 @@ class Trainer:
     @torch.no_grad()
     def _save_encoder_samples(self, x: torch.Tensor) -> None:
         """Inputs beside G(E(x)), pairwise."""
+        if not self.writes:
+            return
         self.nets.encoder.eval()
         pairs = torch.stack([x, self.nets.generator(self.nets.encoder(x))], 1).flatten(0, 1)
         save_grid(pairs, self.run_dir / "samples" / f"encoder_epoch_{self.encoder_epoch:03d}.png",
                   nrow=8)
 
     def save_checkpoint(self) -> None:
-        """Weights, optimiser states and progress, written atomically to run_dir."""
+        """Weights, optimiser states and progress, written atomically to run_dir (by rank
+        0 of a distributed job)."""
+        if not self.writes:
+            return
         state = {
             "model_config": self.nets.model.to_dict(),
             "train_config": asdict(self.cfg),
