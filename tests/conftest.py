@@ -41,7 +41,9 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle_no_encoder(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("bundles") / "noenc", "--no-encoder")
+    # Its own budget only: no test asks it for another, and calibrating five is slow.
+    return train_tiny(tmp_path_factory.mktemp("bundles") / "noenc", "--no-encoder",
+                      "--calibrate-steps", str(TINY_STEPS))
 
 
 class InProcessServer:

@@ -277,7 +277,8 @@ def test_class_folders_train_on_good_only(tmp_path):
 def test_resume_continues_from_checkpoint(tmp_path):
     run = tmp_path / "run"
     common = ["train", "--data", str(TRAIN_CSV), "--normal-labels", "7,8", "--preset", "tiny",
-              "--encoder-epochs", "1", "--steps", "2", "--run-dir", str(run)]
+              "--encoder-epochs", "1", "--steps", "2", "--calibrate-steps", "2",
+              "--run-dir", str(run)]
     assert train_main([*common, "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
     first = torch.load(run / "checkpoint.pt", weights_only=False)
     assert first["gan_epoch"] == 1
