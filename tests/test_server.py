@@ -427,11 +427,14 @@ def test_a_single_server_does_not_share_its_port(server):
         sharing.listen()
         port = sharing.getsockname()[1]
         config = ServerConfig(bundles=[], port=port)
+
+        async def bind(config):  # gRPC's aio server is made on an event loop: the server's
+            return InspectionServer(config, server.server.models)
+
         with pytest.raises(ValueError, match=f"cannot listen on \\[::\\]:{port}"):
-            InspectionServer(config, server.server.models)
-        shared = InspectionServer(dataclasses.replace(config, reuse_port=True),
-                                  server.server.models)  # what each of --workers does
-        assert shared.port == port
+            server._call(bind(config))
+        shared = server._call(bind(dataclasses.replace(config, reuse_port=True)))
+        assert shared.port == port  # what each of --workers does
 
 
 @pytest.mark.slow
