@@ -28,7 +28,7 @@ TEXTURE_TRAIN_ARGS ?= --patch-size 16 --stride 8 --latent-dim 32 --epochs 15 --e
 BUF ?= npx --yes @bufbuild/buf@1.75.0
 
 .PHONY: install train evaluate demo demo-texture texture-data texture-bundle texture-evaluate \
-	test test-fast clean proto proto-check proto-lint serve smoke bench \
+	test test-fast clean proto proto-check proto-lint proto-baseline serve smoke bench \
 	bench-quick \
 	bench-quality bench-ablation bench-line gpu-check lint
 
@@ -90,6 +90,13 @@ proto-lint: install
 	$(PY) proto/generate.py --check --descriptor-set gen/inspection.binpb
 	$(BUF) lint gen/inspection.binpb --path anogan/v1/inspection.proto --config proto/buf.yaml
 	@echo "buf lint: proto/ follows the style guide (STANDARD, COMMENTS)"
+	$(BUF) breaking gen/inspection.binpb --against proto/anogan-v1.binpb \
+		--path anogan/v1/inspection.proto --config proto/buf.yaml
+	@echo "buf breaking: proto/ is wire- and JSON-compatible with proto/anogan-v1.binpb"
+
+# When a version of the contract is released: make it what `buf breaking` holds proto/ to.
+proto-baseline: install
+	$(PY) proto/generate.py --baseline
 
 serve: install $(BUNDLE)/manifest.json
 	$(VENV)/bin/anogan-serve --bundle $(BUNDLE) --port $(PORT)

@@ -3,6 +3,7 @@
     python proto/generate.py                 # Python stubs into anogan/v1/ (checked in)
     python proto/generate.py --check         # exit 1 when the checked-in stubs differ
     python proto/generate.py --descriptor-set gen/inspection.binpb   # also for buf, others
+    python proto/generate.py --baseline      # proto/anogan-v1.binpb: the released contract
 
 Other languages: the descriptor set (all imports included) is what buf, grpcurl, Postman
 and every language's protoc plugins accept (`buf generate gen/inspection.binpb`, or
@@ -19,17 +20,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
-SOURCES = sorted(p.relative_to(PROTO_DIR).as_posix() for p in PROTO_DIR.rglob("*.proto"))
+# The contract's own files; proto/google/ holds the imports it vendors (not generated for
+# Python: googleapis-common-protos provides them).
+SOURCES = sorted(p.relative_to(PROTO_DIR).as_posix()
+                 for p in (PROTO_DIR / "anogan").rglob("*.proto"))
+BASELINE = PROTO_DIR / "anogan-v1.binpb"  # the released contract, for `buf breaking`
 GENERATED = ["inspection_pb2.py", "inspection_pb2.pyi", "inspection_pb2_grpc.py"]
 
 
 def include_dirs() -> list[str]:
-    """proto/, protoc's well-known types, and googleapis (google/rpc/status.proto)."""
+    """proto/ (with its vendored google/rpc/status.proto) and protoc's well-known types:
+    nothing else, so the contract builds from this repository alone."""
     import grpc_tools
-    from google.rpc import status_pb2  # google is a namespace package: locate via a module
 
-    return [str(PROTO_DIR), str(Path(grpc_tools.__file__).parent / "_proto"),
-            str(Path(status_pb2.__file__).parent.parent.parent)]
+    return [str(PROTO_DIR), str(Path(grpc_tools.__file__).parent / "_proto")]
 
 
 def protoc(args: list[str]) -> None:
@@ -66,7 +70,12 @@ def main() -> int:
     parser.add_argument("--descriptor-set", type=Path,
                         help="also write a FileDescriptorSet with imports (for other "
                              "languages and buf)")
+    parser.add_argument("--baseline", action="store_true",
+                        help=f"write {BASELINE.relative_to(ROOT)}, the contract `buf "
+                             "breaking` compares against (when a version is released)")
     args = parser.parse_args()
+    if args.baseline:
+        args.descriptor_set = BASELINE
     if args.descriptor_set:
         args.descriptor_set.parent.mkdir(parents=True, exist_ok=True)
         protoc([f"--descriptor_set_out={args.descriptor_set}", "--include_imports",
