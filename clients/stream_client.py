@@ -149,6 +149,8 @@ async def run_stream(stub, index: int, frames: list[tuple[int, SourceFrame]],
             if err.code() != grpc.StatusCode.UNAVAILABLE:  # refused (bad model, mode, steps)
                 raise
             unanswered = sum(seq in sent for seq, _ in frames[answered:])
+            if answered > first:  # this stream got somewhere: --resend counts failures in
+                attempts = 0  # a row (a server's --max-stream-age ends streams for good)
             if attempts < resend and answered < len(frames):
                 attempts += 1
                 report.resent += unanswered

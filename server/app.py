@@ -197,7 +197,7 @@ class InspectionServer:
                  self.config.drain_delay_seconds, self.config.grace_seconds)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.watcher:  # the versions serving now see the drain through
-            await self.watcher.stop()
+            self.watcher.stop_watching()
         await asyncio.sleep(self.config.drain_delay_seconds)
         self.service.start_draining()
         if not await self.service.wait_idle(self.config.grace_seconds):
@@ -205,6 +205,8 @@ class InspectionServer:
         # Ends what is left at once: health Watch streams (clients' health checks hold one
         # open for as long as they are connected) and any call past the grace period.
         await self.server.stop(0)
+        if self.watcher:  # replaced versions that open streams held until now
+            await self.watcher.stop()
         for model in self.models.values():
             model.stop()
         if self.metrics is not None:

@@ -112,12 +112,12 @@ def decode_encoded(data: bytes, limits: FrameLimits) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def decoded_bytes(frame: pb.Frame) -> int:
+def decoded_bytes(frame: pb.Frame, limits: FrameLimits) -> int:
     """About the bytes decoding and resizing the frame take at their peak: four float32
     copies of its pixels (the pixels, the decoder's working copy, the stacked batch, the
     resize's copy; measured: 2048×2048 RGBA peaks at 195 MB), from the raw shape or the
-    encoded header (0 when it has neither: decoding says why). Held against
-    --max-bytes-in-flight before any pixel is decoded."""
+    encoded header (0 when it has neither, or more pixels than --max-pixels: decoding says
+    why). Held against --max-bytes-in-flight before any pixel is decoded."""
     kind = frame.WhichOneof("image")
     if kind == "raw":
         width, height, channels = frame.raw.width, frame.raw.height, frame.raw.channels or 1
@@ -132,6 +132,8 @@ def decoded_bytes(frame: pb.Frame) -> int:
         channels = 1 if image.mode in GRAY_MODES or image.mode.startswith("I;16") else 3
     else:
         return 0
+    if width * height > limits.max_pixels:
+        return 0
     return max(width, 0) * max(height, 0) * max(channels, 0) * 4 * 4
 
 
@@ -139,6 +141,9 @@ GRAY_MODES = ("1", "L", "LA", "La", "I", "F")
 # JPEG frame markers: SOF0-3, 5-7 Huffman-coded; SOF9-11, 13-15 arithmetic-coded.
 HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}
 ARITHMETIC_SOF = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# The end of a scan's coded data: 0xFF followed by neither 0x00 (a stuffed 0xFF) nor a
+# restart marker (0xD0-0xD7), nor the end of the data.
+SCAN_END = re.compile(rb"\xff(?![\x00\xd0-\xd7])(?=.)", re.DOTALL)
 PROGRESSIVE_SOF = {0xC2, 0xC6}  # a progressive scan can code a run of empty blocks at once
 
 
@@ -187,11 +192,8 @@ def _jpeg_segments(data: bytes) -> tuple[int | None, int]:
             sof = marker
         i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
         if marker == 0xDA:  # start of scan: coded data up to the next real marker
-            end = i
-            while (end := data.find(b"\xff", end)) >= 0 and end + 1 < len(data) and (
-                    data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7):
-                end += 2  # a stuffed 0xFF or a restart marker
-            end = len(data) if end < 0 or end + 1 >= len(data) else end
+            found = SCAN_END.search(data, i)
+            end = found.start() if found else len(data)
             scan_bytes += end - i
             i = end
     return sof, scan_bytes

@@ -70,10 +70,15 @@ class ModelsWatcher:
         self._task = asyncio.create_task(self._run())
         return self
 
-    async def stop(self) -> None:
-        """Stop watching; stop the versions still waiting for their streams to end."""
+    def stop_watching(self) -> None:
+        """No more updates (a drain: the versions serving now see it through)."""
         if self._task:
             self._task.cancel()
+
+    async def stop(self) -> None:
+        """Stop watching, and stop the replaced versions still waiting for their streams:
+        only once no call is left (the end of a drain), or their frames would fail."""
+        self.stop_watching()
         for task in list(self.retiring):
             task.cancel()
         await asyncio.gather(*self.retiring, return_exceptions=True)

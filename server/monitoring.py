@@ -178,7 +178,7 @@ class _Collector:
         drift_psi = gauge("anogan_drift_psi", "Population stability index of the drift "
                           "window's scores against the held-out normal scores", ["model",
                                                                                  "score"])
-        for name, model in self.models.items():
+        for name, model in list(self.models.items()):  # --models-dir may swap one now
             stats = model.stats()
             for key, family in model_gauges.items():
                 family.add_metric([name], stats[key])

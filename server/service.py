@@ -390,7 +390,13 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         items: list = [None] * len(frames)
         admitted, held, pixels, inline = [], 0, 0, True
         for i, frame in enumerate(frames):
-            size = decoded_bytes(frame)
+            size = decoded_bytes(frame, self.limits)
+            if size > self.limits.max_bytes_in_flight:
+                items[i] = Exhausted(
+                    f"decoding the frame takes about {size} bytes, more than this server's "
+                    f"whole limit of {self.limits.max_bytes_in_flight} (anogan-serve "
+                    "--max-bytes-in-flight): it cannot be scored here; send smaller frames")
+                continue
             if self.bytes_in_flight + size > self.limits.max_bytes_in_flight:
                 items[i] = Exhausted(
                     f"decoding the frame takes about {size} bytes: this server holds "

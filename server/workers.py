@@ -59,8 +59,7 @@ def run_workers(argv: list[str], host: str, port: int, workers: int,
     port = port or free_port(host)
     with tempfile.TemporaryDirectory(prefix="anogan-workers-") as tmp:
         specs = [Worker(i, port, Path(tmp) / f"port-{i}") for i in range(workers)]
-        procs = [subprocess.Popen([sys.executable, "-m", module, *argv], env=spec.env())
-                 for spec in specs]
+        procs: list[subprocess.Popen] = []  # the handlers below forward to those started
 
         stopping: set[int] = set()  # workers told to drain: a second SIGTERM, arriving
         # after a worker's drain removed its handler, would kill it
@@ -75,6 +74,9 @@ def run_workers(argv: list[str], host: str, port: int, workers: int,
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, forward)
+        for spec in specs:  # after the handlers: a SIGTERM now reaches every worker
+            procs.append(subprocess.Popen([sys.executable, "-m", module, *argv],
+                                          env=spec.env()))
         deadline = time.monotonic() + start_timeout
         while not all(spec.port_file.exists() for spec in specs):
             if any(proc.poll() is not None for proc in procs) or time.monotonic() > deadline:

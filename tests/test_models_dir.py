@@ -31,8 +31,10 @@ def test_a_new_version_takes_new_streams_while_open_ones_finish_on_theirs(tiny_b
     models = tmp_path / "models"
     shutil.copytree(tiny_bundle, models / "tiny")
     first = json.loads((models / "tiny" / "manifest.json").read_text())["version"]
-    server = InProcessServer([], EngineOptions(device="cpu", max_batch=32),
+    server = InProcessServer([], EngineOptions(device="cpu", max_batch=32,
+                                               uncalibrated_steps="nearest"),
                              models_dir=models, models_poll=0.1)
+    stopped = False
     try:
         with server.channel() as channel:
             stub = pb_grpc.InspectionServiceStub(channel)
@@ -79,5 +81,21 @@ def test_a_new_version_takes_new_streams_while_open_ones_finish_on_theirs(tiny_b
             with pytest.raises(grpc.RpcError) as err:
                 stream(stub, frames_of(digits, 1), pb.InspectionConfig(model="second"))
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+            # A drain while a stream still holds a replaced version: its searches finish.
+            held = OpenStream(stub, pb.InspectionConfig(mode=pb.MODE_SEARCH,
+                                                        search_steps=800))
+            held.send(frames_of(digits, 3))
+            v2 = server.server.service.models["tiny"]
+            wait_for(lambda: v2.stats()["active_slots"] == 3, what="searches on v2")
+            write_manifest(models / "tiny", version="v4", files=data)
+            wait_for(lambda: version() == "v4", what="v4")
+            stopped = True
+            server.stop()  # drains: v2's searches must not be stopped under them
+            held.join()
     finally:
-        server.stop()
+        if not stopped:
+            server.stop()
+    assert held.error is None or held.error.code() == grpc.StatusCode.UNAVAILABLE, held.error
+    assert [(r.sequence, r.model_version, r.HasField("error")) for r in held.results] == [
+        (0, "v2", False), (1, "v2", False), (2, "v2", False)]

@@ -682,12 +682,18 @@ def test_server_wide_caps_give_frames_resource_exhausted(server, stub, digits):
         service.limits = dataclasses.replace(default, max_bytes_in_flight=2000)
         small = pb.Frame(raw=pb.RawImage(data=bytes(16), height=4, width=4,
                                          data_type=pb.DATA_TYPE_UINT8))
-        undecoded, too_big = stream(stub, frames_of(digits, 1, start=2) + [small])
-        assert "decoding the frame takes about 12544 bytes" in undecoded.error.message
+        huge = pb.Frame(raw=pb.RawImage(data=b"", height=20000, width=20000,
+                                        data_type=pb.DATA_TYPE_UINT8))
+        undecoded, too_big, never = stream(stub, frames_of(digits, 1, start=2) + [small, huge])
+        assert "decoding the frame takes about 12544 bytes, more than this server's whole" \
+            in undecoded.error.message  # (a frame that only waits: "send it later")
         assert "1024 bytes of model input do not fit" in too_big.error.message
         for result in (undecoded, too_big):
             assert result.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
             assert "(anogan-serve --max-bytes-in-flight)" in result.error.message
+        # Beyond --max-pixels it is the frame's fault, whatever the bytes cap.
+        assert never.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "(anogan-serve --max-pixels)" in never.error.message
     finally:
         service.limits = default
         hog.call.cancel()

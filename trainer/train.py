@@ -334,6 +334,9 @@ class Trainer:
             self.encoder_order.set_state(rng["encoder_order"].cpu())
             if rng["cuda"] and self.device.type == "cuda":
                 torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        if self.job is not None:  # rank 0's saved state on every rank: draw apart again
+            torch.manual_seed(self.cfg.seed + self.job.rank + 7919 * self.gan_epoch
+                              + 104729 * self.encoder_epoch)
         log.info("resumed from %s at GAN epoch %d, encoder epoch %d",
                  path, self.gan_epoch, self.encoder_epoch)
 
