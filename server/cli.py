@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "serving: a changed manifest loads and verifies the new version "
                              "beside the old, then new calls get it (open streams finish on "
                              "theirs); a removed folder stops being served")
-    parser.add_argument("--models-poll", type=float, default=5.0, metavar="SECONDS",
+    parser.add_argument("--models-poll", type=float, default=ServerConfig.models_poll,
+                        metavar="SECONDS",
                         help="how often --models-dir is read again")
     parser.add_argument("--host", default=ServerConfig.host,
                         help="address to listen on ([::] is every interface)")

@@ -224,16 +224,12 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                     if options is not None:
                         raise StreamError(grpc.StatusCode.INVALID_ARGUMENT,
                                           "config is allowed as the first message only")
-                    options = self._options(request.config)
-                    held.append(options.model)
-                    options.model.streams += 1
+                    options = _held(self._options(request.config), held)
                     continue
                 if self.draining:
                     raise StreamError(grpc.StatusCode.UNAVAILABLE, DRAINING)
                 if options is None:
-                    options = self._options(pb.InspectionConfig())
-                    held.append(options.model)
-                    options.model.streams += 1
+                    options = _held(self._options(pb.InspectionConfig()), held)
                 on_provisional = out.put_nowait if options.provisional else None
                 batch = request.batch.frames if request.HasField("batch") else None
                 # Every frame holds a place in the window; a batch that could never fit
@@ -462,6 +458,13 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
 STREAM_AGED = ("this stream is older than this server's limit of {:g} s (anogan-serve "
                "--max-stream-age): the frames before this one are answered; open a new "
                "stream and send the rest")
+
+
+def _held(options: StreamOptions, held: list[ServedModel]) -> StreamOptions:
+    """A stream's options, its model counted as in use (released when the stream ends)."""
+    held.append(options.model)
+    options.model.streams += 1
+    return options
 
 
 @contextlib.contextmanager
