@@ -28,8 +28,8 @@ TEXTURE_TRAIN_ARGS ?= --patch-size 16 --stride 8 --latent-dim 32 --epochs 15 --e
 BUF ?= npx --yes @bufbuild/buf@1.75.0
 
 .PHONY: install train evaluate demo demo-texture texture-data texture-bundle texture-evaluate \
-	test test-fast clean proto proto-check proto-lint proto-baseline serve smoke bench \
-	bench-quick \
+	test test-fast clean proto proto-tools proto-check proto-lint proto-baseline serve smoke \
+	bench bench-quick \
 	bench-quality bench-ablation bench-line gpu-check lint
 
 install: $(VENV)/.installed
@@ -80,17 +80,22 @@ demo: install $(BUNDLE)/manifest.json
 	$(PY) -m anogan_inspect.clients.demo --bundle $(BUNDLE) --data $(DATA_TEST) \
 		--normal-labels $(NORMAL) --anomaly-labels $(ANOMALY)
 
+# Stubs for Python (checked in, with anogan/v1/inspection.binpb) and C++, Go, Java, C# and
+# TypeScript (gen/<language>/); the generators come from Debian and npm: make proto-tools.
 proto: install
-	$(PY) proto/generate.py --descriptor-set gen/inspection.binpb
+	$(PY) proto/generate.py --lang all
+
+proto-tools:
+	proto/tools.sh
 
 proto-check: install
 	$(PY) proto/generate.py --check
 
 proto-lint: install
-	$(PY) proto/generate.py --check --descriptor-set gen/inspection.binpb
-	$(BUF) lint gen/inspection.binpb --path anogan/v1/inspection.proto --config proto/buf.yaml
+	$(PY) proto/generate.py --check
+	$(BUF) lint anogan/v1/inspection.binpb --path anogan/v1/inspection.proto --config proto/buf.yaml
 	@echo "buf lint: proto/ follows the style guide (STANDARD, COMMENTS)"
-	$(BUF) breaking gen/inspection.binpb --against proto/anogan-v1.binpb \
+	$(BUF) breaking anogan/v1/inspection.binpb --against proto/anogan-v1.binpb \
 		--path anogan/v1/inspection.proto --config proto/buf.yaml
 	@echo "buf breaking: proto/ is wire- and JSON-compatible with proto/anogan-v1.binpb"
 
@@ -107,7 +112,7 @@ smoke: install $(BUNDLE)/manifest.json
 # The whole suite, what CI runs: proto-lint checks the stubs too (proto-check), then runs
 # buf lint; pytest prints one line per test and the slowest ones at the end.
 test: install proto-lint
-	$(VENV)/bin/python -m pytest -v --durations=10 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -v -rs --durations=10 $(PYTEST_ARGS)
 
 # The edit loop: unit tests and the service in-process, no subprocess servers, no training
 # beyond the shared tiny bundles, no packaging (tests marked `slow` are left out).

@@ -183,13 +183,14 @@ else
   exit 1
 fi
 
-# (b) the service description has every RPC.
-what="describe $SERVICE shows StreamInspect, Inspect, GetModel, ListModels"
+# (b) the service description has every RPC, and the contract's comments.
+what="describe $SERVICE shows StreamInspect, Inspect, GetModel, ListModels and comments"
 missing=""
 if out="$(grpc "$target" describe "$SERVICE" 2>&1)"; then
   for rpc in StreamInspect Inspect GetModel ListModels; do
     grep -qE "rpc ${rpc} *\(" <<<"$out" || missing="$missing $rpc"
   done
+  grep -q "^// Scores frames against the served models" <<<"$out" || missing="$missing comments"
 else
   missing=" (describe failed)"
 fi

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
@@ -20,6 +19,7 @@ from anogan_inspect.server.frames import FrameLimits
 from anogan_inspect.server.models import EngineOptions, ServedModel, load_model
 from anogan_inspect.server.models_dir import ModelsWatcher, load_folder
 from anogan_inspect.server.monitoring import Metrics
+from anogan_inspect.server.reflection import ReflectionServicer
 from anogan_inspect.server.service import InspectionService
 
 log = logging.getLogger(__name__)
@@ -140,8 +140,7 @@ class InspectionServer:
             health.HealthServicer()
         pb_grpc.add_InspectionServiceServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        ReflectionServicer((SERVICE_NAME, health.SERVICE_NAME)).add_to(self.server)
         address = f"{config.host}:{config.port}"
         try:
             self.port = (self.server.add_secure_port(address, credentials)

@@ -66,3 +66,47 @@ def test_removing_renumbering_or_retyping_a_field_breaks_and_adding_does_not(tmp
     added = breaking(tmp_path / "added", lambda text: text.replace(
         field, field + "  // A new field.\n  int32 spare = 3;\n"))
     assert added.returncode == 0, added.stdout + added.stderr
+
+
+def reflect(target: str, service: str, *requests) -> list:
+    """ServerReflectionInfo on `service` (v1 or v1alpha: the same messages on the wire)."""
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+    with grpc.insecure_channel(target) as channel:
+        call = channel.stream_stream(
+            f"/{service}/ServerReflectionInfo",
+            request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+            response_deserializer=rpb.ServerReflectionResponse.FromString)
+        return list(call(iter(requests), timeout=30))
+
+
+def test_reflection_v1_and_v1alpha_serve_the_contract_with_its_comments(server):
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+    for version in ("v1", "v1alpha"):
+        listed, contract, reflection, unknown = reflect(
+            server.target, f"grpc.reflection.{version}.ServerReflection",
+            rpb.ServerReflectionRequest(list_services=""),
+            rpb.ServerReflectionRequest(file_containing_symbol="anogan.v1.Frame.sequence"),
+            rpb.ServerReflectionRequest(
+                file_containing_symbol=f"grpc.reflection.{version}.ServerReflection"),
+            rpb.ServerReflectionRequest(file_containing_symbol="anogan.v1.NoSuchThing"))
+        assert {s.name for s in listed.list_services_response.service} == {
+            "anogan.v1.InspectionService", "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
+        files = [descriptor_pb2.FileDescriptorProto.FromString(data)
+                 for data in contract.file_descriptor_response.file_descriptor_proto]
+        assert files[0].name == "anogan/v1/inspection.proto"
+        assert {"google/rpc/status.proto", "google/protobuf/timestamp.proto"} <= {
+            f.name for f in files}  # with its imports
+        comments = {loc.leading_comments.strip()
+                    for loc in files[0].source_code_info.location}
+        assert "Scores frames against the served models." in comments
+        assert "Caller's sequence number, echoed in the result." in comments
+        own = descriptor_pb2.FileDescriptorProto.FromString(
+            reflection.file_descriptor_response.file_descriptor_proto[0])
+        assert own.package == f"grpc.reflection.{version}"
+        assert [s.name for s in own.service] == ["ServerReflection"]
+        assert unknown.error_response.error_code == 5  # NOT_FOUND
