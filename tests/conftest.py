@@ -123,3 +123,18 @@ def venv_bin() -> Path:
     """The directory holding the console scripts (and grpcurl) of this environment."""
     return Path(sys.executable).parent
 
+
+
+def pytest_collection_finish(session):
+    """Start the other languages' builds (tests/test_other_languages.py) in the background
+    as soon as any of their tests is selected: they then overlap the rest of the suite."""
+    if any(item.nodeid.startswith("tests/test_other_languages.py") for item in session.items):
+        from tests.test_other_languages import BACKGROUND
+
+        BACKGROUND.start()
+
+
+def pytest_sessionfinish(session):
+    other_languages = sys.modules.get("tests.test_other_languages")
+    if other_languages is not None:
+        other_languages.BACKGROUND.close()
