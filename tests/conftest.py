@@ -124,17 +124,20 @@ def venv_bin() -> Path:
     return Path(sys.executable).parent
 
 
+# Work a test module starts at once (its BACKGROUND: builds of other languages' clients),
+# so that it overlaps the tests before it; closed when the session ends.
+_BACKGROUND: list = []
+
 
 def pytest_collection_finish(session):
-    """Start the other languages' builds (tests/test_other_languages.py) in the background
-    as soon as any of their tests is selected: they then overlap the rest of the suite."""
-    if any(item.nodeid.startswith("tests/test_other_languages.py") for item in session.items):
-        from tests.test_other_languages import BACKGROUND
-
-        BACKGROUND.start()
+    """Start the BACKGROUND of every test module that has selected tests."""
+    for module in dict.fromkeys(getattr(item, "module", None) for item in session.items):
+        background = getattr(module, "BACKGROUND", None)
+        if background is not None:
+            background.start()
+            _BACKGROUND.append(background)
 
 
 def pytest_sessionfinish(session):
-    other_languages = sys.modules.get("tests.test_other_languages")
-    if other_languages is not None:
-        other_languages.BACKGROUND.close()
+    for background in _BACKGROUND:
+        background.close()
