@@ -15,16 +15,16 @@ PACKAGES=(
   libprotobuf-java libgrpc-java libgeronimo-annotation-1.3-spec-java
   nodejs npm                                        # TypeScript: clients/ts
 )
+# A machine may carry Node.js and npm outside Debian's packages (the development image does).
+have_node=$(command -v node >/dev/null && command -v npm >/dev/null && echo yes || true)
 missing=()
 for package in "${PACKAGES[@]}"; do
+  if [[ -n "$have_node" && ("$package" == nodejs || "$package" == npm) ]]; then
+    continue
+  fi
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
     || missing+=("$package")
 done
-# A machine may carry Node.js and npm outside Debian's packages (the development image does).
-if command -v node >/dev/null && command -v npm >/dev/null; then
-  missing=("${missing[@]/#nodejs/}"); missing=("${missing[@]/#npm/}")
-fi
-missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
 if ((${#missing[@]})); then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   echo "proto-tools: apt-get install ${missing[*]}"

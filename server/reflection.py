@@ -81,12 +81,26 @@ class ReflectionServicer:
         return list(seen.values())
 
     def file_of_symbol(self, symbol: str) -> str:
+        """The file declaring a message, field, enum, value, service or method (the pools
+        index no methods: those are found by name)."""
         for pool in (self.own, self.pool):
             try:
                 return pool.FindFileContainingSymbol(symbol).name
             except KeyError:
+                pass
+            try:
+                return pool.FindMethodByName(symbol).containing_service.file.name
+            except KeyError:
                 continue
         raise KeyError(symbol)
+
+    def message(self, name: str):
+        for pool in (self.own, self.pool):
+            try:
+                return pool.FindMessageTypeByName(name)
+            except KeyError:
+                continue
+        raise KeyError(name)
 
     def answer(self, request: pb.ServerReflectionRequest) -> pb.ServerReflectionResponse:
         response = pb.ServerReflectionResponse(original_request=request)
@@ -101,8 +115,11 @@ class ReflectionServicer:
             elif kind == "file_containing_symbol":
                 response.file_descriptor_response.file_descriptor_proto.extend(
                     self.with_dependencies(self.file_of_symbol(request.file_containing_symbol)))
-            elif kind in ("file_containing_extension", "all_extension_numbers_of_type"):
-                raise KeyError(kind)  # proto3: the contract declares no extensions
+            elif kind == "all_extension_numbers_of_type":  # proto3: none, of a known type
+                response.all_extension_numbers_response.base_type_name = self.message(
+                    request.all_extension_numbers_of_type).full_name
+            elif kind == "file_containing_extension":
+                raise KeyError(kind)  # the contract declares no extensions
             else:
                 return self.error(response, grpc.StatusCode.INVALID_ARGUMENT,
                                   "no message_request set")

@@ -130,11 +130,16 @@ _BACKGROUND: list = []
 
 
 def pytest_collection_finish(session):
-    """Start the BACKGROUND of every test module that has selected tests."""
-    for module in dict.fromkeys(getattr(item, "module", None) for item in session.items):
+    """Start the BACKGROUND of every test module with selected tests, for those tests."""
+    if session.config.option.collectonly:
+        return
+    selected: dict = {}
+    for item in session.items:
+        selected.setdefault(getattr(item, "module", None), []).append(item)
+    for module, items in selected.items():
         background = getattr(module, "BACKGROUND", None)
         if background is not None:
-            background.start()
+            background.start(items)
             _BACKGROUND.append(background)
 
 

@@ -86,13 +86,17 @@ def test_reflection_v1_and_v1alpha_serve_the_contract_with_its_comments(server):
     from grpc_reflection.v1alpha import reflection_pb2 as rpb
 
     for version in ("v1", "v1alpha"):
-        listed, contract, reflection, unknown = reflect(
+        listed, contract, reflection, unknown, method, health, extensions = reflect(
             server.target, f"grpc.reflection.{version}.ServerReflection",
             rpb.ServerReflectionRequest(list_services=""),
             rpb.ServerReflectionRequest(file_containing_symbol="anogan.v1.Frame.sequence"),
             rpb.ServerReflectionRequest(
                 file_containing_symbol=f"grpc.reflection.{version}.ServerReflection"),
-            rpb.ServerReflectionRequest(file_containing_symbol="anogan.v1.NoSuchThing"))
+            rpb.ServerReflectionRequest(file_containing_symbol="anogan.v1.NoSuchThing"),
+            rpb.ServerReflectionRequest(
+                file_containing_symbol="anogan.v1.InspectionService.StreamInspect"),
+            rpb.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health.Check"),
+            rpb.ServerReflectionRequest(all_extension_numbers_of_type="anogan.v1.Frame"))
         assert {s.name for s in listed.list_services_response.service} == {
             "anogan.v1.InspectionService", "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"}
@@ -110,3 +114,9 @@ def test_reflection_v1_and_v1alpha_serve_the_contract_with_its_comments(server):
         assert own.package == f"grpc.reflection.{version}"
         assert [s.name for s in own.service] == ["ServerReflection"]
         assert unknown.error_response.error_code == 5  # NOT_FOUND
+        for answer, name in ((method, "anogan/v1/inspection.proto"),
+                             (health, "grpc_health/v1/health.proto")):  # methods, by name
+            first = answer.file_descriptor_response.file_descriptor_proto[0]
+            assert descriptor_pb2.FileDescriptorProto.FromString(first).name == name
+        assert extensions.all_extension_numbers_response.base_type_name == "anogan.v1.Frame"
+        assert not extensions.all_extension_numbers_response.extension_number

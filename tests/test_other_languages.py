@@ -158,10 +158,17 @@ def build_cpp(out: Path) -> Built:
 
 
 def build_ts(out: Path) -> Built:
-    built = Built()  # in place: clients/ts/src/gen and dist are git-ignored
+    """In a copy of clients/ts (its node_modules linked), as `npm run build` does there."""
+    built = Built()
     folder = ROOT / "clients" / "ts"
-    built.step(["npm", "run", "build"], cwd=folder)
-    built.artifact = ["node", str(folder / "dist" / "client.js")]
+    (out / "src").mkdir(parents=True)
+    for name in ("package.json", "tsconfig.json", "src/client.ts"):
+        shutil.copy2(folder / name, out / name)
+    (out / "node_modules").symlink_to(folder / "node_modules")
+    if built.step([sys.executable, ROOT / "proto" / "generate.py", "--lang", "ts", "--out",
+                   out / "src" / "gen"]):
+        built.step([folder / "node_modules" / ".bin" / "tsc", "-p", out])
+    built.artifact = ["node", str(out / "dist" / "client.js")]
     return built
 
 
@@ -177,34 +184,42 @@ BUILDS = {
 
 
 class Background:
-    """The builds, started once this module's tests are collected (conftest.py), niced and
-    one at a time, so that they take the CPU the rest of the suite leaves idle; each test
-    waits for the build it needs (and starts them all itself if nothing did)."""
+    """The builds the selected tests need, started once they are collected (conftest.py),
+    niced and one at a time, so that they take the CPU the rest of the suite leaves idle;
+    each test waits for its own (and starts it, if nothing did)."""
 
     def __init__(self):
-        self.pool: futures.ThreadPoolExecutor | None = None
-        self.folder: Path | None = None
+        self.pool = futures.ThreadPoolExecutor(max_workers=1)
+        self.folder: Path | None = None  # made with the first build
         self.builds: dict[str, futures.Future] = {}
 
-    def start(self) -> None:
-        if self.pool is not None:
-            return
-        self.folder = Path(tempfile.mkdtemp(prefix="anogan-codegen-"))
-        self.pool = futures.ThreadPoolExecutor(max_workers=1)
-        for name, (tools, build) in BUILDS.items():
-            if all(Path(t).exists() or shutil.which(t) for t in tools):
-                self.builds[name] = self.pool.submit(build, self.folder / name)
+    def start(self, items=()) -> None:
+        """Start the builds of these collected test items (their `client` parameter, or
+        the build their name ends with)."""
+        for item in items:
+            params = getattr(item, "callspec", None)
+            name = params.params.get("client") if params else None
+            name = name or next((b for b in BUILDS if item.name.endswith(f"_{b}_stubs_compile")),
+                                None)
+            if name:
+                self.submit(name)
+
+    def submit(self, name: str) -> None:
+        tools, build = BUILDS[name]
+        if name not in self.builds and all(Path(t).exists() or shutil.which(t) for t in tools):
+            self.folder = self.folder or Path(tempfile.mkdtemp(prefix="anogan-other-languages-"))
+            self.builds[name] = self.pool.submit(build, self.folder / name)
 
     def result(self, name: str) -> Built:
         need(*BUILDS[name][0])
-        self.start()
+        self.submit(name)
         built = self.builds[name].result()
         built.check()
         return built
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -270,7 +285,8 @@ def test_client_names_the_file_and_row_of_bad_input(client, tmp_path):
 
 class Misbehaving:
     """A real gRPC server that answers StreamInspect wrongly: `swap` sends the second
-    frame's result first, `drop` never answers the last frame."""
+    frame's result first, `drop` never answers the last frame, `abort` answers three frames
+    and ends the stream with RESOURCE_EXHAUSTED while the client still has frames to send."""
 
     def __init__(self, fault: str):
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -282,6 +298,12 @@ class Misbehaving:
 
         class Servicer(pb_grpc.InspectionServiceServicer):
             def StreamInspect(self, requests, context):
+                if fault_of == "abort":
+                    frames = (r.frame for r in requests if r.WhichOneof("request") == "frame")
+                    for _, frame in zip(range(3), frames):
+                        yield pb.StreamInspectResponse(result=pb.InspectionResult(
+                            frame_id=frame.frame_id, sequence=frame.sequence))
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "enough")
                 frames = [r.frame for r in requests if r.WhichOneof("request") == "frame"]
                 results = [pb.InspectionResult(frame_id=f.frame_id, sequence=f.sequence,
                                                verdict=pb.VERDICT_PASS, score=1.0)
@@ -305,12 +327,12 @@ class Misbehaving:
         threading.Thread(target=self.server.stop, args=(None,)).start()
 
 
-@pytest.mark.parametrize("fault", ["swap", "drop"])
+@pytest.mark.parametrize("fault", ["swap", "drop", "abort"])
 def test_client_exits_non_zero_on_a_missing_or_out_of_order_result(client, fault):
     wrong = Misbehaving(fault)
-    try:
+    try:  # abort: all 1,000 digits, more than HTTP/2's window, so that writes must wait
         proc = run([*client, "--target", f"localhost:{wrong.port}", "--csv", TEST_CSV,
-                    "--limit", "5", "--quiet"])
+                    *(["--limit", "5"] if fault != "abort" else []), "--quiet"], timeout=60)
     finally:
         wrong.stop()
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -318,8 +340,11 @@ def test_client_exits_non_zero_on_a_missing_or_out_of_order_result(client, fault
     if fault == "swap":
         assert "out of order: result for sequence 1 where 0 was due" in proc.stderr
         assert got["out_of_order"] >= 1
-    else:
+    elif fault == "drop":
         assert got["answered"] == 4 and got["missing"] == 1
+    else:
+        assert got["answered"] == 3 and got["missing"] == 997
+        assert "stream ended with 8: enough" in proc.stderr  # RESOURCE_EXHAUSTED
 
 
 @pytest.mark.slow

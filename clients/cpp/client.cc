@@ -60,15 +60,19 @@ struct Input {
   std::exit(2);
 }
 
+// What CSV cells, labels and --limit must be: digits only (no sign, space or exponent).
+bool is_integer(const std::string& text) {
+  return !text.empty() && text.size() < 10 &&
+         std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isdigit(c); });
+}
+
 std::set<int> parse_labels(const std::string& text) {
   std::set<int> labels;
-  std::stringstream stream(text);
-  for (std::string item; std::getline(stream, item, ',');) {
-    try {
-      labels.insert(std::stoi(item));
-    } catch (const std::exception&) {
-      usage_error("labels are comma-separated integers: " + text);
-    }
+  std::stringstream stream(text + ",");  // so that a trailing empty item is seen
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    if (!is_integer(item)) usage_error("labels are comma-separated integers: " + text);
+    labels.insert(std::stoi(item));
   }
   return labels;
 }
@@ -94,7 +98,10 @@ Options parse_args(int argc, char** argv) {
     else if (arg == "--token") options.token = value;
     else if (arg == "--normal-labels") options.normal = parse_labels(value);
     else if (arg == "--anomaly-labels") options.anomaly = parse_labels(value);
-    else if (arg == "--limit") options.limit = std::stol(value);
+    else if (arg == "--limit") {
+      if (!is_integer(value)) usage_error("--limit is a count of frames: " + value);
+      options.limit = std::stol(value);
+    }
     else if (arg == "--mode") {
       static const std::map<std::string, pb::Mode> modes = {
           {"fast", pb::MODE_FAST}, {"search", pb::MODE_SEARCH}, {"cascade", pb::MODE_CASCADE}};
@@ -125,22 +132,29 @@ std::vector<Input> read_csv(const Options& options) {
       line += buffer.data();
       if (!line.empty() && line.back() == '\n') break;
     }
+    int error = Z_OK;
+    const char* message = gzerror(file, &error);  // gzgets returns NULL on a fault too
+    if (error != Z_OK) {
+      std::string fault = message;
+      gzclose(file);
+      throw std::runtime_error(fault);  // zlib's message names the file
+    }
     if (line.empty()) break;
     ++row;
     while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
     if (line.empty()) continue;
+    if (row == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);  // a UTF-8 BOM
     if (row == 1 && !std::isdigit(static_cast<unsigned char>(line[0]))) continue;  // header
     std::vector<int> values;
-    std::stringstream stream(line);
-    for (std::string cell; std::getline(stream, cell, ',');) {
-      char* end = nullptr;
-      long value = std::strtol(cell.c_str(), &end, 10);
-      if (cell.empty() || *end != '\0' || value < 0 || (!values.empty() && value > 255)) {
+    std::stringstream stream(line + ",");  // so that a trailing empty cell is seen
+    std::string cell;
+    while (std::getline(stream, cell, ',')) {
+      if (!is_integer(cell) || (!values.empty() && std::stoi(cell) > 255)) {
         gzclose(file);
         throw std::runtime_error(options.csv + ", row " + std::to_string(row) +
                                  ": not an integer label or pixel 0..255: '" + cell + "'");
       }
-      values.push_back(static_cast<int>(value));
+      values.push_back(std::stoi(cell));
     }
     int side = 0;
     while ((side + 1) * (side + 1) <= static_cast<int>(values.size()) - 1) ++side;

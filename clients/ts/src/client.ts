@@ -58,12 +58,14 @@ interface Input {
   anomaly?: boolean; // known when the source is labelled
 }
 
+const INTEGER = /^[0-9]+$/; // what CSV cells, labels and --limit must be
+
 function labels(text: string): Set<number> {
-  const values = text.split(",").map((item) => Number(item));
-  if (values.some((value) => !Number.isInteger(value))) {
+  const items = text.split(",");
+  if (!items.every((item) => INTEGER.test(item))) {
     throw new UsageError(`labels are comma-separated integers: ${text}`);
   }
-  return new Set(values);
+  return new Set(items.map(Number));
 }
 
 function parseArgs(argv: string[]): Options {
@@ -92,7 +94,10 @@ function parseArgs(argv: string[]): Options {
       case "--token": options.token = value; break;
       case "--normal-labels": options.normal = labels(value); break;
       case "--anomaly-labels": options.anomaly = labels(value); break;
-      case "--limit": options.limit = Number(value); break;
+      case "--limit":
+        if (!INTEGER.test(value)) throw new UsageError(`--limit is a count of frames: ${value}`);
+        options.limit = Number(value);
+        break;
       case "--mode":
         if (!(value in modes)) throw new UsageError("--mode is fast, search or cascade");
         options.mode = modes[value];
@@ -116,7 +121,7 @@ function readCsv(file: string, options: Options): Input[] {
   }
   const labelled = options.normal.size + options.anomaly.size > 0;
   const inputs: Input[] = [];
-  const lines = data.toString("utf8").split(/\r?\n/);
+  const lines = data.toString("utf8").replace(/^\uFEFF/, "").split(/\r?\n/); // BOM, CRLF
   for (let index = 0; index < lines.length; index++) {
     if (options.limit >= 0 && inputs.length >= options.limit) break;
     const row = index + 1;
@@ -124,7 +129,7 @@ function readCsv(file: string, options: Options): Input[] {
     if (!line || (row === 1 && !/^[0-9]/.test(line))) continue; // blank, or the header
     const cells = line.split(",");
     const values = cells.map(Number);
-    const bad = values.findIndex((v, k) => !Number.isInteger(v) || v < 0 || (k > 0 && v > 255));
+    const bad = cells.findIndex((cell, k) => !INTEGER.test(cell) || (k > 0 && values[k] > 255));
     if (bad >= 0) {
       throw new InputError(`${file}, row ${row}: not an integer label or pixel 0..255: '${cells[bad]}'`);
     }
@@ -287,14 +292,17 @@ async function main(): Promise<number> {
 
   // Writer: the config, then every frame, waiting for 'drain' when the stream's buffer is
   // full (HTTP/2 flow control carries the server's --max-in-flight window back to us).
-  const write = (message: StreamInspectRequest) =>
-    stream.write(message) ? Promise.resolve() : new Promise<void>((resolve) => stream.once("drain", resolve));
-  let streamError: grpc.ServiceError | undefined;
-  ended.then((err) => { streamError = err; });
+  // A stream that ended (with a status, or the server closing it early) settles `ended`,
+  // which also ends a wait for 'drain' that would otherwise never come.
+  let finished = false;
+  ended.then(() => { finished = true; });
+  const write = (message: StreamInspectRequest): Promise<unknown> =>
+    stream.write(message) ? Promise.resolve()
+      : Promise.race([new Promise<void>((resolve) => stream.once("drain", resolve)), ended]);
   await write(StreamInspectRequest.create({
     request: { oneofKind: "config", config: InspectionConfig.create({ model: options.model, mode: options.mode }) },
   }));
-  for (let i = 0; i < inputs.length && streamError === undefined; i++) {
+  for (let i = 0; i < inputs.length && !finished; i++) {
     await write(request(inputs[i], i));
   }
   stream.end();
@@ -314,4 +322,16 @@ async function main(): Promise<number> {
   return missing === 0 && problems === 0 ? 0 : 1;
 }
 
-main().then((code) => { process.exitCode = code; });
+// Exit 1 on anything unexpected, including an event loop that empties before main() is
+// done (a promise nothing can settle any more): never a silent 0.
+let settled = false;
+process.on("beforeExit", () => {
+  if (!settled) {
+    console.error("anogan-client-ts: stopped before every frame was answered");
+    process.exitCode = 1;
+  }
+});
+main().then((code) => { process.exitCode = code; }, (err) => {
+  console.error(`anogan-client-ts: ${(err as Error).stack ?? err}`);
+  process.exitCode = 1;
+}).finally(() => { settled = true; });
