@@ -244,6 +244,7 @@ def summary(proc: subprocess.CompletedProcess) -> dict:
     return result
 
 
+@pytest.mark.slow
 def test_client_streams_the_test_digits_every_result_once_in_order(client, server):
     proc = run([*client, "--target", server.target, "--csv", TEST_CSV, "--normal-labels",
                 "7,8", "--anomaly-labels", "2"])
@@ -258,6 +259,7 @@ def test_client_streams_the_test_digits_every_result_once_in_order(client, serve
     assert verdicts[0].split()[1] == "csv-row-2-label-8"  # the file's first digit
 
 
+@pytest.mark.slow
 def test_client_reports_a_bad_frame_and_goes_on(client, server, tmp_path):
     from PIL import Image
 
@@ -275,6 +277,7 @@ def test_client_reports_a_bad_frame_and_goes_on(client, server, tmp_path):
     assert summary(proc)["errors"] == 1
 
 
+@pytest.mark.slow
 def test_client_names_the_file_and_row_of_bad_input(client, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("label,1x1,1x2,1x3,1x4\n7,0,0,0,0\n2,0,300,0,0\n")
@@ -327,6 +330,7 @@ class Misbehaving:
         threading.Thread(target=self.server.stop, args=(None,)).start()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["swap", "drop", "abort"])
 def test_client_exits_non_zero_on_a_missing_or_out_of_order_result(client, fault):
     wrong = Misbehaving(fault)
