@@ -201,8 +201,9 @@ def main() -> int:
                  + "\n  ".join(missing))
     for language in others:
         files, command = generate(language, args.out / language)
-        print(f"{language}: {len(files)} files in {args.out / language}, by\n  "
-              + shlex.join(command).replace(f"{ROOT}/", ""))  # a template to copy
+        text = f"{language}: {len(files)} files in {args.out / language}, by\n  " \
+            + shlex.join(command)
+        print(text.replace(f"{ROOT}/", ""))  # the command: a template to copy
     return 0
 
 
