@@ -272,7 +272,7 @@ def test_client_reports_a_bad_frame_and_goes_on(client, server, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("0 good/a.png VERDICT_")
-    assert lines[1].startswith("1 scratch/b.png error code 3: ")  # INVALID_ARGUMENT
+    assert lines[1].startswith("1 scratch/b.png error code 3 INVALID_ARGUMENT: ")
     assert lines[2].startswith("2 scratch/c.png VERDICT_")
     assert summary(proc)["errors"] == 1
 
@@ -348,7 +348,7 @@ def test_client_exits_non_zero_on_a_missing_or_out_of_order_result(client, fault
         assert got["answered"] == 4 and got["missing"] == 1
     else:
         assert got["answered"] == 3 and got["missing"] == 997
-        assert "stream ended with 8: enough" in proc.stderr  # RESOURCE_EXHAUSTED
+        assert "stream ended with 8 RESOURCE_EXHAUSTED: enough" in proc.stderr
 
 
 @pytest.mark.slow

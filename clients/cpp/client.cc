@@ -222,6 +222,16 @@ std::optional<double> auroc(const std::vector<std::pair<double, bool>>& scored) 
   return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives);
 }
 
+// gRPC status codes by number, as google.rpc.Status carries them.
+const char* code_name(int code) {
+  static const char* const names[] = {
+      "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+      "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+      "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+      "UNAUTHENTICATED"};
+  return code >= 0 && code <= 16 ? names[code] : "UNKNOWN_CODE";
+}
+
 void authorize(grpc::ClientContext& context, const Options& options) {
   if (!options.token.empty()) context.AddMetadata("authorization", "Bearer " + options.token);
 }
@@ -331,7 +341,8 @@ int main(int argc, char** argv) {
         ++errors;
         if (!options.quiet)
           std::cout << result->sequence() << " " << input.id << " error code "
-                    << result->error().code() << ": " << result->error().message() << "\n";
+                    << result->error().code() << " " << code_name(result->error().code())
+                    << ": " << result->error().message() << "\n";
         continue;
       }
       bool fail = result->verdict() == pb::VERDICT_FAIL;
@@ -354,8 +365,8 @@ int main(int argc, char** argv) {
   if (auto area = auroc(scored)) std::printf(" auroc %.4f", *area);
   std::printf(" seconds %.2f\n", seconds);
   if (!status.ok()) {
-    std::cerr << "stream ended with " << status.error_code() << ": " << status.error_message()
-              << "\n";
+    std::cerr << "stream ended with " << status.error_code() << " "
+              << code_name(status.error_code()) << ": " << status.error_message() << "\n";
     return 1;
   }
   return (missing == 0 && problems == 0) ? 0 : 1;

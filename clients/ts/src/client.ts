@@ -270,7 +270,8 @@ async function main(): Promise<number> {
     if (result.error) { // a per-frame error: google.rpc.Status, the stream goes on
       errors++;
       if (!options.quiet) {
-        console.log(`${result.sequence} ${input.id} error code ${result.error.code}: ${result.error.message}`);
+        console.log(`${result.sequence} ${input.id} error code ${result.error.code} ${
+          grpc.status[result.error.code] ?? "UNKNOWN_CODE"}: ${result.error.message}`);
       }
       return;
     }
@@ -316,7 +317,7 @@ async function main(): Promise<number> {
     + `errors ${errors} pass ${passed} fail ${failed}`
     + (area === undefined ? "" : ` auroc ${area.toFixed(4)}`) + ` seconds ${seconds.toFixed(2)}`);
   if (error) {
-    console.error(`stream ended with ${error.code}: ${error.details}`);
+    console.error(`stream ended with ${error.code} ${grpc.status[error.code]}: ${error.details}`);
     return 1;
   }
   return missing === 0 && problems === 0 ? 0 : 1;
