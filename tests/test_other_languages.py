@@ -45,9 +45,10 @@ def run(command: list, timeout: float = 300, **kwargs) -> subprocess.CompletedPr
                           timeout=timeout, check=False, **kwargs)
 
 
-def generate_into(out: Path, *languages: str) -> subprocess.CompletedProcess:
-    return run([sys.executable, ROOT / "proto" / "generate.py", "--lang",
-                ",".join(languages), "--out", out])
+def generating(out: Path, *languages: str) -> list:
+    """`make proto`'s generator, for these languages, into out/<language>/."""
+    return [sys.executable, ROOT / "proto" / "generate.py", "--lang", ",".join(languages),
+            "--out", out]
 
 
 def test_make_proto_writes_six_languages_and_the_same_bytes_twice(tmp_path):
@@ -55,7 +56,7 @@ def test_make_proto_writes_six_languages_and_the_same_bytes_twice(tmp_path):
     if missing:
         pytest.skip(f"not installed: {'; '.join(missing)}")
     for attempt in ("first", "second"):
-        proc = generate_into(tmp_path / attempt, *OTHERS)
+        proc = run(generating(tmp_path / attempt, *OTHERS))
         assert proc.returncode == 0, proc.stderr
     expected = {  # messages and service stubs for each
         "cpp": ["anogan/v1/inspection.pb.h", "anogan/v1/inspection.grpc.pb.cc",
@@ -86,8 +87,7 @@ def test_make_proto_writes_six_languages_and_the_same_bytes_twice(tmp_path):
 
 def test_a_missing_generator_is_named_with_how_to_install_it(tmp_path):
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # no protoc, no plugins
-    proc = run([sys.executable, ROOT / "proto" / "generate.py", "--lang", "go", "--out",
-                tmp_path], env=env)
+    proc = run(generating(tmp_path, "go"), env=env)
     assert proc.returncode != 0
     assert "protoc-gen-go for go (apt-get install" in proc.stderr
     assert "make proto-tools" in proc.stderr
@@ -115,8 +115,7 @@ class Built:
 
 def build_go(out: Path) -> Built:
     built = Built()
-    if not built.step([sys.executable, ROOT / "proto" / "generate.py", "--lang", "go",
-                       "--out", out / "gen"]):
+    if not built.step(generating(out / "gen", "go")):
         return built
     # GOPATH mode against Debian's sources, at the go_package path of inspection.proto.
     package = out / "gopath/src/github.com/anogan-inspect/anogan-inspect/gen"
@@ -138,8 +137,7 @@ def build_java(out: Path) -> Built:
     java = out / "gen" / "java"
     # google.rpc.Status comes from proto-google-common-protos in a Java project; here, from
     # the vendored proto.
-    if not (built.step([sys.executable, ROOT / "proto" / "generate.py", "--lang", "java",
-                        "--out", out / "gen"])
+    if not (built.step(generating(out / "gen", "java"))
             and built.step(["protoc", f"-I{ROOT / 'proto'}", f"--java_out={java}",
                             "google/rpc/status.proto"])):
         return built
@@ -165,8 +163,7 @@ def build_ts(out: Path) -> Built:
     for name in ("package.json", "tsconfig.json", "src/client.ts"):
         shutil.copy2(folder / name, out / name)
     (out / "node_modules").symlink_to(folder / "node_modules")
-    if built.step([sys.executable, ROOT / "proto" / "generate.py", "--lang", "ts", "--out",
-                   out / "src" / "gen"]):
+    if built.step(generating(out / "src" / "gen", "ts")):
         built.step([folder / "node_modules" / ".bin" / "tsc", "-p", out])
     built.artifact = ["node", str(out / "dist" / "client.js")]
     return built
