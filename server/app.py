@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 from dataclasses import dataclass, field
@@ -229,19 +230,24 @@ def check_files(config: ServerConfig) -> tuple[grpc.ServerCredentials | None,
     before any model loads (ValueError naming the file)."""
     credentials = config.tls.credentials() if config.tls else None
     tokens = TokenStore(config.auth_tokens) if config.auth_tokens else None
+    folder = config.port_file.parent if config.port_file else None
+    if folder and not (folder.is_dir() and os.access(folder, os.W_OK)):
+        raise ValueError(f"--port-file {config.port_file}: {folder} is not a folder this "
+                         "process can write to")
     return credentials, tokens
 
 
 async def serve(config: ServerConfig) -> int:
-    """Run until SIGTERM/SIGINT, then drain and return 0; SIGHUP rereads the tokens."""
+    """Run until SIGTERM/SIGINT, then drain and return 0; SIGHUP rereads the tokens (and
+    never stops the server: `main` ignores it until this handler is in place)."""
     credentials, tokens = check_files(config)
     models = load_models(config)
     server = await InspectionServer(config, models, credentials, tokens).start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.drain()))
-    if tokens:
-        loop.add_signal_handler(signal.SIGHUP, lambda: reload_tokens(tokens))
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_tokens(tokens) if tokens else
+                            log.info("SIGHUP: no --auth-token-file to reread; serving on"))
     await server.wait()
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -27,17 +28,28 @@ def parse_bundle(text: str) -> tuple[str | None, Path]:
     return (name, Path(path)) if sep else (None, Path(text))
 
 
+def _number(kind: type = int, minimum: float = 1, above: bool = False):
+    """An argparse type: an int (or float) of at least `minimum` (above it, with `above`),
+    so that a value that would hang or spin the server is refused at the command line."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not (value > minimum if above else value >= minimum) or value != value:  # NaN
+            raise argparse.ArgumentTypeError(
+                f"must be {'above' if above else 'at least'} {minimum}, got {text}")
+        return value
+    return parse
+
+
+COUNT, NON_NEGATIVE, POSITIVE = _number(int, 1), _number(float, 0), _number(float, 0, above=True)
+
+
 def _slots(text: str) -> int | None:
     """'auto' (None: sized for the device) or a positive count."""
-    if text == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return None if text == "auto" else COUNT(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,12 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "serving: a changed manifest loads and verifies the new version "
                              "beside the old, then new calls get it (open streams finish on "
                              "theirs); a removed folder stops being served")
-    parser.add_argument("--models-poll", type=float, default=ServerConfig.models_poll,
+    parser.add_argument("--models-poll", type=POSITIVE, default=ServerConfig.models_poll,
                         metavar="SECONDS",
                         help="how often --models-dir is read again")
     parser.add_argument("--host", default=ServerConfig.host,
                         help="address to listen on ([::] is every interface)")
-    parser.add_argument("--port", type=int, default=ServerConfig.port, help="0 picks a free port")
+    parser.add_argument("--port", type=_number(int, 0), default=ServerConfig.port,
+                        help="0 picks a free port")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the torch models live (default: cuda when present); "
                              "several, comma-separated (cuda:0,cuda:1): one search engine and "
@@ -79,17 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the search's steps in float32, or bf16 autocast (GPUs); "
                              "scores stay float32 evaluations either way, so the cascade "
                              "stays exact (docs/design.md)")
-    parser.add_argument("--steps", type=int, help="search steps (default: the bundle's)")
-    parser.add_argument("--search-lr", type=float,
+    parser.add_argument("--steps", type=COUNT, help="search steps (default: the bundle's)")
+    parser.add_argument("--search-lr", type=POSITIVE,
                         help="search learning rate (default: the bundle's)")
-    parser.add_argument("--patience", type=int,
+    parser.add_argument("--patience", type=_number(int, 0),
                         help="early stopping: steps without improvement, 0: off "
                              "(default: the bundle's)")
-    parser.add_argument("--ort-threads", type=int, default=EngineOptions.ort_threads,
+    parser.add_argument("--ort-threads", type=_number(int, 0), default=EngineOptions.ort_threads,
                         help="ONNX Runtime intra-op threads (0: one per core)")
-    parser.add_argument("--torch-threads", type=int,
+    parser.add_argument("--torch-threads", type=COUNT,
                         help="torch intra-op threads (default: torch's, one per core)")
-    parser.add_argument("--parity-tolerance", type=float,
+    parser.add_argument("--parity-tolerance", type=NON_NEGATIVE,
                         default=EngineOptions.parity_tolerance,
                         help="at load: largest ONNX-vs-torch difference per network output "
                              "element on random inputs before the bundle is refused (the "
@@ -103,39 +116,41 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse a model whose fast path, as served, strays from the "
                              "torch scores by the cascade's margin or more (default: serve "
                              "it without CASCADE)")
-    parser.add_argument("--max-tiles", type=int, default=EngineOptions.max_tiles,
+    parser.add_argument("--max-tiles", type=COUNT, default=EngineOptions.max_tiles,
                         help="tiled models: most tiles one frame may be cut into (more: a "
                              "per-frame INVALID_ARGUMENT)")
-    parser.add_argument("--max-search-steps", type=int,
+    parser.add_argument("--max-search-steps", type=COUNT,
                         default=EngineOptions.max_search_steps,
                         help="most search steps a stream may ask for a frame (more: "
                              "INVALID_ARGUMENT when the stream or call starts)")
-    parser.add_argument("--max-pixels", type=int, default=FrameLimits.max_pixels,
+    parser.add_argument("--max-pixels", type=COUNT, default=FrameLimits.max_pixels,
                         help="largest frame accepted, height × width (larger: a per-frame "
                              "INVALID_ARGUMENT)")
-    parser.add_argument("--max-frame-seconds", type=float, default=FrameLimits.max_seconds,
+    parser.add_argument("--max-frame-seconds", type=NON_NEGATIVE,
+                        default=FrameLimits.max_seconds,
                         help="longest a frame's scoring may take, s (0: no limit); past it "
                              "the frame's result is DEADLINE_EXCEEDED and its slots are freed")
-    parser.add_argument("--max-frames-in-flight", type=int,
+    parser.add_argument("--max-frames-in-flight", type=COUNT,
                         default=FrameLimits.max_frames_in_flight,
                         help="frames being scored at once, all streams together (more: "
                              "RESOURCE_EXHAUSTED for the frame)")
-    parser.add_argument("--max-bytes-in-flight", type=int,
+    parser.add_argument("--max-bytes-in-flight", type=COUNT,
                         default=FrameLimits.max_bytes_in_flight,
                         help="bytes the frames being decoded (about 4 float32 copies of "
                              "their pixels) and the model inputs of those being scored may "
                              "hold, all streams together (more: RESOURCE_EXHAUSTED for the "
                              "frame, before decoding it)")
-    parser.add_argument("--max-message-bytes", type=int,
+    parser.add_argument("--max-message-bytes", type=COUNT,
                         default=ServerConfig.max_message_bytes,
                         help="largest gRPC message received or sent")
-    parser.add_argument("--max-in-flight", type=int, default=ServerConfig.max_in_flight,
+    parser.add_argument("--max-in-flight", type=COUNT, default=ServerConfig.max_in_flight,
                         help="frames per stream sent and not yet answered (a result "
                              "counts until gRPC has taken it); the stream stops reading "
                              "beyond it (flow control)")
-    parser.add_argument("--grace", type=float, default=ServerConfig.grace_seconds,
+    parser.add_argument("--grace", type=NON_NEGATIVE, default=ServerConfig.grace_seconds,
                         help="on SIGTERM: how long frames in flight may take to finish, s")
-    parser.add_argument("--drain-delay", type=float, default=ServerConfig.drain_delay_seconds,
+    parser.add_argument("--drain-delay", type=NON_NEGATIVE,
+                        default=ServerConfig.drain_delay_seconds,
                         help="on SIGTERM: report NOT_SERVING but keep serving this long, s")
     parser.add_argument("--tls-cert", type=Path, metavar="PEM",
                         help="serve TLS with this certificate chain (needs --tls-key)")
@@ -150,21 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --auth-token-file: serve reflection without a token")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once listening (for --port 0)")
-    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+    parser.add_argument("--metrics-port", type=_number(int, 0), metavar="PORT",
                         help="serve Prometheus metrics on http://HOST:PORT/metrics (plain "
                              "HTTP, no token: counters and scores, never frames); with "
                              "--workers, worker i on PORT + i; 0 picks a free port "
                              "(logged). Default: off")
-    parser.add_argument("--max-connection-age", type=float, metavar="SECONDS",
+    parser.add_argument("--max-connection-age", type=POSITIVE, metavar="SECONDS",
                         help="close each client connection after this long (its calls go "
                              "on; new calls open a new connection, resolving the target "
                              "again, so clients find replicas added since). Default: never")
-    parser.add_argument("--max-stream-age", type=float, metavar="SECONDS",
+    parser.add_argument("--max-stream-age", type=POSITIVE, metavar="SECONDS",
                         help="end a stream after this long with UNAVAILABLE, once the "
                              "frames it sent are answered (a client with --resend opens a "
                              "new one, on whichever replica its balancing picks). "
                              "Default: never")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=COUNT, default=1,
                         help="server processes sharing the port (SO_REUSEPORT), each with "
                              "its own models and engine on the device; the kernel spreads "
                              "connections across them, so a client needs several "
@@ -211,6 +226,9 @@ def main(argv: list[str] | None = None, module: str = "anogan_inspect.server") -
     echo server passes its own)."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    # SIGHUP rereads the tokens once serving (serve() installs it); until then, and without
+    # tokens, it must not kill the server (its default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     worker = Worker.from_env()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s " + (
@@ -220,8 +238,6 @@ def main(argv: list[str] | None = None, module: str = "anogan_inspect.server") -
         torch.set_num_threads(args.torch_threads)
     try:
         config = config_from_args(args)
-        if args.workers < 1:
-            raise ValueError(f"--workers must be at least 1, got {args.workers}")
         if worker:  # one of --workers N: the supervisor chose the port
             metrics = config.metrics_port and config.metrics_port + worker.index
             config = dataclasses.replace(config, port=worker.port, port_file=worker.port_file,

@@ -74,23 +74,31 @@ def run_workers(argv: list[str], host: str, port: int, workers: int,
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, forward)
-        for spec in specs:  # after the handlers: a SIGTERM now reaches every worker
-            procs.append(subprocess.Popen([sys.executable, "-m", module, *argv],
-                                          env=spec.env()))
-        deadline = time.monotonic() + start_timeout
-        while not all(spec.port_file.exists() for spec in specs):
-            if any(proc.poll() is not None for proc in procs) or time.monotonic() > deadline:
-                log.error("a worker did not start: stopping the others")
-                forward(signal.SIGTERM, None)
-                return max(_wait(procs), 2)
-            time.sleep(0.1)
-        log.info("%d workers listening on %s:%d", workers, host, port)
-        if port_file:
-            port_file.write_text(f"{port}\n")
-        pid, status = os.wait()  # the first worker to end (on a signal, or on its own)
-        for proc in procs:
-            if proc.pid == pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            for spec in specs:  # after the handlers: a SIGTERM now reaches every worker
+                procs.append(subprocess.Popen([sys.executable, "-m", module, *argv],
+                                              env=spec.env()))
+            deadline = time.monotonic() + start_timeout
+            while not all(spec.port_file.exists() for spec in specs):
+                if any(proc.poll() is not None for proc in procs) or \
+                        time.monotonic() > deadline:
+                    log.error("a worker did not start: stopping the others")
+                    forward(signal.SIGTERM, None)
+                    return max(_wait(procs), 2)
+                time.sleep(0.1)
+            log.info("%d workers listening on %s:%d", workers, host, port)
+            if port_file:  # whole or not at all, for whoever polls it
+                partial = port_file.with_name(f".{port_file.name}.partial")
+                partial.write_text(f"{port}\n")
+                os.replace(partial, port_file)
+            pid, status = os.wait()  # the first worker to end (on a signal, or on its own)
+            for proc in procs:
+                if proc.pid == pid:
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+        except BaseException:  # the supervisor failing must not leave workers serving
+            forward(signal.SIGTERM, None)
+            _wait(procs)
+            raise
         forward(signal.SIGTERM, None)
         return _wait(procs)
 

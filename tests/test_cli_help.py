@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 import pytest
 
@@ -57,3 +58,39 @@ def test_defaults_come_from_the_configs():
     train = " ".join(parsers()["anogan-train train"].format_help().split())
     assert "GAN epochs (default: the preset's; default 150, seed 30, tiny 2)" in train
     assert "held out for calibration (default: 0.15)" in train
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--max-in-flight", "0", "must be at least 1"),  # a stream would wait forever
+    ("--max-frames-in-flight", "0", "must be at least 1"),
+    ("--models-poll", "0", "must be above 0"),  # a busy loop re-reading every manifest
+    ("--grace", "-1", "must be at least 0"),
+    ("--max-frame-seconds", "nan", "must be at least 0"),
+    ("--workers", "0", "must be at least 1"),
+    ("--max-stream-age", "0", "must be above 0"),
+    ("--port", "-5", "must be at least 0"),
+    ("--max-pixels", "many", "expected an integer"),
+])
+def test_serve_refuses_values_that_would_hang_or_spin_it(option, value, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        serve_parser().parse_args(["--bundle", "b", option, value])
+    assert exit_.value.code == 2
+    assert f"argument {option}: {says}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_refuses_a_port_file_it_could_not_write_before_starting(workers, tmp_path,
+                                                                       capsys):
+    """Before: the models loaded (and, with --workers, the workers started and were left
+    serving) before the port file's folder was found missing."""
+    from anogan_inspect.server.cli import main
+
+    port_file = tmp_path / "missing" / "port"
+    hangup = signal.getsignal(signal.SIGHUP)  # main() ignores SIGHUP: not this process's
+    try:
+        assert main(["--bundle", str(tmp_path / "no-bundle"), "--port-file", str(port_file),
+                     "--workers", workers, "--device", "cpu"]) == 2
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
+    assert f"--port-file {port_file}: {port_file.parent} is not a folder" in \
+        capsys.readouterr().err

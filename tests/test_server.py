@@ -7,6 +7,7 @@ import io
 import json
 import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -362,6 +363,10 @@ def test_sigterm_reports_not_serving_then_ends_open_streams(tiny_bundle, tmp_pat
                                                                search_steps=1500))
             open_stream.send(frames_of(digits, 4))
             wait_for(lambda: stats(stub).active_slots == 4, what="searches in the engine")
+            proc.process.send_signal(signal.SIGHUP)  # no tokens to reread: serves on
+            wait_for(lambda: "SIGHUP: no --auth-token-file" in proc.log_path.read_text(),
+                     what="SIGHUP logged")
+            assert status() == health_pb2.HealthCheckResponse.SERVING
             proc.terminate()
             wait_for(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING,
                      what="NOT_SERVING")
@@ -451,6 +456,9 @@ def test_workers_share_one_port_and_drain_together(tiny_bundle, tmp_path, digits
         stubs = [pb_grpc.InspectionServiceStub(c) for c in channels]
         workers = [s.GetServerStats(pb.GetServerStatsRequest()).worker for s in stubs]
         assert set(workers) == {0, 1}, workers
+        proc.process.send_signal(signal.SIGHUP)  # forwarded; no tokens: both serve on
+        wait_for(lambda: proc.log_path.read_text().count("SIGHUP: no --auth-token-file") == 2,
+                 what="SIGHUP logged by both workers")
         for worker in (0, 1):
             stub = stubs[workers.index(worker)]
             results = stream(stub, frames_of(digits, 20, start=20 * worker))
