@@ -8,9 +8,11 @@ shapes, ONNX-vs-torch parity, the cascade's exactness), while the old version se
 then does it take new calls. Streams already open finish on the version they started with
 (each holds its model), so results change version only between streams, and every result
 names its version. A folder that no longer has a manifest is removed: new calls for it get
-NOT_FOUND, open streams finish. A version that fails verification is logged and not served
-(the version before it keeps serving) until its manifest changes again. A replaced or
-removed version is stopped once its last stream has ended.
+NOT_FOUND, open streams finish (the default model too: calls naming no model get NOT_FOUND
+until it is back). A version that fails verification is logged and not served (the version
+before it keeps serving) until its manifest or its files change again. A folder named like
+a `--bundle` model is refused. A replaced or removed version is stopped once its last
+stream has ended.
 
 Update a model by writing its new network files, then its manifest.json last (an atomic
 rename): the manifest's checksums cover the files, so the change is picked up whole.
@@ -41,6 +43,16 @@ def read_folder(directory: Path) -> dict[str, str]:
     return found
 
 
+def files_of(folder: Path) -> tuple:
+    """What a version's folder holds now (names, sizes, modification times): a version that
+    failed is tried again once this changes, e.g. when a copy that was half done finishes."""
+    try:
+        return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                            for p in folder.iterdir() if p.is_file()))
+    except OSError:
+        return ()
+
+
 def load_folder(directory: Path, engine: EngineOptions) -> dict[str, ServedModel]:
     """At start: every model of the folder, loaded and verified (BundleError on the first
     that fails, as for --bundle), each with its manifest's fingerprint."""
@@ -62,7 +74,10 @@ class ModelsWatcher:
         # name → manifest fingerprint of what serves (or last failed) from the folder
         self.seen = {name: model.fingerprint for name, model in service.models.items()
                      if model.fingerprint}
+        # --bundle models: a folder of the same name is refused (as at start), never swapped in
+        self.fixed = {name for name, model in service.models.items() if not model.fingerprint}
         self.failed: dict[str, str] = {}  # name → the error of its last rejected version
+        self.failed_files: dict[str, tuple] = {}  # name → its folder's files when it failed
         self.retiring: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
 
@@ -95,26 +110,33 @@ class ModelsWatcher:
         """One pass: load what is new or changed, remove what is gone."""
         found = await asyncio.to_thread(read_folder, self.directory)
         for name, fingerprint in found.items():
-            if self.seen.get(name) == fingerprint:
-                continue
-            self.seen[name] = fingerprint  # a failed version is not tried again unchanged
+            folder = self.directory / name
+            if self.seen.get(name) == fingerprint and (
+                    name not in self.failed  # a failed version is tried again only when its
+                    or self.failed_files[name] == await asyncio.to_thread(files_of, folder)):
+                continue  # files change (a copy that was half done, say)
+            self.seen[name] = fingerprint
+            files = await asyncio.to_thread(files_of, folder)  # as loaded
             try:
-                model = await asyncio.to_thread(load_model, self.directory / name, self.engine,
-                                                name)
+                if name in self.fixed:
+                    raise ValueError(f"--bundle serves a model named {name!r} already")
+                model = await asyncio.to_thread(load_model, folder, self.engine, name)
             except Exception as err:  # noqa: BLE001 - any failure keeps the old version
-                self.failed[name] = str(err)
+                self.failed[name], self.failed_files[name] = str(err), files
                 log.error("model %s: the new version in %s is not served (%s); %s", name,
-                          self.directory / name, err,
+                          folder, err,
                           "the version before it still serves" if name in self.service.models
                           else "nothing is served under this name")
                 continue
             self.failed.pop(name, None)
+            self.failed_files.pop(name, None)
             model.fingerprint = fingerprint
             self._swap(name, model.start())
         for name in [n for n in self.seen if n not in found]:
             del self.seen[name]
             self.failed.pop(name, None)
-            if name in self.service.models:
+            self.failed_files.pop(name, None)
+            if name in self.service.models and name not in self.fixed:
                 self._swap(name, None)
 
     def _swap(self, name: str, model: ServedModel | None) -> None:
@@ -128,19 +150,20 @@ class ModelsWatcher:
                      f" (was {old.bundle.version})" if old else "")
         else:
             log.info("model %s: removed (version %s)", name, old.bundle.version)
-        if self.service.default_model not in models and models:
-            self.service.default_model = next(iter(models))
+        # The default model keeps its name: calls that name no model get NOT_FOUND while it
+        # is gone, never another model's verdicts.
         if old is not None:
+            self.service.retired.add(old)  # still counted (metrics) while streams hold it
             task = asyncio.create_task(self._retire(old))
             self.retiring.add(task)
             task.add_done_callback(self.retiring.discard)
 
-    @staticmethod
-    async def _retire(model: ServedModel) -> None:
+    async def _retire(self, model: ServedModel) -> None:
         """Stop a replaced version once no stream holds it."""
         try:
             while model.streams:
                 await asyncio.sleep(0.1)
         finally:
+            self.service.retired.discard(model)
             await asyncio.to_thread(model.stop)
             log.info("model %s: version %s stopped", model.name, model.bundle.version)

@@ -133,7 +133,7 @@ class _Collector:
         gauge = lambda name, text, labels=(): GaugeMetricFamily(  # noqa: E731
             name, text, labels=list(labels))
         counter = lambda name, text: CounterMetricFamily(  # noqa: E731
-            name, text, labels=["model"])
+            name, text, labels=["model", "version"])
         service = self.service
         streams = gauge("anogan_streams_open", "StreamInspect calls open")
         streams.add_metric([], len(service._readers))
@@ -149,10 +149,10 @@ class _Collector:
 
         model_gauges = {
             "active_slots": gauge("anogan_search_slots_active", "Searches in slots now",
-                                  ["model"]),
-            "slot_capacity": gauge("anogan_search_slots", "Search slots", ["model"]),
+                                  ["model", "version"]),
+            "slot_capacity": gauge("anogan_search_slots", "Search slots", ["model", "version"]),
             "queued_searches": gauge("anogan_search_queue_depth", "Searches waiting for a "
-                                     "slot", ["model"]),
+                                     "slot", ["model", "version"]),
         }
         model_counters = {
             "search_batches": counter("anogan_search_steps", "Engine steps run"),
@@ -168,33 +168,37 @@ class _Collector:
                                    "anogan_fast_batches_total's)"),
         }
         memory = gauge("anogan_device_memory_bytes", "Memory torch holds on a CUDA device",
-                       ["model", "device"])
+                       ["model", "version", "device"])
         drift_frames = gauge("anogan_drift_window_frames", "Frames in the drift window",
-                             ["model", "score"])
+                             ["model", "version", "score"])
         drift_share = gauge("anogan_drift_fail_share", "Share of the drift window's scores "
-                            "above the threshold", ["model", "score"])
+                            "above the threshold", ["model", "version", "score"])
         heldout_share = gauge("anogan_drift_heldout_fail_share", "Share of the bundle's "
-                              "held-out normal frames above the threshold", ["model", "score"])
+                              "held-out normal frames above the threshold",
+                              ["model", "version", "score"])
         drift_psi = gauge("anogan_drift_psi", "Population stability index of the drift "
-                          "window's scores against the held-out normal scores", ["model",
-                                                                                 "score"])
-        for name, model in list(self.models.items()):  # --models-dir may swap one now
-            stats = model.stats()
+                          "window's scores against the held-out normal scores",
+                          ["model", "version", "score"])
+        # Every version still working: those serving new calls, and those --models-dir
+        # replaced that open streams still hold (each version's counters are its own).
+        serving = [*self.models.items(), *((m.name, m) for m in service.retired)]
+        for name, model in list(serving):  # --models-dir may swap one now
+            stats, labels = model.stats(), [name, model.bundle.version]
             for key, family in model_gauges.items():
-                family.add_metric([name], stats[key])
+                family.add_metric(labels, stats[key])
             for key, family in model_counters.items():
-                family.add_metric([name], stats[key])
+                family.add_metric(labels, stats[key])
             for lane in model.lanes:
                 if lane.device.type == "cuda":
                     import torch
-                    memory.add_metric([name, str(lane.device)],
+                    memory.add_metric([*labels, str(lane.device)],
                                       torch.cuda.memory_allocated(lane.device))
             for kind, drift in model.drift.items():
                 frames, share, psi = drift.snapshot()
-                drift_frames.add_metric([name, kind], frames)
-                drift_share.add_metric([name, kind], share)
-                heldout_share.add_metric([name, kind], drift.heldout_fail_share)
-                drift_psi.add_metric([name, kind], psi)
+                drift_frames.add_metric([*labels, kind], frames)
+                drift_share.add_metric([*labels, kind], share)
+                heldout_share.add_metric([*labels, kind], drift.heldout_fail_share)
+                drift_psi.add_metric([*labels, kind], psi)
         yield from model_gauges.values()
         yield from model_counters.values()
         yield from (memory, drift_frames, drift_share, heldout_share, drift_psi)

@@ -77,6 +77,8 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     def __init__(self, models: dict[str, ServedModel], default_model: str, limits: FrameLimits,
                  max_in_flight: int, worker: int = 0, max_stream_age: float | None = None):
         self.models, self.default_model, self.limits = models, default_model, limits
+        # Versions --models-dir replaced that open streams still hold (their metrics).
+        self.retired: set[ServedModel] = set()
         self.max_in_flight = max_in_flight
         self.worker = worker  # this process's index among `anogan-serve --workers N`
         self.max_stream_age = max_stream_age  # s; then UNAVAILABLE (--max-stream-age)
@@ -140,7 +142,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context
                          ) -> pb.ListModelsResponse:
         """The default model first; the page token is the name of the next model."""
-        names = [self.default_model] + [n for n in self.models if n != self.default_model]
+        names = sorted(self.models, key=lambda n: n != self.default_model)  # default first
         if request.page_size < 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be ≥ 0")
         if request.page_token and request.page_token not in names:

@@ -99,3 +99,71 @@ def test_a_new_version_takes_new_streams_while_open_ones_finish_on_theirs(tiny_b
     assert held.error is None or held.error.code() == grpc.StatusCode.UNAVAILABLE, held.error
     assert [(r.sequence, r.model_version, r.HasField("error")) for r in held.results] == [
         (0, "v2", False), (1, "v2", False), (2, "v2", False)]
+
+
+def test_a_half_copied_version_is_served_once_whole_and_a_removed_default_is_not_replaced(
+        tiny_bundle, tmp_path):
+    """A folder whose manifest arrived before its network files fails, then serves once
+    the copy completes (same manifest); removing the default model's folder gives calls
+    naming no model NOT_FOUND (not another model's verdicts) and ListModels lists the rest;
+    a replaced version's counters stay in /metrics, under its version, while a stream holds
+    it; a folder named like a --bundle model is refused."""
+    from tests.test_server import scrape, total
+
+    digits = list(csv_frames(TEST_CSV, [7, 8], [2]))
+    models = tmp_path / "models"
+    for name in ("a", "b"):
+        shutil.copytree(tiny_bundle, models / name)
+    server = InProcessServer([], EngineOptions(device="cpu", max_batch=32),
+                             models_dir=models, models_poll=0.1, metrics_port=0)
+    try:
+        service, watcher = server.server.service, server.server.watcher
+        with server.channel() as channel:
+            stub = pb_grpc.InspectionServiceStub(channel)
+            (models / "c").mkdir()
+            shutil.copy2(tiny_bundle / "manifest.json", models / "c" / "manifest.json")
+            wait_for(lambda: "c" in watcher.failed, what="the half-copied version's check")
+            for part in tiny_bundle.iterdir():
+                if part.name != "manifest.json":
+                    shutil.copy2(part, models / "c" / part.name)
+            wait_for(lambda: "c" in service.models, what="the completed copy")
+
+            held = OpenStream(stub, pb.InspectionConfig(model="b", mode=pb.MODE_FAST))
+            held.send(frames_of(digits, 4))
+            wait_for(lambda: len(held.results) == 4, what="b's first frames")
+            first = held.results[0].model_version
+            write_manifest(models / "b", version="b2")
+            wait_for(lambda: stub.GetModel(pb.GetModelRequest(name="b")).model.version
+                     == "b2", what="b's new version")
+            stream(stub, frames_of(digits, 3), pb.InspectionConfig(model="b",
+                                                                    mode=pb.MODE_FAST))
+            samples = scrape(server)
+            assert total(samples, "anogan_fast_frames_total", model="b", version=first) == 4
+            assert total(samples, "anogan_fast_frames_total", model="b", version="b2") == 3
+            held.close()
+            held.join()
+
+            assert stub.GetModel(pb.GetModelRequest()).model.name == "a"  # the default
+            shutil.rmtree(models / "a")
+            wait_for(lambda: "a" not in service.models, what="a's removal")
+            with pytest.raises(grpc.RpcError) as err:
+                stub.GetModel(pb.GetModelRequest())
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            listed = stub.ListModels(pb.ListModelsRequest())
+            assert sorted(m.name for m in listed.models) == ["b", "c"]
+    finally:
+        server.stop()
+
+    fixed = InProcessServer([f"line={tiny_bundle}"], EngineOptions(device="cpu", max_batch=32),
+                            models_dir=models, models_poll=0.1)
+    try:
+        original = fixed.server.service.models["line"]
+        shutil.copytree(tiny_bundle, models / "line")
+        watcher = fixed.server.watcher
+        wait_for(lambda: "line" in watcher.failed, what="the clash's check")
+        assert "--bundle serves a model named 'line'" in watcher.failed["line"]
+        shutil.rmtree(models / "line")
+        wait_for(lambda: "line" not in watcher.failed, what="the folder's removal")
+        assert fixed.server.service.models["line"] is original  # served on, untouched
+    finally:
+        fixed.stop()

@@ -785,7 +785,8 @@ def test_metrics_count_frames_errors_latency_and_drift(server, stub, digits):
     heldout = total(after, "anogan_drift_heldout_fail_share", model="tiny", score="fast")
     assert 0 < heldout < 0.5
     assert total(after, "anogan_drift_psi", model="tiny", score="fast") >= 0
-    assert ("anogan_search_slots", (("model", "tiny"),)) in after
+    version = server.server.service.models["tiny"].bundle.version
+    assert ("anogan_search_slots", (("model", "tiny"), ("version", version))) in after
     assert ("anogan_streams_open", ()) in after
     assert grew("anogan_fast_frames_total", model="tiny") == 30
 
