@@ -25,6 +25,9 @@ SIGNATURES = {
     "encoder": ("image", "z"),
 }
 PARITY_TOLERANCE = 1e-4
+# The largest batch the exported torch programs accept (their batch axis's bound): the
+# server's search slots and fast-path batches stay within it.
+MAX_BATCH = 4096
 
 
 class BundleError(Exception):

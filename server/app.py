@@ -136,7 +136,7 @@ class InspectionServer:
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         self.service = InspectionService(models, next(iter(models)), config.limits,
                                          config.max_in_flight, config.worker,
-                                         config.max_stream_age)
+                                         config.max_stream_age, config.max_message_bytes)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
             health.HealthServicer()
         pb_grpc.add_InspectionServiceServicer_to_server(self.service, self.server)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from anogan_inspect.bundle import Bundle
+from anogan_inspect.bundle import MAX_BATCH, Bundle
 from anogan_inspect.onnxrt import make_session
 from anogan_inspect.search import ScoringModels
 from anogan_inspect.server.worker import Job, Worker, resolve_all
@@ -143,9 +143,14 @@ class TorchFastPath(FastPath):
             xt = torch.from_numpy(x).to(self.device, non_blocking=True)
             z0 = models.encoder(xt)
             reconstruction = models.generator(z0)
-            both = models.features(torch.cat([xt, reconstruction])).flatten(1)
+            if 2 * n <= MAX_BATCH:  # one pass over both
+                both = models.features(torch.cat([xt, reconstruction])).flatten(1)
+                real, fake = both[:n], both[n:]
+            else:  # within the exported programs' batch bound
+                real = models.features(xt).flatten(1)
+                fake = models.features(reconstruction).flatten(1)
             residual = (xt - reconstruction).abs().flatten(1).sum(1)
-            feature = (both[:n] - both[n:]).abs().sum(1)
+            feature = (real - fake).abs().sum(1)
             out = torch.stack([residual, feature], 1).double().cpu().numpy()
             z0, reconstruction = z0.cpu().numpy(), reconstruction.cpu().numpy()
         return self._scores(out[:, 0], out[:, 1], z0, reconstruction)

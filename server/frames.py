@@ -122,14 +122,7 @@ def decoded_bytes(frame: pb.Frame, limits: FrameLimits) -> int:
     if kind == "raw":
         width, height, channels = frame.raw.width, frame.raw.height, frame.raw.channels or 1
     elif kind == "encoded":
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(frame.encoded.data))
-        except Exception:  # noqa: BLE001 - any header error is decoding's to report
-            return 0
-        width, height = image.size
-        channels = 1 if image.mode in GRAY_MODES or image.mode.startswith("I;16") else 3
+        width, height, channels = encoded_shape(frame.encoded.data)
     else:
         return 0
     if width * height > limits.max_pixels:
@@ -137,6 +130,25 @@ def decoded_bytes(frame: pb.Frame, limits: FrameLimits) -> int:
     return max(width, 0) * max(height, 0) * max(channels, 0) * 4 * 4
 
 
+def encoded_shape(data: bytes) -> tuple[int, int, int]:
+    """Width, height and the channels decoding keeps (1: grey, 3: colour) from a PNG's IHDR
+    or a JPEG's frame header alone: on the event loop, so nothing is decompressed (Pillow's
+    open would inflate every text and ICC chunk before the pixels). (0, 0, 0) when the
+    header is not there: decoding says what is wrong."""
+    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 26:
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return width, height, 1 if data[25] in (0, 4) else 3  # grey, grey + alpha
+    if data.startswith(b"\xff\xd8"):
+        for marker, start, end in _jpeg_markers(data):
+            if (marker in HUFFMAN_SOF or marker in ARITHMETIC_SOF) and \
+                    start + 6 <= min(end, len(data)):  # P, Y, X, Nf
+                height = int.from_bytes(data[start + 1:start + 3], "big")
+                width = int.from_bytes(data[start + 3:start + 5], "big")
+                return width, height, 1 if data[start + 5] == 1 else 3
+    return 0, 0, 0
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRAY_MODES = ("1", "L", "LA", "La", "I", "F")
 # JPEG frame markers: SOF0-3, 5-7 Huffman-coded; SOF9-11, 13-15 arithmetic-coded.
 HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}
@@ -175,27 +187,44 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _jpeg_segments(data: bytes) -> tuple[int | None, int]:
-    """A JPEG's frame (SOF) marker and the bytes of entropy-coded data in its scans."""
-    sof, scan_bytes, i = None, 0, 2
-    while i + 4 <= len(data) and data[i] == 0xFF:
+def _jpeg_markers(data: bytes):
+    """A JPEG's marker segments in order, as (marker, start, end) of the payload; for a
+    start of scan, (0xDA, start, end) of its entropy-coded data. Bytes between segments
+    that are no marker are skipped, as libjpeg does (it warns, and decodes)."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:  # stray bytes before the next marker
+            i = data.find(b"\xff", i)
+            if i < 0:
+                return
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
         if marker == 0xD9:  # end of image
-            break
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            return
+        if 0xD0 <= marker <= 0xD7 or marker in (0x00, 0x01):  # markers without a length
             i += 2
             continue
+        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: coded data up to the next real marker
+            found = SCAN_END.search(data, end)
+            i = found.start() if found else len(data)
+            yield marker, end, i
+        else:
+            yield marker, i + 4, end
+            i = end
+
+
+def _jpeg_segments(data: bytes) -> tuple[int | None, int]:
+    """A JPEG's frame (SOF) marker and the bytes of entropy-coded data in its scans."""
+    sof, scan_bytes = None, 0
+    for marker, start, end in _jpeg_markers(data):
         if marker in HUFFMAN_SOF or marker in ARITHMETIC_SOF:
             sof = marker
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-        if marker == 0xDA:  # start of scan: coded data up to the next real marker
-            found = SCAN_END.search(data, i)
-            end = found.start() if found else len(data)
-            scan_bytes += end - i
-            i = end
+        elif marker == 0xDA:
+            scan_bytes += end - start
     return sof, scan_bytes
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from anogan_inspect.bundle import (
+    MAX_BATCH,
     PARITY_TOLERANCE,
     Bundle,
     BundleError,
@@ -230,6 +231,11 @@ class ServedModel:
         models = load_torch_models(bundle, device)
         autocast = PRECISIONS[options.precision]
         slots = options.max_batch
+        for flag, value in (("--max-batch", slots), ("--fast-max-batch",
+                                                     options.fast_max_batch)):
+            if value is not None and value > MAX_BATCH:
+                raise ValueError(f"{flag} {value}: above {MAX_BATCH}, the largest batch the "
+                                 "bundle's exported torch programs accept")
         if slots is None and device.type == "cuda":
             slots, _ = size_slots(models, self.search_config, bundle.image_shape, device,
                                   autocast)

@@ -75,8 +75,10 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     """InspectionService over a set of resident models."""
 
     def __init__(self, models: dict[str, ServedModel], default_model: str, limits: FrameLimits,
-                 max_in_flight: int, worker: int = 0, max_stream_age: float | None = None):
+                 max_in_flight: int, worker: int = 0, max_stream_age: float | None = None,
+                 max_message_bytes: int = 64 * 1024 * 1024):
         self.models, self.default_model, self.limits = models, default_model, limits
+        self.max_message_bytes = max_message_bytes  # what gRPC sends at most (one message)
         # Versions --models-dir replaced that open streams still hold (their metrics).
         self.retired: set[ServedModel] = set()
         self.max_in_flight = max_in_flight
@@ -192,12 +194,14 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                 if isinstance(message, StreamError):
                     await context.abort(message.code, message.message)
                 if not isinstance(message, tuple):  # provisional: one a frame at most
-                    yield _response(message)
+                    for response in _responses(message, self.max_message_bytes):
+                        yield response
                     continue
                 # A final result's frames leave the window once gRPC has taken it, so a
                 # client that stops reading stops being read (HTTP/2 flow control).
                 message, sending = message
-                yield _response(message)
+                for response in _responses(message, self.max_message_bytes):
+                    yield response
                 self.results_unsent -= sending
                 for _ in range(sending):
                     in_flight.release()
@@ -405,7 +409,8 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             held += size
             admitted.append(i)
             inline = inline and frame.WhichOneof("image") == "raw"
-            pixels += frame.raw.height * frame.raw.width
+            pixels += max(frame.raw.height, 0) * max(frame.raw.width, 0)  # a negative
+            # size is the decoder's to refuse: it must not make the batch look small
         prepare = lambda: model.preprocess_many(  # noqa: E731
             [_decoded(frames[i], self.limits) for i in admitted])
         limit = INLINE_PIXELS if len(frames) == 1 else INLINE_BATCH_PIXELS
@@ -479,11 +484,47 @@ def _holding(model: ServedModel):
         model.streams -= 1
 
 
-def _response(result) -> pb.StreamInspectResponse:
-    """A frame's result, or a batch's results (a list), as the message that carries it."""
-    if isinstance(result, list):
-        return pb.StreamInspectResponse(results=result)
-    return pb.StreamInspectResponse(result=result)
+def _responses(result, limit: int) -> list[pb.StreamInspectResponse]:
+    """A frame's result, or a batch's results (a list), as the messages that carry it:
+    one, unless a batch's results together exceed `limit` (--max-message-bytes), which gRPC
+    would refuse to send, ending the stream: then as many messages as they need, in order.
+    A result alone above the limit becomes a per-frame RESOURCE_EXHAUSTED error."""
+    if not isinstance(result, list):
+        return [pb.StreamInspectResponse(result=_within(result, limit))]
+    response = pb.StreamInspectResponse(results=result)
+    if response.ByteSize() <= limit:
+        return [response]
+    messages, size = [pb.StreamInspectResponse()], 0
+    for one in result:
+        one = _within(one, limit)
+        length = one.ByteSize() + MESSAGE_OVERHEAD
+        if size and size + length > limit:
+            messages.append(pb.StreamInspectResponse())
+            size = 0
+        messages[-1].results.append(one)
+        size += length
+    return messages
+
+
+MESSAGE_OVERHEAD = 16  # a result's tag and length in its response, with room to spare
+
+
+def _within(result: pb.InspectionResult, limit: int) -> pb.InspectionResult:
+    """The result, or, when it alone could never be sent, RESOURCE_EXHAUSTED for it."""
+    size = result.ByteSize() + MESSAGE_OVERHEAD
+    if size <= limit:
+        return result
+    error = pb.InspectionResult(
+        frame_id=result.frame_id, sequence=result.sequence, model=result.model,
+        model_version=result.model_version, mode=result.mode,
+        error=status_pb2.Status(
+            code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+            message=f"this frame's result is {size} bytes, above this server's limit of "
+                    f"{limit} a message (anogan-serve --max-message-bytes): ask for no "
+                    "residual map, or for it as a PNG (MAP_ENCODING_PNG)"))
+    if result.HasField("capture_time"):
+        error.capture_time.CopyFrom(result.capture_time)
+    return error
 
 
 def _unknown_mode(value: int) -> str:

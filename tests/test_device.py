@@ -56,6 +56,26 @@ def test_torch_fast_path_scores_as_onnx_runtime_does_and_keeps_the_cascade(tiny_
         assert a.score == pytest.approx(b.score, rel=1e-4)
 
 
+def test_batches_stay_within_the_exported_programs_bound(tiny_bundle, monkeypatch):
+    """The torch programs refuse batches above MAX_BATCH (4096): slots or fast batches set
+    above it are refused at load, and the torch fast path scores a batch whose features
+    pass (frames and reconstructions together: twice the batch) would exceed it in two
+    passes, with the same scores. Before, both failed every frame in flight as INTERNAL."""
+    from anogan_inspect.bundle import MAX_BATCH
+    from anogan_inspect.server import fastpath
+
+    for option in ("max_batch", "fast_max_batch"):
+        with pytest.raises(ValueError, match=f"{MAX_BATCH}, the largest batch the bundle"):
+            ServedModel(read_bundle(tiny_bundle), EngineOptions(**{option: MAX_BATCH + 1}))
+    served = ServedModel(read_bundle(tiny_bundle), EngineOptions(fast_backend="torch"))
+    x = frames(5).numpy()
+    together = served.fast.score_batch(x)
+    monkeypatch.setattr(fastpath, "MAX_BATCH", 8)  # 2 × 5 frames: above it
+    apart = served.fast.score_batch(x)
+    for a, b in zip(together, apart):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_backend_choice_follows_the_device():
     assert choose_backend("auto", torch.device("cpu")) == "onnx"
     assert choose_backend("torch", torch.device("cpu")) == "torch"

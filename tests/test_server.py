@@ -27,8 +27,10 @@ from anogan_inspect.clients.launcher import ServerProcess
 from anogan_inspect.clients.sources import SourceFrame, csv_frames
 from anogan_inspect.clients.stream_client import frame_message
 from anogan_inspect.preprocess import to_model_input
+from anogan_inspect.server.frames import encode_png
+from anogan_inspect.server.models import EngineOptions
 from anogan_inspect.trainer.scoring import search_scores
-from tests.conftest import ROOT, TEST_CSV, TINY_STEPS
+from tests.conftest import ROOT, TEST_CSV, TINY_STEPS, InProcessServer
 
 
 @pytest.fixture(scope="module")
@@ -529,6 +531,43 @@ def test_frame_batches_come_back_whole_in_order_beside_single_frames(stub, digit
     assert got[6].score == pytest.approx(alone.score, rel=1e-5) and got[6].stage == alone.stage
 
 
+def test_results_beyond_the_message_limit_are_split_or_refused_and_the_stream_goes_on(
+        tiny_bundle, digits):
+    """--max-message-bytes (4,000 here): a FrameBatch whose results (float16 residual maps)
+    exceed it comes back in several messages, in order, instead of gRPC ending the stream;
+    a result alone above it gets a per-frame RESOURCE_EXHAUSTED naming the flag."""
+    server = InProcessServer([f"tiny={tiny_bundle}"], EngineOptions(device="cpu"),
+                             max_message_bytes=4000)
+    try:
+        png = lambda pixels: pb.EncodedImage(data=encode_png(pixels))  # noqa: E731
+        frames = [pb.Frame(frame_id=f"d{i}", sequence=i, encoded=png(d.pixels))
+                  for i, d in enumerate(digits[:8])]  # 28×28 PNGs: small requests
+        # Its result (the 3,200-byte id it echoes, a 1 KB map) cannot fit; its request and
+        # its error result (no map) can.
+        large = pb.Frame(frame_id="x" * 3200, sequence=8,
+                         encoded=png(np.zeros((28, 28, 1), np.uint8)))
+        after = pb.Frame(frame_id="after", sequence=9, encoded=png(digits[8].pixels))
+        config = pb.InspectionConfig(mode=pb.MODE_FAST, return_residual_map=True,
+                                     map_encoding=pb.MAP_ENCODING_FLOAT16)
+        with server.channel() as channel:
+            responses = list(pb_grpc.InspectionServiceStub(channel).StreamInspect(iter([
+                pb.StreamInspectRequest(config=config),
+                pb.StreamInspectRequest(batch=pb.FrameBatch(frames=frames)),
+                pb.StreamInspectRequest(frame=large), pb.StreamInspectRequest(frame=after)]),
+                timeout=120))
+    finally:
+        server.stop()
+    batch = [r for r in responses if r.results]
+    assert len(batch) > 1 and all(r.ByteSize() <= 4000 for r in responses)
+    assert [x.sequence for r in batch for x in r.results] == list(range(8))
+    assert all(x.residual_map.data for r in batch for x in r.results)
+    refused, last = [r.result for r in responses if r.HasField("result")]
+    assert (refused.sequence, refused.frame_id) == (8, large.frame_id)
+    assert refused.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "(anogan-serve --max-message-bytes)" in refused.error.message
+    assert last.sequence == 9 and not last.HasField("error")  # the stream goes on
+
+
 def test_a_batch_larger_than_the_in_flight_window_gets_an_error_per_frame(stub, digits):
     window = 256  # ServerConfig.max_in_flight, the session server's
     frames = [frame_message(digits[i % len(digits)], i) for i in range(window + 1)]
@@ -608,9 +647,12 @@ def test_encoded_image_errors_name_the_problem_and_the_limit_not_python_objects(
     forged = bytearray(jpeg.getvalue())  # its header (SOF0) says 4096×4096
     sof = forged.index(b"\xff\xc0")
     forged[sof + 5:sof + 9] = (4096).to_bytes(2, "big") * 2
-    frames = frames_of(digits, 4)
+    clean = jpeg.getvalue()  # with two stray bytes after APP0, which libjpeg skips
+    after_app0 = 4 + int.from_bytes(clean[4:6], "big")
+    stray = clean[:after_app0] + b"\x00\x00" + clean[after_app0:]
+    frames = frames_of(digits, 5)
     for frame, data in zip(frames, (b"\x89PNG garbage", huge.getvalue(), bytes(forged),
-                                    jpeg.getvalue())):
+                                    clean, stray)):
         frame.ClearField("raw")
         frame.encoded.data = data
     results = stream(stub, frames)
@@ -619,10 +661,35 @@ def test_encoded_image_errors_name_the_problem_and_the_limit_not_python_objects(
     assert "the JPEG's header declares 4096x4096 pixels, but its " in results[2].error.message
     assert "cannot hold them (at least 65536 bytes)" in results[2].error.message
     assert not results[3].HasField("error")  # the same JPEG, unforged
+    assert not results[4].HasField("error") and results[4].score == results[3].score
     for result in results[:3]:
         assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     for result in results:
         assert " object at 0x" not in result.error.message
+
+
+def test_frame_sizes_are_read_from_the_header_alone():
+    """What decoding will hold is read from a PNG's IHDR or a JPEG's frame header without
+    Pillow (which inflates every text chunk first): the same size and channels as Pillow
+    decodes, from the first bytes only."""
+    from anogan_inspect.server.frames import encoded_shape
+
+    rng = np.random.default_rng(1)
+    cases = {"L": 1, "LA": 1, "RGB": 3, "RGBA": 3, "P": 3, "I;16": 1}
+    for mode, channels in cases.items():
+        image = Image.fromarray(rng.integers(0, 256, (30, 50, 4), np.uint8), "RGBA")
+        image = image.convert(mode if mode != "I;16" else "I").convert(mode) \
+            if mode == "I;16" else image.convert(mode)
+        for kind in ("PNG", "JPEG"):
+            if kind == "JPEG" and mode not in ("L", "RGB"):
+                continue
+            buffer = io.BytesIO()
+            image.save(buffer, format=kind)
+            data = buffer.getvalue()
+            head = data[:26] if kind == "PNG" else data[:data.index(b"\xff\xda")]
+            assert encoded_shape(head) == (50, 30, channels), (mode, kind)
+    assert encoded_shape(b"\x89PNG garbage") == (0, 0, 0)
+    assert encoded_shape(b"GIF89a") == (0, 0, 0)
 
 
 def test_a_busy_stream_cannot_hold_back_another_streams_frame(stub, digits):

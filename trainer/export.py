@@ -24,6 +24,7 @@ from anogan_inspect.bundle import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    MAX_BATCH,
     PARITY_TOLERANCE,
     SIGNATURES,
     example_input,
@@ -34,7 +35,6 @@ from anogan_inspect.onnxrt import make_session, max_parity_error
 from anogan_inspect.preprocess import NORMALIZATION
 
 log = logging.getLogger(__name__)
-MAX_BATCH = 4096
 
 
 class ExportError(Exception):
