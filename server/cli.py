@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import signal
+import math
 import sys
 from pathlib import Path
 
@@ -37,7 +37,7 @@ def _number(kind: type = int, minimum: float = 1, above: bool = False):
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        if not (value > minimum if above else value >= minimum) or value != value:  # NaN
+        if not math.isfinite(value) or not (value > minimum if above else value >= minimum):
             raise argparse.ArgumentTypeError(
                 f"must be {'above' if above else 'at least'} {minimum}, got {text}")
         return value
@@ -226,9 +226,6 @@ def main(argv: list[str] | None = None, module: str = "anogan_inspect.server") -
     echo server passes its own)."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    # SIGHUP rereads the tokens once serving (serve() installs it); until then, and without
-    # tokens, it must not kill the server (its default action).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     worker = Worker.from_env()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s " + (

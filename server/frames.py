@@ -137,15 +137,17 @@ def encoded_shape(data: bytes) -> tuple[int, int, int]:
     header is not there: decoding says what is wrong."""
     if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 26:
         width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-        return width, height, 1 if data[25] in (0, 4) else 3  # grey, grey + alpha
-    if data.startswith(b"\xff\xd8"):
-        for marker, start, end in _jpeg_markers(data):
+        depth, colour = data[24], data[25]  # Pillow opens 16-bit grey + alpha as RGBA
+        return width, height, 1 if colour == 0 or (colour == 4 and depth != 16) else 3
+    shape = 0, 0, 0
+    if data.startswith(b"\xff\xd8"):  # the last frame header before the scan, as Pillow
+        for marker, start, end in _jpeg_markers(data, header_only=True):
             if (marker in HUFFMAN_SOF or marker in ARITHMETIC_SOF) and \
                     start + 6 <= min(end, len(data)):  # P, Y, X, Nf
                 height = int.from_bytes(data[start + 1:start + 3], "big")
                 width = int.from_bytes(data[start + 3:start + 5], "big")
-                return width, height, 1 if data[start + 5] == 1 else 3
-    return 0, 0, 0
+                shape = width, height, 1 if data[start + 5] == 1 else 3
+    return shape
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -153,9 +155,12 @@ GRAY_MODES = ("1", "L", "LA", "La", "I", "F")
 # JPEG frame markers: SOF0-3, 5-7 Huffman-coded; SOF9-11, 13-15 arithmetic-coded.
 HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}
 ARITHMETIC_SOF = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-# The end of a scan's coded data: 0xFF followed by neither 0x00 (a stuffed 0xFF) nor a
-# restart marker (0xD0-0xD7), nor the end of the data.
-SCAN_END = re.compile(rb"\xff(?![\x00\xd0-\xd7])(?=.)", re.DOTALL)
+# The end of a scan's coded data: a run of 0xFF (fill bytes may precede any marker)
+# followed by neither 0x00 (a stuffed 0xFF) nor a restart marker (0xD0-0xD7), nor the end
+# of the data. The run is matched from its start, so each byte is looked at a few times.
+SCAN_END = re.compile(rb"(?<!\xff)\xff+(?![\x00\xd0-\xd7\xff])(?=.)", re.DOTALL)
+FILL = re.compile(rb"\xff+")
+HEADER_MARKERS = 256  # more segments before the scan than any camera writes
 PROGRESSIVE_SOF = {0xC2, 0xC6}  # a progressive scan can code a run of empty blocks at once
 
 
@@ -187,22 +192,24 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _jpeg_markers(data: bytes):
+def _jpeg_markers(data: bytes, header_only: bool = False):
     """A JPEG's marker segments in order, as (marker, start, end) of the payload; for a
     start of scan, (0xDA, start, end) of its entropy-coded data. Bytes between segments
-    that are no marker are skipped, as libjpeg does (it warns, and decodes)."""
-    i = 2
+    that are no marker are skipped, as libjpeg does (it warns, and decodes). header_only:
+    up to the first scan, at most HEADER_MARKERS segments (it runs on the event loop)."""
+    i, segments = 2, 0
     while i + 4 <= len(data):
         if data[i] != 0xFF:  # stray bytes before the next marker
             i = data.find(b"\xff", i)
             if i < 0:
                 return
             continue
+        i = FILL.match(data, i).end() - 1  # the last of a run of fill bytes
+        if i + 4 > len(data):
+            return
         marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0xD9:  # end of image
+        segments += 1
+        if marker == 0xD9 or (header_only and (marker == 0xDA or segments > HEADER_MARKERS)):
             return
         if 0xD0 <= marker <= 0xD7 or marker in (0x00, 0x01):  # markers without a length
             i += 2

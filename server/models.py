@@ -231,11 +231,7 @@ class ServedModel:
         models = load_torch_models(bundle, device)
         autocast = PRECISIONS[options.precision]
         slots = options.max_batch
-        for flag, value in (("--max-batch", slots), ("--fast-max-batch",
-                                                     options.fast_max_batch)):
-            if value is not None and value > MAX_BATCH:
-                raise ValueError(f"{flag} {value}: above {MAX_BATCH}, the largest batch the "
-                                 "bundle's exported torch programs accept")
+        _within_programs("--max-batch", slots)
         if slots is None and device.type == "cuda":
             slots, _ = size_slots(models, self.search_config, bundle.image_shape, device,
                                   autocast)
@@ -249,6 +245,7 @@ class ServedModel:
         options, lam = self.options, self.search_config.lam
         fast_batch = options.fast_max_batch or (1024 if device.type == "cuda" else 64)
         if choose_backend(options.fast_backend, device) == "torch":
+            _within_programs("--fast-max-batch", fast_batch)  # ONNX Runtime has no bound
             return TorchFastPath(name, models, lam, device, fast_batch)
         return OrtFastPath(self.bundle, lam, str(device), fast_batch, options.ort_threads)
 
@@ -550,6 +547,13 @@ class ServedModel:
             "fast_frames": sum(f.frames for f in fasts),
             "max_fast_batch": max((f.max_batch for f in fasts), default=0),
         }
+
+
+def _within_programs(flag: str, value: int | None) -> None:
+    """Refuse a batch the bundle's exported torch programs would refuse at run time."""
+    if value is not None and value > MAX_BATCH:
+        raise ValueError(f"{flag} {value}: above {MAX_BATCH}, the largest batch the bundle's "
+                         "exported torch programs accept")
 
 
 def _or_error(fn, *args):

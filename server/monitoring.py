@@ -123,6 +123,11 @@ class Metrics:
             self._server = None
 
 
+# A served model's series: its name, version, and the first 12 hex digits of its manifest's
+# sha256 (--models-dir models; empty for --bundle ones).
+MODEL_LABELS = ["model", "version", "manifest"]
+
+
 class _Collector:
     """Gauges and counters read from the engines, fast paths and service at scrape time."""
 
@@ -133,7 +138,7 @@ class _Collector:
         gauge = lambda name, text, labels=(): GaugeMetricFamily(  # noqa: E731
             name, text, labels=list(labels))
         counter = lambda name, text: CounterMetricFamily(  # noqa: E731
-            name, text, labels=["model", "version"])
+            name, text, labels=MODEL_LABELS)
         service = self.service
         streams = gauge("anogan_streams_open", "StreamInspect calls open")
         streams.add_metric([], len(service._readers))
@@ -149,10 +154,10 @@ class _Collector:
 
         model_gauges = {
             "active_slots": gauge("anogan_search_slots_active", "Searches in slots now",
-                                  ["model", "version"]),
-            "slot_capacity": gauge("anogan_search_slots", "Search slots", ["model", "version"]),
+                                  MODEL_LABELS),
+            "slot_capacity": gauge("anogan_search_slots", "Search slots", MODEL_LABELS),
             "queued_searches": gauge("anogan_search_queue_depth", "Searches waiting for a "
-                                     "slot", ["model", "version"]),
+                                     "slot", MODEL_LABELS),
         }
         model_counters = {
             "search_batches": counter("anogan_search_steps", "Engine steps run"),
@@ -168,22 +173,25 @@ class _Collector:
                                    "anogan_fast_batches_total's)"),
         }
         memory = gauge("anogan_device_memory_bytes", "Memory torch holds on a CUDA device",
-                       ["model", "version", "device"])
+                       [*MODEL_LABELS, "device"])
         drift_frames = gauge("anogan_drift_window_frames", "Frames in the drift window",
-                             ["model", "version", "score"])
+                             [*MODEL_LABELS, "score"])
         drift_share = gauge("anogan_drift_fail_share", "Share of the drift window's scores "
-                            "above the threshold", ["model", "version", "score"])
+                            "above the threshold", [*MODEL_LABELS, "score"])
         heldout_share = gauge("anogan_drift_heldout_fail_share", "Share of the bundle's "
                               "held-out normal frames above the threshold",
-                              ["model", "version", "score"])
+                              [*MODEL_LABELS, "score"])
         drift_psi = gauge("anogan_drift_psi", "Population stability index of the drift "
                           "window's scores against the held-out normal scores",
-                          ["model", "version", "score"])
+                          [*MODEL_LABELS, "score"])
         # Every version still working: those serving new calls, and those --models-dir
         # replaced that open streams still hold (each version's counters are its own).
-        serving = [*self.models.items(), *((m.name, m) for m in service.retired)]
-        for name, model in list(serving):  # --models-dir may swap one now
-            stats, labels = model.stats(), [name, model.bundle.version]
+        # (copies: --models-dir may swap one now, on the event loop). A version rewritten in
+        # place (anogan-train calibrate keeps it) stays apart by its manifest's digest.
+        serving = [*list(self.models.items()), *((m.name, m) for m in list(service.retired))]
+        for name, model in serving:
+            stats = model.stats()
+            labels = [name, model.bundle.version, (model.fingerprint or "")[:12]]
             for key, family in model_gauges.items():
                 family.add_metric(labels, stats[key])
             for key, family in model_counters.items():

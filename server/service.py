@@ -510,13 +510,16 @@ MESSAGE_OVERHEAD = 16  # a result's tag and length in its response, with room to
 
 
 def _within(result: pb.InspectionResult, limit: int) -> pb.InspectionResult:
-    """The result, or, when it alone could never be sent, RESOURCE_EXHAUSTED for it."""
+    """The result, or, when it alone could never be sent, RESOURCE_EXHAUSTED for it (a
+    provisional one stays marked provisional; its final result follows). The error echoes
+    the frame's id only if it fits."""
     size = result.ByteSize() + MESSAGE_OVERHEAD
     if size <= limit:
         return result
     error = pb.InspectionResult(
         frame_id=result.frame_id, sequence=result.sequence, model=result.model,
         model_version=result.model_version, mode=result.mode,
+        provisional=result.provisional,
         error=status_pb2.Status(
             code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
             message=f"this frame's result is {size} bytes, above this server's limit of "
@@ -524,6 +527,8 @@ def _within(result: pb.InspectionResult, limit: int) -> pb.InspectionResult:
                     "residual map, or for it as a PNG (MAP_ENCODING_PNG)"))
     if result.HasField("capture_time"):
         error.capture_time.CopyFrom(result.capture_time)
+    if error.ByteSize() + MESSAGE_OVERHEAD > limit:
+        error.frame_id = ""  # the sequence still names it
     return error
 
 

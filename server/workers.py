@@ -65,12 +65,17 @@ def run_workers(argv: list[str], host: str, port: int, workers: int,
         # after a worker's drain removed its handler, would kill it
 
         def forward(signum, _frame) -> None:
-            for proc in procs:
-                if proc.poll() is None and not (signum != signal.SIGHUP and
-                                                proc.pid in stopping):
+            for proc, spec in zip(procs, specs):
+                if proc.poll() is not None:
+                    continue
+                if signum == signal.SIGHUP:
+                    # Only to workers serving: one whose interpreter has not yet reached
+                    # its first lines (which ignore SIGHUP) would die of it.
+                    if spec.port_file.exists():
+                        proc.send_signal(signum)
+                elif proc.pid not in stopping:
                     proc.send_signal(signum)
-                    if signum != signal.SIGHUP:
-                        stopping.add(proc.pid)
+                    stopping.add(proc.pid)
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, forward)

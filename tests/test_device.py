@@ -57,16 +57,18 @@ def test_torch_fast_path_scores_as_onnx_runtime_does_and_keeps_the_cascade(tiny_
 
 
 def test_batches_stay_within_the_exported_programs_bound(tiny_bundle, monkeypatch):
-    """The torch programs refuse batches above MAX_BATCH (4096): slots or fast batches set
-    above it are refused at load, and the torch fast path scores a batch whose features
-    pass (frames and reconstructions together: twice the batch) would exceed it in two
-    passes, with the same scores. Before, both failed every frame in flight as INTERNAL."""
+    """The torch programs refuse batches above MAX_BATCH (4096): slots or torch fast-path
+    batches set above it are refused at load (ONNX Runtime's are not bound), and the torch
+    fast path scores a batch whose features pass (frames and reconstructions together:
+    twice the batch) would exceed it in two passes, with the same scores. Before, both
+    failed every frame in flight as INTERNAL."""
     from anogan_inspect.bundle import MAX_BATCH
     from anogan_inspect.server import fastpath
 
-    for option in ("max_batch", "fast_max_batch"):
+    for options in ({"max_batch": MAX_BATCH + 1},
+                    {"fast_max_batch": MAX_BATCH + 1, "fast_backend": "torch"}):
         with pytest.raises(ValueError, match=f"{MAX_BATCH}, the largest batch the bundle"):
-            ServedModel(read_bundle(tiny_bundle), EngineOptions(**{option: MAX_BATCH + 1}))
+            ServedModel(read_bundle(tiny_bundle), EngineOptions(**options))
     served = ServedModel(read_bundle(tiny_bundle), EngineOptions(fast_backend="torch"))
     x = frames(5).numpy()
     together = served.fast.score_batch(x)

@@ -9,10 +9,13 @@ import queue
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -650,9 +653,13 @@ def test_encoded_image_errors_name_the_problem_and_the_limit_not_python_objects(
     clean = jpeg.getvalue()  # with two stray bytes after APP0, which libjpeg skips
     after_app0 = 4 + int.from_bytes(clean[4:6], "big")
     stray = clean[:after_app0] + b"\x00\x00" + clean[after_app0:]
-    frames = frames_of(digits, 5)
+    restarts = io.BytesIO()  # with restart markers, and a fill byte before the first
+    Image.open(io.BytesIO(clean)).save(restarts, format="JPEG", restart_marker_blocks=1)
+    first = restarts.getvalue().index(b"\xff\xd0")
+    filled = restarts.getvalue()[:first] + b"\xff" + restarts.getvalue()[first:]
+    frames = frames_of(digits, 7)
     for frame, data in zip(frames, (b"\x89PNG garbage", huge.getvalue(), bytes(forged),
-                                    clean, stray)):
+                                    clean, stray, restarts.getvalue(), filled)):
         frame.ClearField("raw")
         frame.encoded.data = data
     results = stream(stub, frames)
@@ -662,34 +669,50 @@ def test_encoded_image_errors_name_the_problem_and_the_limit_not_python_objects(
     assert "cannot hold them (at least 65536 bytes)" in results[2].error.message
     assert not results[3].HasField("error")  # the same JPEG, unforged
     assert not results[4].HasField("error") and results[4].score == results[3].score
+    assert not results[5].HasField("error") and results[6].score == results[5].score
+    assert not results[6].HasField("error")
     for result in results[:3]:
         assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     for result in results:
         assert " object at 0x" not in result.error.message
 
 
+def hand_made_png(width: int, height: int, depth: int, colour: int) -> bytes:
+    """A PNG of zeros with any bit depth and colour type (Pillow writes only some)."""
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    rows = b"".join(b"\0" + bytes(width * channels * depth // 8) for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 def test_frame_sizes_are_read_from_the_header_alone():
     """What decoding will hold is read from a PNG's IHDR or a JPEG's frame header without
-    Pillow (which inflates every text chunk first): the same size and channels as Pillow
-    decodes, from the first bytes only."""
-    from anogan_inspect.server.frames import encoded_shape
+    Pillow (which inflates every text chunk first): the size and the channels that
+    decoding gives, from the first bytes only."""
+    from anogan_inspect.server.frames import FrameLimits, decode_encoded, encoded_shape
 
+    limits = FrameLimits()
+    samples = [hand_made_png(50, 30, depth, colour)
+               for colour in (0, 2, 4, 6) for depth in (8, 16)]
     rng = np.random.default_rng(1)
-    cases = {"L": 1, "LA": 1, "RGB": 3, "RGBA": 3, "P": 3, "I;16": 1}
-    for mode, channels in cases.items():
-        image = Image.fromarray(rng.integers(0, 256, (30, 50, 4), np.uint8), "RGBA")
-        image = image.convert(mode if mode != "I;16" else "I").convert(mode) \
-            if mode == "I;16" else image.convert(mode)
-        for kind in ("PNG", "JPEG"):
-            if kind == "JPEG" and mode not in ("L", "RGB"):
-                continue
-            buffer = io.BytesIO()
-            image.save(buffer, format=kind)
-            data = buffer.getvalue()
-            head = data[:26] if kind == "PNG" else data[:data.index(b"\xff\xda")]
-            assert encoded_shape(head) == (50, 30, channels), (mode, kind)
+    image = Image.fromarray(rng.integers(0, 256, (30, 50, 4), np.uint8), "RGBA")
+    for mode, kind in (("P", "PNG"), ("L", "JPEG"), ("RGB", "JPEG"), ("CMYK", "JPEG")):
+        buffer = io.BytesIO()
+        image.convert("RGB").convert(mode).save(buffer, format=kind)
+        samples.append(buffer.getvalue())
+    for data in samples:
+        channels = decode_encoded(data, limits).shape[0]
+        head = data[:26] if data.startswith(b"\x89PNG") else data[:data.index(b"\xff\xda")]
+        assert encoded_shape(head) == (50, 30, channels), data[:32]
     assert encoded_shape(b"\x89PNG garbage") == (0, 0, 0)
     assert encoded_shape(b"GIF89a") == (0, 0, 0)
+    assert encoded_shape(b"\xff\xd8" + b"\xff\x01" * 100_000) == (0, 0, 0)  # no header
 
 
 def test_a_busy_stream_cannot_hold_back_another_streams_frame(stub, digits):
@@ -853,7 +876,8 @@ def test_metrics_count_frames_errors_latency_and_drift(server, stub, digits):
     assert 0 < heldout < 0.5
     assert total(after, "anogan_drift_psi", model="tiny", score="fast") >= 0
     version = server.server.service.models["tiny"].bundle.version
-    assert ("anogan_search_slots", (("model", "tiny"), ("version", version))) in after
+    assert ("anogan_search_slots", (("manifest", ""), ("model", "tiny"),
+                                    ("version", version))) in after  # a --bundle model
     assert ("anogan_streams_open", ()) in after
     assert grew("anogan_fast_frames_total", model="tiny") == 30
 
@@ -1039,3 +1063,42 @@ def test_decoder_fuzz_every_frame_answered_none_internal(server, stub, digits):
     assert grpc.StatusCode.INTERNAL.value[0] not in codes
     assert sum(not r.HasField("error") for r in results) >= 300  # the valid ones scored
     assert stub.GetModel(pb.GetModelRequest(), timeout=30).model.name == "tiny"
+
+
+def ignores_sighup(pid: int) -> bool:
+    """Whether the process ignores SIGHUP now (its /proc status's SigIgn mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn"))
+    return bool(int(mask, 16) & (1 << (signal.SIGHUP - 1)))
+
+
+@pytest.mark.slow
+def test_a_sighup_while_the_server_starts_does_not_stop_it(tiny_bundle, tmp_path):
+    """SIGHUP (a token reload) sent while `anogan-serve --workers 2` imports and loads, as
+    soon as its first lines ignore it, and again once it has workers: none dies of it
+    (before, the default action killed the process, and the supervisor forwarded it to
+    workers still starting)."""
+    port_file, log = tmp_path / "port", tmp_path / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "anogan_inspect.server", "--bundle", str(tiny_bundle),
+             "--port", "0", "--port-file", str(port_file), "--device", "cpu",
+             "--workers", "2", "--drain-delay", "0"], cwd=ROOT, stdout=out,
+            stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: ignores_sighup(proc.pid), what="SIGHUP ignored")
+        proc.send_signal(signal.SIGHUP)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        wait_for(lambda: port_file.exists() or len(children.read_text().split()) == 2,
+                 what="the workers")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: port_file.exists() or proc.poll() is not None, timeout=120,
+                 what="the port file")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, log.read_text()
