@@ -89,7 +89,7 @@ def test_mutual_tls_requires_a_client_certificate(tiny_bundle, tmp_path, pki, ca
                      "--tls-client-ca", str(pki["ca"][2]))
     try:
         trust = ["--target", proc.target, *FRAMES, "--tls-ca", str(pki["ca"][2])]
-        assert stream_client.main([*trust, "--connect-timeout", "3"]) == 2
+        assert stream_client.main([*trust, "--connect-timeout", "1"]) == 2
         err = capsys.readouterr().err
         assert f"cannot connect to {proc.target}:" in err and "--tls-cert/--tls-key" in err
         assert stream_client.main([*trust, "--tls-cert", str(pki["client"][2]),
