@@ -21,7 +21,7 @@ from anogan_inspect.server.models import EngineOptions, ServedModel, load_model
 from anogan_inspect.server.models_dir import ModelsWatcher, load_folder
 from anogan_inspect.server.monitoring import Metrics
 from anogan_inspect.server.reflection import ReflectionServicer
-from anogan_inspect.server.service import InspectionService
+from anogan_inspect.server.service import InspectionService, ParseErrors
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InspectionService"].full_name
@@ -133,6 +133,7 @@ class InspectionServer:
             # still open then (INTERNAL at the client); --max-stream-age ends them instead
             options.append(("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)))
         interceptors = [TokenInterceptor(tokens, config.open_reflection)] if tokens else []
+        interceptors.append(ParseErrors())
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         self.service = InspectionService(models, next(iter(models)), config.limits,
                                          config.max_in_flight, config.worker,

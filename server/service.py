@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -59,6 +60,28 @@ class StreamError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
         self.code, self.message = code, message
+
+
+class ParseErrors(grpc.aio.ServerInterceptor):
+    """INVALID_ARGUMENT for a unary request whose bytes do not parse: gRPC's own
+    deserializer reports that as UNKNOWN (a stream's reader answers INVALID_ARGUMENT)."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, behavior = handler.request_deserializer, handler.unary_unary
+
+        async def parsed(data: bytes, context):
+            try:
+                request = parse(data)
+            except DecodeError as err:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"the request does not parse: {err}")
+            response = behavior(request, context)
+            return await response if inspect.isawaitable(response) else response
+
+        return handler._replace(request_deserializer=None, unary_unary=parsed)
 
 
 @dataclass(eq=False)  # hashed by identity: a stream's options name it to the engine

@@ -801,6 +801,22 @@ def test_server_wide_caps_give_frames_resource_exhausted(server, stub, digits):
     assert not stream(stub, frames_of(digits, 1, start=3))[0].HasField("error")
 
 
+def test_a_unary_request_that_does_not_parse_is_invalid_argument(server, digits):
+    """gRPC's own deserializer said UNKNOWN; a unary call now gets INVALID_ARGUMENT, like a
+    stream, and a request that parses is answered as before."""
+    with server.channel() as channel:
+        for method in ("Inspect", "GetModel", "ListModels"):
+            call = channel.unary_unary(f"/anogan.v1.InspectionService/{method}")
+            with pytest.raises(grpc.RpcError) as err:
+                call(b"\xff\xff\xff", timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert "the request does not parse" in err.value.details()
+        inspect = channel.unary_unary("/anogan.v1.InspectionService/Inspect")
+        request = pb.InspectRequest(frame=frames_of(digits, 1)[0])
+        answer = pb.InspectResponse.FromString(inspect(request.SerializeToString(), timeout=60))
+        assert answer.result.verdict != pb.VERDICT_UNSPECIFIED
+
+
 def test_a_message_that_does_not_parse_or_a_reader_fault_ends_the_stream_with_a_status(
         server, stub, digits, monkeypatch):
     """Bytes that are no StreamInspectRequest, after two frames: both answered, then
