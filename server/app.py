@@ -240,7 +240,8 @@ def check_files(config: ServerConfig) -> tuple[grpc.ServerCredentials | None,
 
 async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT, then drain and return 0; SIGHUP rereads the tokens (and
-    never stops the server: `main` ignores it until this handler is in place)."""
+    never stops the server: anogan-serve's entry, server/__main__.py, ignores it until this
+    handler is in place)."""
     credentials, tokens = check_files(config)
     models = load_models(config)
     server = await InspectionServer(config, models, credentials, tokens).start()

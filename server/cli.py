@@ -44,7 +44,8 @@ def _number(kind: type = int, minimum: float = 1, above: bool = False):
     return parse
 
 
-COUNT, NON_NEGATIVE, POSITIVE = _number(int, 1), _number(float, 0), _number(float, 0, above=True)
+COUNT, COUNT_OR_ZERO = _number(int, 1), _number(int, 0)
+NON_NEGATIVE, POSITIVE = _number(float, 0), _number(float, 0, above=True)
 
 
 def _slots(text: str) -> int | None:
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how often --models-dir is read again")
     parser.add_argument("--host", default=ServerConfig.host,
                         help="address to listen on ([::] is every interface)")
-    parser.add_argument("--port", type=_number(int, 0), default=ServerConfig.port,
+    parser.add_argument("--port", type=COUNT_OR_ZERO, default=ServerConfig.port,
                         help="0 picks a free port")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the torch models live (default: cuda when present); "
@@ -95,10 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=COUNT, help="search steps (default: the bundle's)")
     parser.add_argument("--search-lr", type=POSITIVE,
                         help="search learning rate (default: the bundle's)")
-    parser.add_argument("--patience", type=_number(int, 0),
+    parser.add_argument("--patience", type=COUNT_OR_ZERO,
                         help="early stopping: steps without improvement, 0: off "
                              "(default: the bundle's)")
-    parser.add_argument("--ort-threads", type=_number(int, 0), default=EngineOptions.ort_threads,
+    parser.add_argument("--ort-threads", type=COUNT_OR_ZERO, default=EngineOptions.ort_threads,
                         help="ONNX Runtime intra-op threads (0: one per core)")
     parser.add_argument("--torch-threads", type=COUNT,
                         help="torch intra-op threads (default: torch's, one per core)")
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --auth-token-file: serve reflection without a token")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port here once listening (for --port 0)")
-    parser.add_argument("--metrics-port", type=_number(int, 0), metavar="PORT",
+    parser.add_argument("--metrics-port", type=COUNT_OR_ZERO, metavar="PORT",
                         help="serve Prometheus metrics on http://HOST:PORT/metrics (plain "
                              "HTTP, no token: counters and scores, never frames); with "
                              "--workers, worker i on PORT + i; 0 picks a free port "

@@ -111,12 +111,13 @@ class ModelsWatcher:
         found = await asyncio.to_thread(read_folder, self.directory)
         for name, fingerprint in found.items():
             folder = self.directory / name
-            if self.seen.get(name) == fingerprint and (
-                    name not in self.failed  # a failed version is tried again only when its
-                    or self.failed_files[name] == await asyncio.to_thread(files_of, folder)):
-                continue  # files change (a copy that was half done, say)
-            self.seen[name] = fingerprint
+            if self.seen.get(name) == fingerprint and name not in self.failed:
+                continue
             files = await asyncio.to_thread(files_of, folder)  # as loaded
+            if self.seen.get(name) == fingerprint and self.failed_files[name] == files:
+                continue  # a failed version is tried again only when its files change (a
+                # copy that was half done, say)
+            self.seen[name] = fingerprint
             try:
                 if name in self.fixed:
                     raise ValueError(f"--bundle serves a model named {name!r} already")

@@ -216,13 +216,10 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             while (message := await out.get()) is not None:
                 if isinstance(message, StreamError):
                     await context.abort(message.code, message.message)
-                if not isinstance(message, tuple):  # provisional: one a frame at most
-                    for response in _responses(message, self.max_message_bytes):
-                        yield response
-                    continue
-                # A final result's frames leave the window once gRPC has taken it, so a
+                # A final result comes with its frames' count (a provisional one, one a frame
+                # at most, with none): they leave the window once gRPC has taken it, so a
                 # client that stops reading stops being read (HTTP/2 flow control).
-                message, sending = message
+                message, sending = message if isinstance(message, tuple) else (message, 0)
                 for response in _responses(message, self.max_message_bytes):
                     yield response
                 self.results_unsent -= sending

@@ -34,10 +34,14 @@ SUMMARY = re.compile(r"frames (\d+) answered (\d+) missing (\d+) out_of_order (\
                      r"errors (\d+) pass (\d+) fail (\d+)(?: auroc ([0-9.]+))?")
 
 
+def missing(tools) -> list[str]:
+    """The tools (commands on PATH, or paths) this machine lacks."""
+    return [tool for tool in tools if not (Path(tool).exists() or shutil.which(tool))]
+
+
 def need(*tools: str) -> None:
-    missing = [tool for tool in tools if not (Path(tool).exists() or shutil.which(tool))]
-    if missing:
-        pytest.skip(f"not installed: {', '.join(missing)} (`make proto-tools` installs them)")
+    if lacking := missing(tools):
+        pytest.skip(f"not installed: {', '.join(lacking)} (`make proto-tools` installs them)")
 
 
 def run(command: list, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
@@ -203,7 +207,7 @@ class Background:
 
     def submit(self, name: str) -> None:
         tools, build = BUILDS[name]
-        if name not in self.builds and all(Path(t).exists() or shutil.which(t) for t in tools):
+        if name not in self.builds and not missing(tools):
             self.folder = self.folder or Path(tempfile.mkdtemp(prefix="anogan-other-languages-"))
             self.builds[name] = self.pool.submit(build, self.folder / name)
 
