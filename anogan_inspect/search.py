@@ -14,10 +14,18 @@ count and budget, so slots at different steps share every pass, and a finished s
 replaced by a waiting image at the next step (continuous batching). Each slot's loss
 depends on its own z alone (eval mode), so a batch gives each image the score it would get
 alone.
+
+On a GPU the table never makes the host wait for the device in a step (without early
+stopping): step counts and budgets are kept on the host, so which slots finish is known
+without reading the device; index tensors go to the device from pinned memory without a
+blocking copy; and finished slots' scores come back by an asynchronous copy, read once
+it has landed (:meth:`SlotTable.collect`). The host then queues the next step while the
+device still runs the last one, instead of the device idling while Python launches it.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -125,10 +133,16 @@ class SlotTable:
         self.z, self.m, self.v, self.best_z = new(latent), new(latent), new(latent), new(latent)
         self.start_z = new(latent)
         self.best_loss, self.best_residual, self.best_feature = new(), new(), new()
-        # Integer counts: a float32 count stops growing at 2^24 steps.
+        # Integer counts (a float32 count stops growing at 2^24 steps); the device's step
+        # count drives Adam's bias corrections, the host's copy (and the budgets) decide
+        # which slots finish without reading the device.
         count = lambda: torch.zeros(capacity, dtype=torch.int64, device=self.device)  # noqa: E731
-        self.step_count, self.budget, self.since_best = count(), count(), count()
+        self.step_count, self.since_best = count(), count()
+        self.steps_run = np.zeros(capacity, dtype=np.int64)
+        self.budget = np.zeros(capacity, dtype=np.int64)
         self.tags: list[Any] = []
+        # Finished searches whose scores are still being copied back (oldest first).
+        self._landing: deque[_Landing] = deque()
 
     @property
     def n(self) -> int:
@@ -138,6 +152,35 @@ class SlotTable:
     @property
     def free(self) -> int:
         return self.capacity - self.n
+
+    @property
+    def waiting(self) -> int:
+        """Finished searches not yet returned (their scores are on their way to the host)."""
+        return sum(len(landing.tags) for landing in self._landing)
+
+    def collect(self, wait: bool = False) -> list[SlotResult]:
+        """Finished searches whose scores have reached the host, in the order they finished;
+        with `wait`, all of them (waiting for the device). On the CPU nothing waits."""
+        results = []
+        while self._landing and (wait or self._landing[0].landed()):
+            results.extend(self._landing.popleft().results())
+        return results
+
+    def landing_tags(self) -> list[Any]:
+        """The tags of the finished searches not yet returned."""
+        return [tag for landing in self._landing for tag in landing.tags]
+
+    def forget_landing(self) -> None:
+        """Drop the finished searches not yet returned (their jobs were failed)."""
+        self._landing.clear()
+
+    def _on_device(self, values) -> torch.Tensor:
+        """A host list or array as a device tensor, without a blocking copy on a GPU (a
+        plain host-to-GPU copy waits for everything queued before it)."""
+        tensor = torch.as_tensor(values)
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def admit(self, x: torch.Tensor, z0: torch.Tensor, budgets: Iterable[int],
               tags: Iterable[Any]) -> None:
@@ -149,24 +192,27 @@ class SlotTable:
         if k == 0:
             return
         rows = slice(self.n, self.n + k)
-        x = x.to(self.device, torch.float32)
+        x = x.to(self.device, torch.float32, non_blocking=True)
         with torch.no_grad():
             self.fx[rows] = self.models.features(x).flatten(1)
         self.x[rows] = x
-        self.z[rows] = z0.to(self.device, torch.float32).reshape(k, -1)
+        self.z[rows] = z0.to(self.device, torch.float32, non_blocking=True).reshape(k, -1)
         self.best_z[rows] = self.z[rows]
         self.start_z[rows] = self.z[rows]
         for buf in (self.m, self.v, self.step_count, self.since_best):
             buf[rows] = 0.0
         self.best_loss[rows] = float("inf")
-        self.budget[rows] = torch.tensor(budgets, dtype=torch.int64, device=self.device)
+        self.steps_run[rows] = 0
+        self.budget[rows] = budgets
         self.tags.extend(tags)
 
     def step(self) -> list[SlotResult]:
-        """One Adam step on every active search; returns (and frees) the finished ones."""
+        """One Adam step on every active search; frees the ones that finish and returns the
+        finished searches whose scores have reached the host (on the CPU: those of this
+        step; on a GPU possibly of earlier steps: :meth:`collect` waits for the rest)."""
         n = self.n
         if n == 0:
-            return []
+            return self.collect()
         cfg = self.cfg
         z = self.z[:n].clone().requires_grad_(True)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -178,11 +224,12 @@ class SlotTable:
         with torch.no_grad():
             self._track_best(n, loss.detach(), residual.detach(), feature.detach())
             self._adam_update(n, grad)
-            done = self.step_count[:n] >= self.budget[:n]
-            if cfg.patience > 0:
-                done |= self.since_best[:n] >= cfg.patience
-            finished = done.nonzero().flatten().tolist()
-        return self._pop(finished)
+            self.steps_run[:n] += 1
+            done = self.steps_run[:n] >= self.budget[:n]
+            if cfg.patience > 0:  # the one check that reads the device every step
+                done |= (self.since_best[:n] >= cfg.patience).cpu().numpy()
+            self._pop(np.flatnonzero(done).tolist())
+        return self.collect()
 
     def remove(self, predicate: Callable[[Any], bool]) -> int:
         """Drop the searches whose tag matches; returns how many were dropped."""
@@ -213,25 +260,23 @@ class SlotTable:
         v_hat = v / (1 - cfg.beta2 ** t)[:, None]
         self.z[:n] -= cfg.lr * m_hat / (v_hat.sqrt() + cfg.eps)
 
-    def _pop(self, rows: list[int]) -> list[SlotResult]:
-        """Read out and free rows, moving the last active rows into the holes."""
+    def _pop(self, rows: list[int]) -> None:
+        """Free rows, moving the last active rows into the holes; their scores and z start
+        on their way to the host (:meth:`collect`)."""
         if not rows:
-            return []
-        rows_t = torch.tensor(rows, device=self.device)
+            return
+        rows_t = self._on_device(rows)
         if self.autocast_dtype is None:
             loss, residual, feature, z = (self.best_loss[rows_t], self.best_residual[rows_t],
                                           self.best_feature[rows_t], self.best_z[rows_t])
         else:
             loss, residual, feature, z = self._rescore(rows_t)
-        scores = torch.stack([loss, residual, feature], 1).cpu()
-        steps = self.step_count[rows_t].tolist()
-        zs = z.cpu().numpy()
-        results = [
-            SlotResult(self.tags[r], float(s[0]), float(s[1]), float(s[2]), zs[i], steps[i])
-            for i, (r, s) in enumerate(zip(rows, scores.tolist()))
-        ]
+        # One copy back: (score, residual, feature, z...) per row.
+        out = torch.cat([torch.stack([loss, residual, feature], 1), z], 1)
+        self._landing.append(_Landing(out.to("cpu", non_blocking=True), _copied(self.device),
+                                      [self.tags[r] for r in rows],
+                                      self.steps_run[rows].tolist()))
         self._compact(set(rows))
-        return results
 
     @torch.no_grad()
     def _rescore(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -254,10 +299,11 @@ class SlotTable:
         tail = [r for r in range(keep_n, n) if r not in holes]
         dest = sorted(h for h in holes if h < keep_n)
         if dest:
-            src_t = torch.tensor(tail, device=self.device)
-            dst_t = torch.tensor(dest, device=self.device)
+            src_t, dst_t = self._on_device(tail), self._on_device(dest)
             for buf in self._buffers():
                 buf[dst_t] = buf[src_t]
+            for host in (self.steps_run, self.budget):
+                host[dest] = host[tail]
             for d, s in zip(dest, tail):
                 self.tags[d] = self.tags[s]
         del self.tags[keep_n:]
@@ -265,7 +311,37 @@ class SlotTable:
     def _buffers(self) -> tuple[torch.Tensor, ...]:
         return (self.x, self.fx, self.z, self.m, self.v, self.best_z, self.start_z,
                 self.best_loss, self.best_residual, self.best_feature, self.step_count,
-                self.budget, self.since_best)
+                self.since_best)
+
+
+def _copied(device: torch.device) -> torch.cuda.Event | None:
+    """An event marking the copies queued so far on a GPU (None on the CPU: already done)."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+@dataclass
+class _Landing:
+    """Finished searches' (score, residual, feature, z) rows on their way to the host."""
+
+    rows: torch.Tensor
+    copied: torch.cuda.Event | None
+    tags: list[Any]
+    steps: list[int]
+
+    def landed(self) -> bool:
+        return self.copied is None or self.copied.query()
+
+    def results(self) -> list[SlotResult]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        rows = self.rows.numpy()
+        return [SlotResult(tag, float(row[0]), float(row[1]), float(row[2]), row[3:].copy(),
+                           steps)
+                for tag, row, steps in zip(self.tags, rows, self.steps)]
 
 
 @dataclass
@@ -293,14 +369,14 @@ def search(models: ScoringModels, x: torch.Tensor, z0: torch.Tensor, cfg: Search
                       autocast_dtype)
     results: list[SlotResult | None] = [None] * n
     next_index = 0
-    while next_index < n or table.n:
+    while next_index < n or table.n or table.waiting:
         k = min(table.free, n - next_index)
         if k:
             rows = range(next_index, next_index + k)
             table.admit(x[next_index:next_index + k], z0[next_index:next_index + k],
                         [cfg.steps] * k, rows)
             next_index += k
-        for result in table.step():
+        for result in table.step() if table.n else table.collect(wait=True):
             results[result.tag] = result
             if progress:
                 progress(1)

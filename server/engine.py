@@ -144,13 +144,14 @@ class SearchEngine(Worker):
         torch.set_grad_enabled(True)
 
     def _busy(self) -> bool:
-        return self.table.n > 0
+        return self.table.n > 0 or self.table.waiting > 0
 
     def _in_progress(self) -> list[SearchRequest]:
-        return list(self.table.tags)
+        return list(self.table.tags) + self.table.landing_tags()
 
     def _abandon_in_progress(self) -> None:
         self.table.remove(lambda r: True)
+        self.table.forget_landing()
 
     def _take(self) -> list[SearchRequest]:
         """Drop cancelled requests; take as many queued ones as slots are free."""
@@ -171,31 +172,45 @@ class SearchEngine(Worker):
         now = time.perf_counter()
         for request in requests:
             request.started = now
-        x = torch.stack([r.x for r in requests]).to(self.device)
+        x = self._to_device(torch.stack([r.x for r in requests]))
         self.table.admit(x, self._starts(x, requests), [r.steps for r in requests], requests)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the engine's device; on a GPU through pinned memory, so the
+        copy does not wait for the steps queued before it."""
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _starts(self, x: torch.Tensor, requests: list[SearchRequest]) -> torch.Tensor:
         """z0 per request: given, or E(x) for those without one (one batched encoder pass)."""
         missing = [i for i, r in enumerate(requests) if r.z0 is None]
-        z0 = torch.zeros(len(requests), self.models.latent_dim, device=self.device)
-        given = [i for i in range(len(requests)) if requests[i].z0 is not None]
-        if given:
-            z0[given] = torch.stack([requests[i].z0 for i in given]).to(self.device)
-        if missing:
-            if self.models.encoder is None:
-                raise ValueError("no z0 given and the model has no encoder")
-            with torch.no_grad():
-                z0[missing] = self.models.encoder(x[missing])
+        if missing and self.models.encoder is None:
+            raise ValueError("no z0 given and the model has no encoder")
+        if not missing:
+            return self._to_device(torch.stack([r.z0 for r in requests]).float())
+        with torch.no_grad():
+            if len(missing) == len(requests):
+                return self.models.encoder(x)
+            z0 = torch.stack([torch.zeros(self.models.latent_dim) if r.z0 is None
+                              else r.z0.float() for r in requests])
+            z0 = self._to_device(z0)
+            rows = self._to_device(torch.tensor(missing))
+            z0[rows] = self.models.encoder(x[rows]).float()
         return z0
 
     def _step(self) -> None:
+        """One step of the table (if any search is active); hands back the searches whose
+        scores have landed, and, once the table is empty, waits for the rest."""
         active = self.table.n
-        if active == 0:
-            return
-        finished = self.table.step()
-        self.stats.batches += 1
-        self.stats.slot_steps += active
-        self.stats.max_batch = max(self.stats.max_batch, active)
+        finished = []
+        if active:
+            finished = self.table.step()
+            self.stats.batches += 1
+            self.stats.slot_steps += active
+            self.stats.max_batch = max(self.stats.max_batch, active)
+        if not self.table.n:
+            finished += self.table.collect(wait=True)
         if finished:
             try:
                 self._finish(finished)

@@ -142,7 +142,7 @@ class Lane:
     @property
     def load(self) -> int:
         """Frames queued or in progress on this lane."""
-        return (self.engine.queued + self.engine.table.n
+        return (self.engine.queued + self.engine.table.n + self.engine.table.waiting
                 + (self.fast.queued if self.fast else 0))
 
 

@@ -235,3 +235,106 @@ def test_removing_searches_does_no_device_work(tiny_models):
     table.models = dataclasses.replace(tiny_models, generator=broken)
     assert table.remove(lambda tag: tag % 2 == 0) == 2 and table.tags == [3, 1]
     assert table.remove(lambda tag: True) == 2 and table.n == 0
+
+
+class LateCopy:
+    """Stands in for the CUDA event of a finished search's copy to the host (this machine
+    has no GPU): it has landed only once ``landed`` is set."""
+
+    landed = False
+
+    def query(self) -> bool:
+        return LateCopy.landed
+
+    def synchronize(self) -> None:
+        LateCopy.landed = True
+
+
+def test_finished_searches_come_back_once_their_copy_lands(tiny_models, monkeypatch):
+    """On a GPU a finished search's scores come back by an asynchronous copy: the table
+    goes on stepping (and refilling the freed slot) while it lands, hands it back in finish
+    order once it has, and the engine and search() wait for the rest when nothing else is
+    left to do, with the same results as on the CPU."""
+    from anogan_inspect import search as search_module
+
+    monkeypatch.setattr(LateCopy, "landed", False)
+    cfg = SearchConfig(steps=4, lr=0.05)
+    x = frames(6, seed=21)
+    z0 = tiny_models.encoder(x).detach()
+    expected = search(tiny_models, x, z0, cfg, batch_size=3)
+    monkeypatch.setattr(search_module, "_copied", lambda device: LateCopy())
+    table = SlotTable(tiny_models, cfg, 3, (1, 16, 16))
+    table.admit(x[:3], z0[:3], [1, 2, 4], ["a", "b", "c"])
+    assert table.step() == [] and (table.n, table.waiting, table.free) == (2, 1, 1)
+    table.admit(x[3:4], z0[3:4], [1], ["d"])  # into the slot "a" left
+    assert table.step() == [] and (table.n, table.waiting) == (1, 3)
+    assert table.landing_tags() == ["a", "b", "d"]
+    LateCopy.landed = True
+    assert [(r.tag, r.steps) for r in table.step()] == [("a", 1), ("b", 2), ("d", 1)]
+    monkeypatch.setattr(LateCopy, "landed", False)
+    table.step()  # "c" finishes; its copy has not landed
+    assert table.n == 0 and table.waiting == 1 and table.step() == []
+    assert [(r.tag, r.steps) for r in table.collect(wait=True)] == [("c", 4)]
+    assert table.waiting == 0
+
+    monkeypatch.setattr(LateCopy, "landed", False)
+    late = search(tiny_models, x, z0, cfg, batch_size=3)
+    np.testing.assert_allclose(late.score, expected.score, rtol=1e-6)
+    np.testing.assert_allclose(late.z, expected.z, rtol=1e-6)
+
+    from anogan_inspect.server.engine import SearchEngine
+
+    async def through_engine():
+        monkeypatch.setattr(LateCopy, "landed", False)
+        engine = SearchEngine(tiny_models, cfg, (1, 16, 16), capacity=3).start()
+        try:
+            requests = [engine.submit(x[i], z0[i], 4) for i in range(6)]
+            return await asyncio.wait_for(asyncio.gather(*(r.future for r in requests)), 60)
+        finally:
+            engine.stop()
+
+    outcomes = asyncio.run(through_engine())
+    np.testing.assert_allclose([o.result.score for o in outcomes], expected.score, rtol=1e-6)
+
+
+def run_schedule(table: SlotTable, x: torch.Tensor, z0: torch.Tensor) -> dict:
+    """Admit frame i (budget 1 + i % 5) as soon as a slot is free, step until all are
+    done; results by frame index."""
+    results = {}
+    for i in range(len(x)):
+        while not table.free:
+            results.update({r.tag: r for r in table.step()})
+        table.admit(x[i:i + 1], z0[i:i + 1], [1 + i % 5], [i])
+    while table.n:
+        results.update({r.tag: r for r in table.step()})
+    return results
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_table_steps_without_waiting_for_the_device(tiny_bundle, tiny_models):
+    """On a GPU, admitting, stepping, finishing and refilling slots never makes the host
+    wait for the device (torch's sync debug mode raises on any such wait), and the scores
+    are the CPU's, to the GPU's rounding."""
+    device = torch.device("cuda")
+    models = ServedModel(read_bundle(tiny_bundle), EngineOptions(device="cuda", max_batch=4)
+                         ).models
+    cfg = SearchConfig(steps=5, lr=0.05)
+    x = frames(12, seed=4)
+    z0 = tiny_models.encoder(x).detach()
+    on_cpu = run_schedule(SlotTable(tiny_models, cfg, 4, (1, 16, 16)), x, z0)
+    for dtype, rtol in ((None, 1e-2), (torch.bfloat16, 5e-2)):
+        table = SlotTable(models, cfg, 4, (1, 16, 16), device, dtype)
+        table.admit(x[:1], z0[:1], [2], ["warm-up"])  # pinned buffers, kernels chosen
+        table.step()
+        table.step()
+        assert [r.tag for r in table.collect(wait=True)] == ["warm-up"]
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            results = run_schedule(table, x, z0)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        results.update({r.tag: r for r in table.collect(wait=True)})
+        assert sorted(results) == list(range(12))
+        for i, r in results.items():
+            assert r.steps == on_cpu[i].steps == 1 + i % 5
+            assert r.score == pytest.approx(on_cpu[i].score, rel=rtol)

@@ -109,6 +109,6 @@ def test_step_counts_are_integers_past_float32s_2_to_the_24(models):
     table = SlotTable(models, SearchConfig(steps=5), 2, (1, 16, 16))
     budget = 2 ** 24 + 3
     table.admit(images(2), random_start(2, models.latent_dim), [budget, 5], ["big", "small"])
-    table.step_count[0] = 2 ** 24  # as if it had run that long
+    table.step_count[0] = table.steps_run[0] = 2 ** 24  # as if it had run that long
     finished = [r for _ in range(3) for r in table.step()]
     assert [(r.tag, r.steps) for r in finished] == [("big", budget)]
