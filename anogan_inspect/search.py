@@ -25,6 +25,7 @@ device still runs the last one, instead of the device idling while Python launch
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -34,6 +35,8 @@ import numpy as np
 import torch
 
 Network = Callable[[torch.Tensor], torch.Tensor]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class SlotTable:
 
     def __init__(self, models: ScoringModels, cfg: SearchConfig, capacity: int,
                  image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, cuda_graphs: bool = False):
         self.models, self.cfg, self.capacity = models, cfg, capacity
         self.device = torch.device(device)
         # Mixed precision for G and f (e.g. torch.bfloat16 on GPUs); z, Adam and the loss
@@ -143,6 +146,16 @@ class SlotTable:
         self.tags: list[Any] = []
         # Finished searches whose scores are still being copied back (oldest first).
         self._landing: deque[_Landing] = deque()
+        # CUDA graphs of the step, by bucket (rows computed); empty: eager steps.
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graph_buckets: tuple[int, ...] = ()
+        if cuda_graphs and self.device.type == "cuda":
+            try:
+                self._capture_graphs()
+            except RuntimeError as err:  # e.g. a program that cannot be captured
+                log.warning("CUDA graphs of the search step not captured on %s (%s): "
+                            "stepping without them", self.device, err)
+                self._graphs, self.graph_buckets = {}, ()
 
     @property
     def n(self) -> int:
@@ -174,14 +187,6 @@ class SlotTable:
         """Drop the finished searches not yet returned (their jobs were failed)."""
         self._landing.clear()
 
-    def _on_device(self, values) -> torch.Tensor:
-        """A host list or array as a device tensor, without a blocking copy on a GPU (a
-        plain host-to-GPU copy waits for everything queued before it)."""
-        tensor = torch.as_tensor(values)
-        if self.device.type != "cuda":
-            return tensor
-        return tensor.pin_memory().to(self.device, non_blocking=True)
-
     def admit(self, x: torch.Tensor, z0: torch.Tensor, budgets: Iterable[int],
               tags: Iterable[Any]) -> None:
         """Start searches for images x (k, C, H, W) from z0 (k, latent); f(x) computed once."""
@@ -192,11 +197,11 @@ class SlotTable:
         if k == 0:
             return
         rows = slice(self.n, self.n + k)
-        x = x.to(self.device, torch.float32, non_blocking=True)
+        x = to_device(x, self.device).float()
         with torch.no_grad():
             self.fx[rows] = self.models.features(x).flatten(1)
         self.x[rows] = x
-        self.z[rows] = z0.to(self.device, torch.float32, non_blocking=True).reshape(k, -1)
+        self.z[rows] = to_device(z0, self.device).float().reshape(k, -1)
         self.best_z[rows] = self.z[rows]
         self.start_z[rows] = self.z[rows]
         for buf in (self.m, self.v, self.step_count, self.since_best):
@@ -213,23 +218,67 @@ class SlotTable:
         n = self.n
         if n == 0:
             return self.collect()
-        cfg = self.cfg
-        z = self.z[:n].clone().requires_grad_(True)
+        graph = self._graph_for(n)
+        if graph is not None:
+            graph.replay()
+        else:
+            self._advance(n)
+        self.steps_run[:n] += 1
+        done = self.steps_run[:n] >= self.budget[:n]
+        if self.cfg.patience > 0:  # the one check that reads the device every step
+            done |= (self.since_best[:n] >= self.cfg.patience).cpu().numpy()
+        self._pop(np.flatnonzero(done).tolist())
+        return self.collect()
+
+    def _advance(self, rows: int) -> None:
+        """The device's part of a step, on rows [0, rows): loss, its gradient to z, best
+        tracking, Adam. Rows past the active ones (a CUDA graph's bucket) are computed and
+        ignored: each row depends on its own z alone, and admission resets a row."""
+        z = self.z[:rows].clone().requires_grad_(True)
+        # No autocast cache: a CUDA graph cannot capture one (and each weight is cast once
+        # a step anyway).
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            loss, residual, feature = score_parts(self.models, self.x[:n], self.fx[:n], z,
-                                                  cfg.lam)
+                            enabled=self.autocast_dtype is not None, cache_enabled=False):
+            loss, residual, feature = score_parts(self.models, self.x[:rows], self.fx[:rows],
+                                                  z, self.cfg.lam)
         loss, residual, feature = loss.float(), residual.float(), feature.float()
         (grad,) = torch.autograd.grad(loss.sum(), z)
         with torch.no_grad():
-            self._track_best(n, loss.detach(), residual.detach(), feature.detach())
-            self._adam_update(n, grad)
-            self.steps_run[:n] += 1
-            done = self.steps_run[:n] >= self.budget[:n]
-            if cfg.patience > 0:  # the one check that reads the device every step
-                done |= (self.since_best[:n] >= cfg.patience).cpu().numpy()
-            self._pop(np.flatnonzero(done).tolist())
-        return self.collect()
+            self._track_best(rows, loss.detach(), residual.detach(), feature.detach())
+            self._adam_update(rows, grad)
+
+    def _graph_for(self, n: int) -> torch.cuda.CUDAGraph | None:
+        """The captured step of the smallest bucket holding n rows (None: step eagerly)."""
+        for bucket in self.graph_buckets:
+            if bucket >= n:
+                return self._graphs[bucket]
+        return None
+
+    def _capture_graphs(self) -> None:
+        """Capture the device's part of a step as one CUDA graph per bucket (the capacity,
+        halved down to GRAPH_MIN_ROWS): a step is then one replay instead of a few hundred
+        kernel launches from Python. Warmed up on a side stream first, as CUDA graphs need;
+        the buckets share one memory pool (they never run at once). The rows' contents are
+        whatever they hold: no row is active yet."""
+        buckets = sorted({self.capacity} | {self.capacity >> k for k in range(1, 16)
+                                            if self.capacity >> k >= GRAPH_MIN_ROWS})
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.enable_grad():
+            for bucket in buckets:
+                for _ in range(2):
+                    self._advance(bucket)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        pool = torch.cuda.graph_pool_handle()
+        graphs = {}
+        with torch.enable_grad():
+            for bucket in reversed(buckets):  # the largest first: it sizes the shared pool
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: other threads (engines, fast paths) keep using the device
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                    self._advance(bucket)
+                graphs[bucket] = graph
+        self._graphs, self.graph_buckets = graphs, tuple(buckets)
 
     def remove(self, predicate: Callable[[Any], bool]) -> int:
         """Drop the searches whose tag matches; returns how many were dropped."""
@@ -265,7 +314,7 @@ class SlotTable:
         on their way to the host (:meth:`collect`)."""
         if not rows:
             return
-        rows_t = self._on_device(rows)
+        rows_t = to_device(rows, self.device)
         if self.autocast_dtype is None:
             loss, residual, feature, z = (self.best_loss[rows_t], self.best_residual[rows_t],
                                           self.best_feature[rows_t], self.best_z[rows_t])
@@ -299,7 +348,7 @@ class SlotTable:
         tail = [r for r in range(keep_n, n) if r not in holes]
         dest = sorted(h for h in holes if h < keep_n)
         if dest:
-            src_t, dst_t = self._on_device(tail), self._on_device(dest)
+            src_t, dst_t = to_device(tail, self.device), to_device(dest, self.device)
             for buf in self._buffers():
                 buf[dst_t] = buf[src_t]
             for host in (self.steps_run, self.budget):
@@ -312,6 +361,15 @@ class SlotTable:
         return (self.x, self.fx, self.z, self.m, self.v, self.best_z, self.start_z,
                 self.best_loss, self.best_residual, self.best_feature, self.step_count,
                 self.since_best)
+
+
+def to_device(values, device: torch.device) -> torch.Tensor:
+    """A host list, array or tensor on `device`; to a GPU through pinned memory, so the copy
+    does not wait for the work queued before it (a plain host-to-GPU copy does)."""
+    tensor = torch.as_tensor(values)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _copied(device: torch.device) -> torch.cuda.Event | None:
@@ -412,6 +470,10 @@ def fast_score(models: ScoringModels, x: torch.Tensor, lam: float,
         return np.zeros(0), torch.zeros(0, models.latent_dim)
     return np.concatenate(scores).astype(np.float64), torch.cat(zs)
 
+
+# The smallest bucket of rows a CUDA graph of the step is captured for: below it, replaying
+# a graph of this many rows costs about as much as a step of fewer rows.
+GRAPH_MIN_ROWS = 32
 
 # The fast path passes a frame (or a tile) at once only when s0 is below the threshold by
 # this relative margin, so ONNX-vs-torch rounding can never make the cascade disagree with

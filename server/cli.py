@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the search's steps in float32, or bf16 autocast (GPUs); "
                              "scores stay float32 evaluations either way, so the cascade "
                              "stays exact (docs/design.md)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="GPUs: capture the search step as CUDA graphs at load (one per "
+                             "bucket of active slots: the slot count, halved down to 32) and "
+                             "replay them; GetModel's search_cuda_graphs says whether they "
+                             "were captured. Scores as without them (docs/design.md)")
     parser.add_argument("--steps", type=COUNT, help="search steps (default: the bundle's)")
     parser.add_argument("--search-lr", type=POSITIVE,
                         help="search learning rate (default: the bundle's)")
@@ -198,6 +203,7 @@ def config_from_args(args) -> ServerConfig:
     engine = EngineOptions(device=args.device, max_batch=args.max_batch,
                            fast_max_batch=args.fast_max_batch, search_steps=args.steps,
                            fast_backend=args.fast_backend, precision=args.precision,
+                           cuda_graphs=args.cuda_graphs,
                            search_lr=args.search_lr, patience=args.patience,
                            ort_threads=args.ort_threads, parity_tolerance=args.parity_tolerance,
                            require_exact_cascade=args.require_exact_cascade,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anogan_inspect.search import ScoringModels, SearchConfig, SlotResult, SlotTable
+from anogan_inspect.search import ScoringModels, SearchConfig, SlotResult, SlotTable, to_device
 from anogan_inspect.server.worker import Job, Worker, resolve_all
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,11 @@ class SearchEngine(Worker):
 
     def __init__(self, models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int, ...],
                  capacity: int = 64, device: torch.device | str = "cpu", name: str = "engine",
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, cuda_graphs: bool = False):
         super().__init__(f"search-{name}")
         self._queue = FairQueue()
-        self.table = SlotTable(models, cfg, capacity, image_shape, device, autocast_dtype)
+        self.table = SlotTable(models, cfg, capacity, image_shape, device, autocast_dtype,
+                               cuda_graphs)
         self.models, self.device = models, torch.device(device)
         self.stats = EngineStats()
         self._cancel_pending = False
@@ -172,15 +173,8 @@ class SearchEngine(Worker):
         now = time.perf_counter()
         for request in requests:
             request.started = now
-        x = self._to_device(torch.stack([r.x for r in requests]))
+        x = to_device(torch.stack([r.x for r in requests]), self.device)
         self.table.admit(x, self._starts(x, requests), [r.steps for r in requests], requests)
-
-    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A host tensor on the engine's device; on a GPU through pinned memory, so the
-        copy does not wait for the steps queued before it."""
-        if self.device.type != "cuda":
-            return tensor
-        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _starts(self, x: torch.Tensor, requests: list[SearchRequest]) -> torch.Tensor:
         """z0 per request: given, or E(x) for those without one (one batched encoder pass)."""
@@ -188,14 +182,14 @@ class SearchEngine(Worker):
         if missing and self.models.encoder is None:
             raise ValueError("no z0 given and the model has no encoder")
         if not missing:
-            return self._to_device(torch.stack([r.z0 for r in requests]).float())
+            return to_device(torch.stack([r.z0 for r in requests]).float(), self.device)
         with torch.no_grad():
             if len(missing) == len(requests):
                 return self.models.encoder(x)
             z0 = torch.stack([torch.zeros(self.models.latent_dim) if r.z0 is None
                               else r.z0.float() for r in requests])
-            z0 = self._to_device(z0)
-            rows = self._to_device(torch.tensor(missing))
+            z0 = to_device(z0, self.device)
+            rows = to_device(missing, self.device)
             z0[rows] = self.models.encoder(x[rows]).float()
         return z0
 
@@ -238,10 +232,11 @@ class SearchEngine(Worker):
 def size_slots(models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int, ...],
                device: torch.device, autocast_dtype: torch.dtype | None = None,
                candidates: tuple[int, ...] = SLOT_CANDIDATES, steps: int = 8,
-               within: float = 0.9) -> tuple[int, dict[int, float]]:
+               within: float = 0.9, cuda_graphs: bool = False) -> tuple[int, dict[int, float]]:
     """The slot count for this device: the smallest candidate whose measured frame-steps/s
     is within `within` of the best one's (more slots past that knee only add latency).
-    Returns it with the measured rates (frame-steps/s per slot count)."""
+    Returns it with the measured rates (frame-steps/s per slot count), full tables stepped
+    as the engine will step them (with `cuda_graphs`: replaying the full table's graph)."""
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rates: dict[int, float] = {}
@@ -249,7 +244,8 @@ def size_slots(models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int,
     with torch.enable_grad():
         for capacity in candidates:
             try:
-                table = SlotTable(models, cfg, capacity, image_shape, device, autocast_dtype)
+                table = SlotTable(models, cfg, capacity, image_shape, device, autocast_dtype,
+                                  cuda_graphs)
                 x = torch.rand(capacity, *image_shape, generator=gen) * 2 - 1
                 z0 = torch.randn(capacity, models.latent_dim, generator=gen)
                 table.admit(x, z0, [1 << 30] * capacity, range(capacity))

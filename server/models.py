@@ -79,6 +79,9 @@ class EngineOptions:
     # The search's precision: "fp32", or "bf16" (autocast steps; each finished search is
     # re-scored in float32 at its best z and at its start, and keeps the lower).
     precision: str = "fp32"
+    # Capture the search step as CUDA graphs at load (GPUs; one per bucket of active slots)
+    # and replay them instead of launching its kernels from Python each step.
+    cuda_graphs: bool = False
     search_steps: int | None = None
     search_lr: float | None = None
     patience: int | None = None
@@ -234,10 +237,10 @@ class ServedModel:
         _within_programs("--max-batch", slots)
         if slots is None and device.type == "cuda":
             slots, _ = size_slots(models, self.search_config, bundle.image_shape, device,
-                                  autocast)
+                                  autocast, cuda_graphs=options.cuda_graphs)
         name = bundle.name if len(self.devices) == 1 else f"{bundle.name}-{index}"
         engine = SearchEngine(models, self.search_config, bundle.image_shape, slots or 64,
-                              device, name, autocast)
+                              device, name, autocast, options.cuda_graphs)
         fast = self._fast_path(device, models, name) if bundle.has_encoder else None
         return Lane(device, models, engine, fast)
 
@@ -274,6 +277,11 @@ class ServedModel:
     def slots(self) -> int:
         """Search slots over every device."""
         return sum(lane.engine.table.capacity for lane in self.lanes)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether every lane's search steps replay captured CUDA graphs."""
+        return all(lane.engine.table.graph_buckets for lane in self.lanes)
 
     @property
     def device_text(self) -> str:
@@ -590,11 +598,11 @@ def load_model(path: Path, options: EngineOptions, name: str | None = None) -> S
     errors = check_parity(bundle, model.models, options.parity_tolerance)
     model.check_exactness()
     log.info("loaded model %s version %s from %s on %s (modes %s; parity %s; fast path %s; "
-             "search %s, %d slots)", model.name, bundle.version, path, model.device_text,
+             "search %s, %d slots%s)", model.name, bundle.version, path, model.device_text,
              ",".join(m.name for m in model.modes),
              ", ".join(f"{k} {v:.1e}" for k, v in errors.items()),
              model.fast.backend if model.fast else "none: no encoder", model.precision,
-             model.slots)
+             model.slots, ", CUDA graphs" if model.cuda_graphs else "")
     return model
 
 

@@ -649,7 +649,8 @@ def model_message(model: ServedModel) -> pb.Model:
         search_overridden=model.search_overridden,
         calibrated_budgets=sorted(model.thresholds),
         fast_path_backend=model.fast.backend if model.fast else "",
-        search_precision=model.precision, search_slots=model.slots)
+        search_precision=model.precision, search_slots=model.slots,
+        search_cuda_graphs=model.cuda_graphs)
     if model.tiling is not None:
         tiling = model.tiling
         message.tiling.CopyFrom(pb.Tiling(

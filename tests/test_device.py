@@ -16,6 +16,7 @@ from anogan_inspect.server.cli import build_parser, config_from_args
 from anogan_inspect.server.engine import size_slots
 from anogan_inspect.server.fastpath import TorchFastPath, choose_backend
 from anogan_inspect.server.models import EngineOptions, Mode, ServedModel
+from bench.cuda_engine_check import schedule as run_schedule
 
 
 def frames(n: int, side: int = 16, seed: int = 3) -> torch.Tensor:
@@ -297,19 +298,6 @@ def test_finished_searches_come_back_once_their_copy_lands(tiny_models, monkeypa
     np.testing.assert_allclose([o.result.score for o in outcomes], expected.score, rtol=1e-6)
 
 
-def run_schedule(table: SlotTable, x: torch.Tensor, z0: torch.Tensor) -> dict:
-    """Admit frame i (budget 1 + i % 5) as soon as a slot is free, step until all are
-    done; results by frame index."""
-    results = {}
-    for i in range(len(x)):
-        while not table.free:
-            results.update({r.tag: r for r in table.step()})
-        table.admit(x[i:i + 1], z0[i:i + 1], [1 + i % 5], [i])
-    while table.n:
-        results.update({r.tag: r for r in table.step()})
-    return results
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_gpu_table_steps_without_waiting_for_the_device(tiny_bundle, tiny_models):
     """On a GPU, admitting, stepping, finishing and refilling slots never makes the host
@@ -328,13 +316,78 @@ def test_a_gpu_table_steps_without_waiting_for_the_device(tiny_bundle, tiny_mode
         table.step()
         table.step()
         assert [r.tag for r in table.collect(wait=True)] == ["warm-up"]
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            results = run_schedule(table, x, z0)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        results.update({r.tag: r for r in table.collect(wait=True)})
+        results = run_schedule(table, x, z0, no_wait=True)
         assert sorted(results) == list(range(12))
         for i, r in results.items():
-            assert r.steps == on_cpu[i].steps == 1 + i % 5
+            assert r.steps == on_cpu[i].steps == 1 + i % 7
             assert r.score == pytest.approx(on_cpu[i].score, rel=rtol)
+
+
+class EagerBucket:
+    """What a CUDA graph of the step replays, run eagerly (this machine has no GPU): the
+    device's part of a step on every row of its bucket, active or not."""
+
+    def __init__(self, table: SlotTable, rows: int):
+        self.table, self.rows = table, rows
+
+    def replay(self) -> None:
+        self.table._advance(self.rows)
+
+
+def test_a_step_over_a_whole_bucket_scores_the_active_slots_as_a_step_over_them(tiny_models):
+    """A CUDA graph steps a fixed bucket of rows, the active ones and whatever the others
+    hold (finished or never used): every search still ends with the scores, z and steps
+    of a table that steps its active rows only."""
+    cfg = SearchConfig(steps=5, lr=0.05)
+    x = frames(12, seed=6)
+    z0 = tiny_models.encoder(x).detach()
+    alone = run_schedule(SlotTable(tiny_models, cfg, 4, (1, 16, 16)), x, z0)
+    for precision in (None, torch.bfloat16):
+        table = SlotTable(tiny_models, cfg, 4, (1, 16, 16), autocast_dtype=precision)
+        table._graphs = {2: EagerBucket(table, 2), 4: EagerBucket(table, 4)}
+        table.graph_buckets = (2, 4)
+        assert table._graph_for(1).rows == 2 and table._graph_for(3).rows == 4
+        bucketed = run_schedule(table, x, z0)
+        if precision is not None:
+            alone = run_schedule(SlotTable(tiny_models, cfg, 4, (1, 16, 16),
+                                           autocast_dtype=precision), x, z0)
+        for i in range(12):
+            assert bucketed[i].steps == alone[i].steps
+            assert bucketed[i].score == pytest.approx(alone[i].score, rel=1e-5)
+            np.testing.assert_allclose(bucketed[i].z, alone[i].z, rtol=1e-4, atol=1e-6)
+
+
+def test_cuda_graphs_are_asked_for_only_on_a_gpu(tiny_bundle):
+    """--cuda-graphs on a CPU serves as without it and says so (GetModel:
+    search_cuda_graphs false)."""
+    args = build_parser().parse_args(["--bundle", str(tiny_bundle), "--cuda-graphs"])
+    options = config_from_args(args).engine
+    assert options.cuda_graphs
+    served = ServedModel(read_bundle(tiny_bundle), options)
+    assert not served.cuda_graphs and served.engine.table.graph_buckets == ()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_of_the_step_score_as_eager_steps(tiny_bundle, tiny_models):
+    """On a GPU, --cuda-graphs captures one graph per bucket (capacity halved down to
+    GRAPH_MIN_ROWS) and replays them: the same steps and scores as eager steps on the GPU,
+    no wait for the device, and the served model reports them."""
+    from anogan_inspect.search import GRAPH_MIN_ROWS
+
+    device = torch.device("cuda")
+    served = ServedModel(read_bundle(tiny_bundle),
+                         EngineOptions(device="cuda", max_batch=128, cuda_graphs=True))
+    assert served.cuda_graphs
+    assert GRAPH_MIN_ROWS == 32 and served.engine.table.graph_buckets == (32, 64, 128)
+    models = served.models
+    cfg = SearchConfig(steps=5, lr=0.05)
+    x = frames(300, seed=12)
+    z0 = tiny_models.encoder(x).detach()
+    for dtype in (None, torch.bfloat16):
+        eager = run_schedule(SlotTable(models, cfg, 128, (1, 16, 16), device, dtype), x, z0)
+        table = SlotTable(models, cfg, 128, (1, 16, 16), device, dtype, cuda_graphs=True)
+        assert table.graph_buckets == (32, 64, 128)
+        graphed = run_schedule(table, x, z0, no_wait=True)
+        for i in range(300):
+            assert graphed[i].steps == eager[i].steps
+            assert graphed[i].score == pytest.approx(eager[i].score, rel=1e-4)

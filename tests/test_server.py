@@ -223,6 +223,9 @@ def test_models_and_bundle_without_encoder(stub, digits):
     noenc = stub.GetModel(pb.GetModelRequest(name="noenc")).model
     assert not noenc.has_encoder and list(noenc.modes) == [pb.MODE_SEARCH]
     assert noenc.default_mode == pb.MODE_SEARCH and (noenc.height, noenc.width) == (16, 16)
+    # What serves it, on this CPU: float32 steps in the test server's 32 slots, no CUDA graphs.
+    assert (noenc.device, noenc.search_precision, noenc.search_slots,
+            noenc.search_cuda_graphs) == ("cpu", "fp32", 32, False)
     results = stream(stub, frames_of(digits, 5), pb.InspectionConfig(model="noenc"))
     assert all(r.stage == pb.STAGE_SEARCH and r.model == "noenc" for r in results)
     with pytest.raises(grpc.RpcError) as err:

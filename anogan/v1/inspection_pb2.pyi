@@ -274,7 +274,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "version", "format_version", "channels", "height", "width", "latent_dim", "threshold", "default_search_steps", "search_learning_rate", "has_encoder", "modes", "default_mode", "device", "create_time", "feature_weight", "tiling", "fast_threshold", "score_gap", "cascade_margin", "calibrated_search_steps", "calibrated_search_learning_rate", "search_overridden", "calibrated_budgets", "fast_path_backend", "search_precision", "search_slots")
+    __slots__ = ("name", "version", "format_version", "channels", "height", "width", "latent_dim", "threshold", "default_search_steps", "search_learning_rate", "has_encoder", "modes", "default_mode", "device", "create_time", "feature_weight", "tiling", "fast_threshold", "score_gap", "cascade_margin", "calibrated_search_steps", "calibrated_search_learning_rate", "search_overridden", "calibrated_budgets", "fast_path_backend", "search_precision", "search_slots", "search_cuda_graphs")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -302,6 +302,7 @@ class Model(_message.Message):
     FAST_PATH_BACKEND_FIELD_NUMBER: _ClassVar[int]
     SEARCH_PRECISION_FIELD_NUMBER: _ClassVar[int]
     SEARCH_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_CUDA_GRAPHS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     format_version: int
@@ -329,7 +330,8 @@ class Model(_message.Message):
     fast_path_backend: str
     search_precision: str
     search_slots: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format_version: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., latent_dim: _Optional[int] = ..., threshold: _Optional[float] = ..., default_search_steps: _Optional[int] = ..., search_learning_rate: _Optional[float] = ..., has_encoder: _Optional[bool] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., default_mode: _Optional[_Union[Mode, str]] = ..., device: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_weight: _Optional[float] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ..., fast_threshold: _Optional[float] = ..., score_gap: _Optional[float] = ..., cascade_margin: _Optional[float] = ..., calibrated_search_steps: _Optional[int] = ..., calibrated_search_learning_rate: _Optional[float] = ..., search_overridden: _Optional[bool] = ..., calibrated_budgets: _Optional[_Iterable[int]] = ..., fast_path_backend: _Optional[str] = ..., search_precision: _Optional[str] = ..., search_slots: _Optional[int] = ...) -> None: ...
+    search_cuda_graphs: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format_version: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., latent_dim: _Optional[int] = ..., threshold: _Optional[float] = ..., default_search_steps: _Optional[int] = ..., search_learning_rate: _Optional[float] = ..., has_encoder: _Optional[bool] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., default_mode: _Optional[_Union[Mode, str]] = ..., device: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_weight: _Optional[float] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ..., fast_threshold: _Optional[float] = ..., score_gap: _Optional[float] = ..., cascade_margin: _Optional[float] = ..., calibrated_search_steps: _Optional[int] = ..., calibrated_search_learning_rate: _Optional[float] = ..., search_overridden: _Optional[bool] = ..., calibrated_budgets: _Optional[_Iterable[int]] = ..., fast_path_backend: _Optional[str] = ..., search_precision: _Optional[str] = ..., search_slots: _Optional[int] = ..., search_cuda_graphs: _Optional[bool] = ...) -> None: ...
 
 class Tiling(_message.Message):
     __slots__ = ("patch", "stride", "scale", "aggregate", "top_k", "pixel_threshold")
