@@ -129,45 +129,17 @@ def flops_per_frame_step(models: ScoringModels, capacity: int = 8) -> float:
     return counter.get_total_flops() / capacity
 
 
-def engine_rate(models: ScoringModels, capacity: int, autocast=None, seconds=2.0) -> float:
-    """Frame-steps/s of SlotTable.step with every slot active (budgets never reached)."""
+def engine_rate(models: ScoringModels, capacity: int, autocast=None, seconds=2.0,
+                graphs: bool = False) -> float:
+    """Frame-steps/s of SlotTable.step with every slot active (budgets never reached);
+    with `graphs`, replaying the table's CUDA graph of its step (`--cuda-graphs`)."""
+    if graphs and not DEVICE.startswith("cuda"):
+        raise RuntimeError("CUDA graphs need a CUDA device")
     table = SlotTable(models, SearchConfig(steps=10 ** 9), capacity, (1, 64, 64), DEVICE,
-                      autocast_dtype=autocast)
+                      autocast_dtype=autocast, cuda_graphs=graphs)
     x = torch.rand(capacity, 1, 64, 64) * 2 - 1
     table.admit(x, random_start(capacity, 20), [10 ** 9] * capacity, range(capacity))
     elapsed, iterations = timed(table.step, seconds)
-    return capacity * iterations / elapsed
-
-
-def graphed_rate(models: ScoringModels, capacity: int, seconds: float = 2.0) -> float:
-    """Frame-steps/s of the full-table step (loss, input gradient, best tracking, Adam)
-    captured once as a CUDA graph and replayed: the launch overhead the engine could save."""
-    table = SlotTable(models, SearchConfig(steps=10 ** 9), capacity, (1, 64, 64), DEVICE)
-    table.admit(torch.rand(capacity, 1, 64, 64) * 2 - 1, random_start(capacity, 20),
-                [10 ** 9] * capacity, range(capacity))
-    cfg = table.cfg
-    z_leaf = table.z.clone().requires_grad_(True)
-
-    def step() -> None:
-        z_leaf.data.copy_(table.z)
-        loss, residual, feature = score_parts(models, table.x, table.fx, z_leaf, cfg.lam)
-        (grad,) = torch.autograd.grad(loss.sum(), z_leaf)
-        with torch.no_grad():
-            table._track_best(capacity, loss.detach(), residual.detach(), feature.detach())
-            table._adam_update(capacity, grad)
-
-    if not DEVICE.startswith("cuda"):
-        raise RuntimeError("CUDA graphs need a CUDA device")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    elapsed, iterations = timed(graph.replay, seconds)
     return capacity * iterations / elapsed
 
 
@@ -309,11 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     for capacity in () if args.skip_engine else (int(c) for c in args.capacities.split(",")):
         for variant in ("fp32", "tf32", "bf16", "cuda_graph_fp32", "cuda_graph_tf32"):
             set_tf32(variant.endswith("tf32"))
-            if variant.startswith("cuda_graph"):
-                fn = lambda c=capacity: graphed_rate(models, c)  # noqa: E731
-            else:
-                dtype = torch.bfloat16 if variant == "bf16" else None
-                fn = lambda c=capacity, d=dtype: engine_rate(models, c, d)  # noqa: E731
+            dtype = torch.bfloat16 if variant == "bf16" else None
+            graphs = variant.startswith("cuda_graph")
+            fn = lambda c=capacity, d=dtype, g=graphs: engine_rate(models, c, d, graphs=g)  # noqa: E731
             attempt(f"{variant}@{capacity}", fn, into=engine)
     set_tf32(False)
     if isinstance(default_bundle, str):

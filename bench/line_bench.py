@@ -9,7 +9,8 @@ Sections, in order, each recorded in DIR/line-bench.json (rewritten after every 
 so a timeout keeps what finished) and DIR/line-bench.md:
 
 1. raw step: ``SlotTable.step`` on a full table at each candidate slot count, fp32 and
-   bf16 (the same measurement ``anogan-serve --max-batch auto`` sizes its slots with);
+   bf16, eager and (on a GPU) replaying CUDA graphs (the same measurement ``anogan-serve
+   --max-batch auto`` sizes its slots with);
 2. engine: the search engine (``SearchEngine``, continuous batching, asyncio hand-back) at
    the slot count the server chooses, on the test digits at the default search budget;
    efficiency = its frame-steps/s ÷ the raw step's at that slot count;
@@ -21,8 +22,9 @@ so a timeout keeps what finished) and DIR/line-bench.md:
    counts the final results received in the measured window (after ``--warmup`` s). The
    frames are the 1,000 bundled MNIST test digits (all ten classes), or with ``--frames
    reference`` the reference task's 300 (7, 8 and 2), cycled; each stream has a
-   connection of its own, so that ``--workers`` servers get them spread (rows -w4: four
-   processes on the port, an engine each; their counters are summed over the workers).
+   connection of its own, so that ``--workers`` servers get them spread (rows -w4 and -w8:
+   four or eight processes on the port, an engine each; their counters are summed over the
+   workers; rows -graphs: ``--cuda-graphs``).
 """
 
 from __future__ import annotations
@@ -62,23 +64,35 @@ def sync(device: torch.device) -> None:
 
 # -- 1-3: without gRPC ----------------------------------------------------------------------
 
+def variants(device: torch.device) -> dict[str, tuple[torch.dtype | None, bool]]:
+    """The search's variants measured without gRPC: each precision, eager steps and (on a
+    GPU) replayed CUDA graphs (`anogan-serve --cuda-graphs`)."""
+    out = {precision: (dtype, False) for precision, dtype in PRECISIONS.items()}
+    if device.type == "cuda":
+        out.update({f"{precision}+graphs": (dtype, True)
+                    for precision, dtype in PRECISIONS.items()})
+    return out
+
+
 def raw_steps(models, cfg, shape, device, candidates) -> dict:
-    """Frame-steps/s of a full table's step per slot count and precision, and the count
-    the server would choose."""
+    """Frame-steps/s of a full table's step per slot count and variant, and the count the
+    server would choose."""
     out = {}
-    for precision, dtype in PRECISIONS.items():
-        chosen, rates = size_slots(models, cfg, shape, device, dtype, candidates, steps=20)
-        out[precision] = {"chosen": chosen, "rates": rates}
-        log(f"raw step {precision}: chosen {chosen}, "
+    for name, (dtype, graphs) in variants(device).items():
+        chosen, rates = size_slots(models, cfg, shape, device, dtype, candidates, steps=20,
+                                   cuda_graphs=graphs)
+        out[name] = {"chosen": chosen, "rates": rates}
+        log(f"raw step {name}: chosen {chosen}, "
             + ", ".join(f"{c}: {r:,.0f}" for c, r in rates.items()))
     return out
 
 
-def engine_rate(models, cfg, x: torch.Tensor, device, slots: int, dtype, steps: int) -> dict:
+def engine_rate(models, cfg, x: torch.Tensor, device, slots: int, dtype, steps: int,
+                graphs: bool = False) -> dict:
     """The engine, at `slots`, on every frame of x at `steps` each (z0 = E(x) at admission)."""
     async def run() -> tuple[float, int]:
         engine = SearchEngine(models, cfg, tuple(x.shape[1:]), slots, device, "bench",
-                              dtype).start()
+                              dtype, graphs).start()
         try:
             warm = [engine.submit(x[i], None, steps).future for i in range(min(slots, len(x)))]
             await asyncio.gather(*warm)
@@ -319,6 +333,7 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
         "errors": sum(o[1] for o in outcomes), "startup_s": round(startup, 1),
         "clients_late_s": round(late, 3),
         "search_slots": model.search_slots, "precision": model.search_precision,
+        "cuda_graphs": model.search_cuda_graphs,
         "fast_path": model.fast_path_backend,
         "mean_search_batch": ((after.search_slot_steps - before.search_slot_steps) / batches
                               if batches else None),
@@ -334,7 +349,10 @@ def serve_and_drive(name: str, module: str, args: argparse.Namespace, mode: str,
 
 SERVE, ECHO = "anogan_inspect.server", "bench.echo_server"
 BF16 = ["--precision", "bf16"]
+GRAPHS = ["--cuda-graphs"]
 W4 = ["--workers", "4"]  # 4 processes on the port (SO_REUSEPORT), an engine each
+# 8 processes: slots given, so that eight do not time their tables at once on one card
+W8 = ["--workers", "8", "--max-batch", "2048"]
 SERVERS = [  # name, module, mode, extra serve arguments, batched (--batch frames a message)
     ("echo", ECHO, "FAST", [], False),
     ("echo", ECHO, "FAST", [], True),
@@ -349,6 +367,14 @@ SERVERS = [  # name, module, mode, extra serve arguments, batched (--batch frame
     ("bf16-w4", SERVE, "CASCADE", BF16 + W4, True),
     ("bf16", SERVE, "SEARCH", BF16, True),
     ("bf16-w4", SERVE, "SEARCH", BF16 + W4, True),
+    ("bf16-graphs", SERVE, "SEARCH", BF16 + GRAPHS, True),
+    ("bf16-graphs-w4", SERVE, "SEARCH", BF16 + GRAPHS + W4, True),
+    ("bf16-graphs-w4", SERVE, "CASCADE", BF16 + GRAPHS + W4, True),
+    ("echo-w8", ECHO, "FAST", W8, True),
+    ("fp32-w8", SERVE, "FAST", W8, True),
+    ("bf16-w8", SERVE, "SEARCH", BF16 + W8, True),
+    ("bf16-graphs-w8", SERVE, "SEARCH", BF16 + GRAPHS + W8, True),
+    ("bf16-graphs-w8", SERVE, "CASCADE", BF16 + GRAPHS + W8, True),
 ]
 
 
@@ -424,14 +450,14 @@ def main(argv: list[str] | None = None) -> int:
         x = to_model_input(data.images, bundle.image_size, bundle.channels)
         x = x.repeat((args.engine_frames + len(x) - 1) // len(x), 1, 1, 1)[:args.engine_frames]
         out = {}
-        for precision, dtype in PRECISIONS.items():
-            slots = report.get("raw", {}).get(precision, {}).get("chosen", 64)
-            row = engine_rate(models, cfg, x, device, slots, dtype, cfg.steps)
-            raw = report.get("raw", {}).get(precision, {}).get("rates", {}).get(slots)
+        for name, (dtype, graphs) in variants(device).items():
+            slots = report.get("raw", {}).get(name, {}).get("chosen", 64)
+            row = engine_rate(models, cfg, x, device, slots, dtype, cfg.steps, graphs)
+            raw = report.get("raw", {}).get(name, {}).get("rates", {}).get(slots)
             row["raw_frame_steps_per_s"] = raw
             row["efficiency_vs_raw"] = row["frame_steps_per_s"] / raw if raw else None
-            out[precision] = row
-            log(f"engine {precision} at {slots} slots: {row['frames_per_s']:,.0f} frames/s, "
+            out[name] = row
+            log(f"engine {name} at {slots} slots: {row['frames_per_s']:,.0f} frames/s, "
                 f"{row['efficiency_vs_raw']}")
         return out
 
