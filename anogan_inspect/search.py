@@ -108,6 +108,7 @@ class SlotResult:
     feature: float
     z: np.ndarray
     steps: int
+    reconstruction: np.ndarray | None = None  # G(z), where the table's `reconstruct` asked
 
 
 class SlotTable:
@@ -121,8 +122,15 @@ class SlotTable:
 
     def __init__(self, models: ScoringModels, cfg: SearchConfig, capacity: int,
                  image_shape: tuple[int, int, int], device: torch.device | str = "cpu",
-                 autocast_dtype: torch.dtype | None = None, cuda_graphs: bool = False):
+                 autocast_dtype: torch.dtype | None = None, cuda_graphs: bool = False,
+                 graph_min_rows: int | None = None,
+                 reconstruct: Callable[[Any], bool] | None = None):
+        """`cuda_graphs` (on a GPU): capture the step as CUDA graphs, one per bucket of rows
+        from the capacity halved down to `graph_min_rows` (GRAPH_MIN_ROWS); a failed
+        capture raises. `reconstruct(tag)`: whether a finished search also comes back with
+        its reconstruction G(z)."""
         self.models, self.cfg, self.capacity = models, cfg, capacity
+        self.reconstruct = reconstruct
         self.device = torch.device(device)
         # Mixed precision for G and f (e.g. torch.bfloat16 on GPUs); z, Adam and the loss
         # sums stay float32, and a finished search is re-scored in float32 (see _pop).
@@ -144,18 +152,15 @@ class SlotTable:
         self.steps_run = np.zeros(capacity, dtype=np.int64)
         self.budget = np.zeros(capacity, dtype=np.int64)
         self.tags: list[Any] = []
-        # Finished searches whose scores are still being copied back (oldest first).
+        # Finished searches whose scores are still being copied back (oldest first), and
+        # how many searches they hold (read from other threads: a count, not the deque).
         self._landing: deque[_Landing] = deque()
+        self._waiting = 0
         # CUDA graphs of the step, by bucket (rows computed); empty: eager steps.
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.graph_buckets: tuple[int, ...] = ()
         if cuda_graphs and self.device.type == "cuda":
-            try:
-                self._capture_graphs()
-            except RuntimeError as err:  # e.g. a program that cannot be captured
-                log.warning("CUDA graphs of the search step not captured on %s (%s): "
-                            "stepping without them", self.device, err)
-                self._graphs, self.graph_buckets = {}, ()
+            self._capture_graphs(graph_min_rows or GRAPH_MIN_ROWS)
 
     @property
     def n(self) -> int:
@@ -169,14 +174,17 @@ class SlotTable:
     @property
     def waiting(self) -> int:
         """Finished searches not yet returned (their scores are on their way to the host)."""
-        return sum(len(landing.tags) for landing in self._landing)
+        return self._waiting
 
     def collect(self, wait: bool = False) -> list[SlotResult]:
         """Finished searches whose scores have reached the host, in the order they finished;
         with `wait`, all of them (waiting for the device). On the CPU nothing waits."""
         results = []
         while self._landing and (wait or self._landing[0].landed()):
-            results.extend(self._landing.popleft().results())
+            # Read before it leaves the queue: if the device fails here, its searches are
+            # still among those in progress (and failed as such).
+            results.extend(self._landing[0].results())
+            self._waiting -= len(self._landing.popleft().tags)
         return results
 
     def landing_tags(self) -> list[Any]:
@@ -186,6 +194,7 @@ class SlotTable:
     def forget_landing(self) -> None:
         """Drop the finished searches not yet returned (their jobs were failed)."""
         self._landing.clear()
+        self._waiting = 0
 
     def admit(self, x: torch.Tensor, z0: torch.Tensor, budgets: Iterable[int],
               tags: Iterable[Any]) -> None:
@@ -254,28 +263,30 @@ class SlotTable:
                 return self._graphs[bucket]
         return None
 
-    def _capture_graphs(self) -> None:
+    def _capture_graphs(self, min_rows: int) -> None:
         """Capture the device's part of a step as one CUDA graph per bucket (the capacity,
-        halved down to GRAPH_MIN_ROWS): a step is then one replay instead of a few hundred
+        halved down to `min_rows`): a step is then one replay instead of a few hundred
         kernel launches from Python. Warmed up on a side stream first, as CUDA graphs need;
-        the buckets share one memory pool (they never run at once). The rows' contents are
-        whatever they hold: no row is active yet."""
+        every bucket is captured on one stream of the table's device (torch's default
+        capture stream belongs to whichever device was current when it was made) and they
+        share one memory pool (they never run at once). The rows' contents are whatever
+        they hold: no row is active yet. Each capture waits for the whole device once."""
         buckets = sorted({self.capacity} | {self.capacity >> k for k in range(1, 16)
-                                            if self.capacity >> k >= GRAPH_MIN_ROWS})
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side), torch.enable_grad():
-            for bucket in buckets:
-                for _ in range(2):
-                    self._advance(bucket)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        pool = torch.cuda.graph_pool_handle()
-        graphs = {}
-        with torch.enable_grad():
+                                            if self.capacity >> k >= min_rows})
+        with torch.cuda.device(self.device), torch.enable_grad():
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for bucket in buckets:
+                    for _ in range(2):
+                        self._advance(bucket)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            pool, graphs = torch.cuda.graph_pool_handle(), {}
             for bucket in reversed(buckets):  # the largest first: it sizes the shared pool
                 graph = torch.cuda.CUDAGraph()
                 # thread_local: other threads (engines, fast paths) keep using the device
-                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                with torch.cuda.graph(graph, pool=pool, stream=side,
+                                      capture_error_mode="thread_local"):
                     self._advance(bucket)
                 graphs[bucket] = graph
         self._graphs, self.graph_buckets = graphs, tuple(buckets)
@@ -320,11 +331,19 @@ class SlotTable:
                                           self.best_feature[rows_t], self.best_z[rows_t])
         else:
             loss, residual, feature, z = self._rescore(rows_t)
-        # One copy back: (score, residual, feature, z...) per row.
+        # One copy back: (score, residual, feature, z...) per row, and G(z) where asked.
         out = torch.cat([torch.stack([loss, residual, feature], 1), z], 1)
-        self._landing.append(_Landing(out.to("cpu", non_blocking=True), _copied(self.device),
-                                      [self.tags[r] for r in rows],
+        tags = [self.tags[r] for r in rows]
+        wanted = [i for i, tag in enumerate(tags) if self.reconstruct and self.reconstruct(tag)]
+        images = None
+        if wanted:
+            with torch.no_grad():
+                images = self.models.generator(z[to_device(wanted, self.device)]).float()
+            images = images.to("cpu", non_blocking=True)
+        self._landing.append(_Landing(out.to("cpu", non_blocking=True), images, wanted,
+                                      _copied(self.device), tags,
                                       self.steps_run[rows].tolist()))
+        self._waiting += len(rows)
         self._compact(set(rows))
 
     @torch.no_grad()
@@ -377,15 +396,18 @@ def _copied(device: torch.device) -> torch.cuda.Event | None:
     if device.type != "cuda":
         return None
     event = torch.cuda.Event()
-    event.record()
+    event.record(torch.cuda.current_stream(device))  # the device's: not the current device's
     return event
 
 
 @dataclass
 class _Landing:
-    """Finished searches' (score, residual, feature, z) rows on their way to the host."""
+    """Finished searches' (score, residual, feature, z) rows on their way to the host, and
+    the reconstructions of those at `wanted` (indices into the rows)."""
 
     rows: torch.Tensor
+    images: torch.Tensor | None
+    wanted: list[int]
     copied: torch.cuda.Event | None
     tags: list[Any]
     steps: list[int]
@@ -397,9 +419,10 @@ class _Landing:
         if self.copied is not None:
             self.copied.synchronize()
         rows = self.rows.numpy()
+        images = dict(zip(self.wanted, self.images.numpy())) if self.wanted else {}
         return [SlotResult(tag, float(row[0]), float(row[1]), float(row[2]), row[3:].copy(),
-                           steps)
-                for tag, row, steps in zip(self.tags, rows, self.steps)]
+                           steps, images.get(i))
+                for i, (tag, row, steps) in enumerate(zip(self.tags, rows, self.steps))]
 
 
 @dataclass

@@ -7,8 +7,9 @@
 #
 # .whl (not committed) holds the wheels the lent machine lacks, for its Python 3.12:
 # grpcio, protobuf, grpcio-health-checking, grpcio-reflection, googleapis-common-protos,
-# pydantic with its dependencies. They go into a folder of their own, first on PYTHONPATH;
-# nothing is installed into the machine's Python. Everything lands in one archive,
+# pydantic with its dependencies. They go into a folder of their own on PYTHONPATH (after
+# the checkout, before the machine's site-packages); nothing is installed into its Python.
+# The machine's own torch (2.11, CUDA) and onnxruntime are used. Everything lands in one archive,
 # $OUT/gpu-session.tar.gz (only 8 files come back), written however the run ends:
 #
 #   results/cuda-engine-check.json   the search on CUDA against the CPU, no host wait in

@@ -120,7 +120,7 @@ class SearchEngine(Worker):
         super().__init__(f"search-{name}")
         self._queue = FairQueue()
         self.table = SlotTable(models, cfg, capacity, image_shape, device, autocast_dtype,
-                               cuda_graphs)
+                               cuda_graphs, reconstruct=_wants_reconstruction)
         self.models, self.device = models, torch.device(device)
         self.stats = EngineStats()
         self._cancel_pending = False
@@ -143,6 +143,8 @@ class SearchEngine(Worker):
 
     def _on_thread_start(self) -> None:
         torch.set_grad_enabled(True)
+        if self.device.type == "cuda":  # this thread's work and streams on its own device
+            torch.cuda.set_device(self.device)
 
     def _busy(self) -> bool:
         return self.table.n > 0 or self.table.waiting > 0
@@ -216,17 +218,14 @@ class SearchEngine(Worker):
     def _finish(self, finished: list[SlotResult]) -> None:
         """Resolve finished searches on their loops (with G(best z) where asked)."""
         now = time.perf_counter()
-        wanted = [r for r in finished if r.tag.want_reconstruction]
-        reconstructions = {}
-        if wanted:
-            with torch.no_grad():
-                z = torch.as_tensor(np.stack([r.z for r in wanted]), device=self.device)
-                images = self.models.generator(z).cpu().numpy()
-            reconstructions = {id(r): image for r, image in zip(wanted, images)}
         self.stats.completed += len(finished)
         resolve_all([r.tag for r in finished], [
             SearchOutcome(r, r.tag.started - r.tag.enqueued, now - r.tag.started,
-                          reconstructions.get(id(r))) for r in finished])
+                          r.reconstruction) for r in finished])
+
+
+def _wants_reconstruction(request: SearchRequest) -> bool:
+    return request.want_reconstruction
 
 
 def size_slots(models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int, ...],
@@ -244,8 +243,9 @@ def size_slots(models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int,
     with torch.enable_grad():
         for capacity in candidates:
             try:
+                # with graphs, the full table's only: it is what is timed
                 table = SlotTable(models, cfg, capacity, image_shape, device, autocast_dtype,
-                                  cuda_graphs)
+                                  cuda_graphs, graph_min_rows=capacity)
                 x = torch.rand(capacity, *image_shape, generator=gen) * 2 - 1
                 z0 = torch.randn(capacity, models.latent_dim, generator=gen)
                 table.admit(x, z0, [1 << 30] * capacity, range(capacity))

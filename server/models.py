@@ -239,8 +239,14 @@ class ServedModel:
             slots, _ = size_slots(models, self.search_config, bundle.image_shape, device,
                                   autocast, cuda_graphs=options.cuda_graphs)
         name = bundle.name if len(self.devices) == 1 else f"{bundle.name}-{index}"
-        engine = SearchEngine(models, self.search_config, bundle.image_shape, slots or 64,
-                              device, name, autocast, options.cuda_graphs)
+        try:
+            engine = SearchEngine(models, self.search_config, bundle.image_shape, slots or 64,
+                                  device, name, autocast, options.cuda_graphs)
+        except RuntimeError as err:  # torch's errors; a CPU engine raises none of these
+            if not (options.cuda_graphs and device.type == "cuda"):
+                raise
+            raise ValueError(f"{device}: the search step's CUDA graphs could not be captured "
+                             f"({err}); serve without --cuda-graphs") from err
         fast = self._fast_path(device, models, name) if bundle.has_encoder else None
         return Lane(device, models, engine, fast)
 

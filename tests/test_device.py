@@ -298,6 +298,41 @@ def test_finished_searches_come_back_once_their_copy_lands(tiny_models, monkeypa
     np.testing.assert_allclose([o.result.score for o in outcomes], expected.score, rtol=1e-6)
 
 
+class FailedCopy:
+    """Stands in for the event of a copy whose device fails before it lands."""
+
+    def query(self) -> bool:
+        return False
+
+    def synchronize(self) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+
+
+def test_a_failed_copy_back_keeps_its_searches_in_progress(tiny_models, monkeypatch):
+    """If the device fails while finished searches are copied back, they stay among the
+    table's searches in progress (so the engine fails their requests instead of leaving
+    them waiting forever); reconstructions asked for come back with their search."""
+    from anogan_inspect import search as search_module
+
+    x = frames(3, seed=2)
+    z0 = tiny_models.encoder(x).detach()
+    table = SlotTable(tiny_models, SearchConfig(steps=2), 3, (1, 16, 16),
+                      reconstruct=lambda tag: tag == "b")
+    table.admit(x, z0, [1, 1, 2], ["a", "b", "c"])
+    done = {r.tag: r for r in table.step()}
+    assert done["a"].reconstruction is None and done["b"].reconstruction.shape == (1, 16, 16)
+    with torch.no_grad():
+        again = tiny_models.generator(torch.as_tensor(done["b"].z)[None])[0].numpy()
+    np.testing.assert_allclose(done["b"].reconstruction, again, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(search_module, "_copied", lambda device: FailedCopy())
+    assert table.step() == [] and table.n == 0  # "c" finishes; its copy has not landed
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        table.collect(wait=True)
+    assert table.landing_tags() == ["c"] and table.waiting == 1
+    table.forget_landing()
+    assert table.waiting == 0 and table.landing_tags() == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_gpu_table_steps_without_waiting_for_the_device(tiny_bundle, tiny_models):
     """On a GPU, admitting, stepping, finishing and refilling slots never makes the host
