@@ -9,14 +9,24 @@ import numpy as np
 import torch
 
 
-def providers_for(device: str) -> list[str]:
-    """CUDA only when asked for and present (asking for it without a GPU logs loud errors)."""
+def providers_for(device: str) -> list:
+    """CUDA only when asked for and present (asking for it without a GPU logs loud errors),
+    on the device named, TF32 off."""
     import onnxruntime as ort
 
     wanted = device.startswith("cuda") and torch.cuda.is_available()
     if wanted and "CUDAExecutionProvider" in ort.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [cuda_provider(device), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def cuda_provider(device: str) -> tuple[str, dict[str, str]]:
+    """ONNX Runtime's CUDA provider for a torch device name ("cuda", "cuda:1"): on that
+    GPU (without device_id every session runs on GPU 0), and without TF32 (on by default
+    on Ampere and later), which rounds float32 convolutions to ~1e-3: the fast path's
+    scores must match the search's within the cascade's margin."""
+    index = torch.device(device).index or 0
+    return "CUDAExecutionProvider", {"device_id": str(index), "use_tf32": "0"}
 
 
 def make_session(model: Path | str | bytes, device: str = "cpu", intra_op_threads: int = 0,

@@ -86,6 +86,17 @@ def test_backend_choice_follows_the_device():
         choose_backend("tensorrt", torch.device("cpu"))
 
 
+def test_onnx_runtimes_cuda_provider_is_asked_for_the_named_gpu_without_tf32():
+    """Where onnxruntime has its CUDA provider (not on this machine), each lane's sessions
+    run on the lane's own GPU with TF32 off; a CPU lane asks for the CPU alone."""
+    from anogan_inspect.onnxrt import cuda_provider, providers_for
+
+    assert cuda_provider("cuda") == ("CUDAExecutionProvider",
+                                     {"device_id": "0", "use_tf32": "0"})
+    assert cuda_provider("cuda:1")[1]["device_id"] == "1"
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+
+
 def test_bf16_search_returns_float32_scores_never_above_the_start(tiny_models):
     models = tiny_models
     cfg = SearchConfig(steps=10, lr=0.05)
