@@ -107,7 +107,7 @@ def header(command: list[str] | None = None) -> dict:
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def rate(fn: Callable[[], int], device: str, min_seconds: float, warmup: int = 2,

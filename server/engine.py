@@ -237,7 +237,8 @@ def size_slots(models: ScoringModels, cfg: SearchConfig, image_shape: tuple[int,
     Returns it with the measured rates (frame-steps/s per slot count), full tables stepped
     as the engine will step them (with `cuda_graphs`: replaying the full table's graph)."""
     device = torch.device(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    # The table's own GPU (a bare synchronize() waits for the current one: GPU 0)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     rates: dict[int, float] = {}
     gen = torch.Generator().manual_seed(0)
     with torch.enable_grad():
