@@ -156,11 +156,22 @@ class SlotTable:
         # how many searches they hold (read from other threads: a count, not the deque).
         self._landing: deque[_Landing] = deque()
         self._waiting = 0
+        # On a GPU, a marker after each step's work: the host queues at most `max_ahead`
+        # steps beyond what the device has done (enough to overlap launches with the
+        # device's work, few enough to keep latency and pinned buffers bounded).
+        self._steps_queued: deque[torch.cuda.Event] = deque()
+        self.max_ahead = MAX_STEPS_AHEAD
         # CUDA graphs of the step, by bucket (rows computed); empty: eager steps.
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.graph_buckets: tuple[int, ...] = ()
         if cuda_graphs and self.device.type == "cuda":
-            self._capture_graphs(graph_min_rows or GRAPH_MIN_ROWS)
+            try:
+                self._capture_graphs(graph_min_rows or GRAPH_MIN_ROWS)
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError as err:
+                raise GraphCaptureError(f"the search step's CUDA graphs could not be "
+                                        f"captured on {self.device}: {err}") from err
 
     @property
     def n(self) -> int:
@@ -179,11 +190,13 @@ class SlotTable:
     def collect(self, wait: bool = False) -> list[SlotResult]:
         """Finished searches whose scores have reached the host, in the order they finished;
         with `wait`, all of them (waiting for the device). On the CPU nothing waits."""
-        results = []
-        while self._landing and (wait or self._landing[0].landed()):
-            # Read before it leaves the queue: if the device fails here, its searches are
-            # still among those in progress (and failed as such).
-            results.extend(self._landing[0].results())
+        ready = 0
+        while ready < len(self._landing) and (wait or self._landing[ready].landed()):
+            ready += 1
+        # Read them all before any leaves the queue: if the device fails on one, every
+        # search of these is still among those in progress (and failed as such).
+        results = [result for i in range(ready) for result in self._landing[i].results()]
+        for _ in range(ready):
             self._waiting -= len(self._landing.popleft().tags)
         return results
 
@@ -237,6 +250,10 @@ class SlotTable:
         if self.cfg.patience > 0:  # the one check that reads the device every step
             done |= (self.since_best[:n] >= self.cfg.patience).cpu().numpy()
         self._pop(np.flatnonzero(done).tolist())
+        if self.device.type == "cuda":
+            self._steps_queued.append(_marker(self.device))
+            if len(self._steps_queued) > self.max_ahead:
+                self._steps_queued.popleft().synchronize()
         return self.collect()
 
     def _advance(self, rows: int) -> None:
@@ -341,7 +358,7 @@ class SlotTable:
                 images = self.models.generator(z[to_device(wanted, self.device)]).float()
             images = images.to("cpu", non_blocking=True)
         self._landing.append(_Landing(out.to("cpu", non_blocking=True), images, wanted,
-                                      _copied(self.device), tags,
+                                      _marker(self.device), tags,
                                       self.steps_run[rows].tolist()))
         self._waiting += len(rows)
         self._compact(set(rows))
@@ -391,8 +408,9 @@ def to_device(values, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def _copied(device: torch.device) -> torch.cuda.Event | None:
-    """An event marking the copies queued so far on a GPU (None on the CPU: already done)."""
+def _marker(device: torch.device) -> torch.cuda.Event | None:
+    """An event marking the work (copies included) queued so far on a GPU (None on the
+    CPU: already done)."""
     if device.type != "cuda":
         return None
     event = torch.cuda.Event()
@@ -493,6 +511,13 @@ def fast_score(models: ScoringModels, x: torch.Tensor, lam: float,
         return np.zeros(0), torch.zeros(0, models.latent_dim)
     return np.concatenate(scores).astype(np.float64), torch.cat(zs)
 
+
+class GraphCaptureError(RuntimeError):
+    """The step could not be captured as a CUDA graph (not for lack of memory)."""
+
+
+# How many steps the host may queue on a GPU beyond those the device has finished.
+MAX_STEPS_AHEAD = 3
 
 # The smallest bucket of rows a CUDA graph of the step is captured for: below it, replaying
 # a graph of this many rows costs about as much as a step of fewer rows.

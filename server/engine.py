@@ -152,6 +152,17 @@ class SearchEngine(Worker):
     def _in_progress(self) -> list[SearchRequest]:
         return list(self.table.tags) + self.table.landing_tags()
 
+    def _fail_remaining(self) -> None:
+        """Stopping: searches already finished (their scores on the way back) are handed
+        back; the rest fail as the worker's jobs do."""
+        try:
+            done = self.table.collect(wait=True)
+        except Exception:  # the device failed: they fail with the rest
+            done = []
+        if done:
+            self._finish(done)
+        super()._fail_remaining()
+
     def _abandon_in_progress(self) -> None:
         self.table.remove(lambda r: True)
         self.table.forget_landing()
@@ -189,7 +200,7 @@ class SearchEngine(Worker):
             if len(missing) == len(requests):
                 return self.models.encoder(x)
             z0 = torch.stack([torch.zeros(self.models.latent_dim) if r.z0 is None
-                              else r.z0.float() for r in requests])
+                              else r.z0.float().cpu() for r in requests])
             z0 = to_device(z0, self.device)
             rows = to_device(missing, self.device)
             z0[rows] = self.models.encoder(x[rows]).float()
@@ -206,7 +217,12 @@ class SearchEngine(Worker):
             self.stats.slot_steps += active
             self.stats.max_batch = max(self.stats.max_batch, active)
         if not self.table.n:
-            finished += self.table.collect(wait=True)
+            try:
+                finished += self.table.collect(wait=True)
+            except Exception as err:  # those read already have left the table: fail them
+                for result in finished:
+                    result.tag.fail(err)
+                raise
         if finished:
             try:
                 self._finish(finished)

@@ -29,7 +29,13 @@ from anogan_inspect.bundle import (
 )
 from anogan_inspect.pictures import residual_maps
 from anogan_inspect.preprocess import to_model_input
-from anogan_inspect.search import CASCADE_MARGIN, ScoringModels, fast_clears, fast_score
+from anogan_inspect.search import (
+    CASCADE_MARGIN,
+    GraphCaptureError,
+    ScoringModels,
+    fast_clears,
+    fast_score,
+)
 from anogan_inspect.server.engine import PRECISIONS, SearchEngine, size_slots
 from anogan_inspect.server.fastpath import (
     FastPath,
@@ -242,11 +248,8 @@ class ServedModel:
         try:
             engine = SearchEngine(models, self.search_config, bundle.image_shape, slots or 64,
                                   device, name, autocast, options.cuda_graphs)
-        except RuntimeError as err:  # torch's errors; a CPU engine raises none of these
-            if not (options.cuda_graphs and device.type == "cuda"):
-                raise
-            raise ValueError(f"{device}: the search step's CUDA graphs could not be captured "
-                             f"({err}); serve without --cuda-graphs") from err
+        except GraphCaptureError as err:
+            raise ValueError(f"{err}; serve without --cuda-graphs") from err
         fast = self._fast_path(device, models, name) if bundle.has_encoder else None
         return Lane(device, models, engine, fast)
 

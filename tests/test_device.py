@@ -274,7 +274,7 @@ def test_finished_searches_come_back_once_their_copy_lands(tiny_models, monkeypa
     x = frames(6, seed=21)
     z0 = tiny_models.encoder(x).detach()
     expected = search(tiny_models, x, z0, cfg, batch_size=3)
-    monkeypatch.setattr(search_module, "_copied", lambda device: LateCopy())
+    monkeypatch.setattr(search_module, "_marker", lambda device: LateCopy())
     table = SlotTable(tiny_models, cfg, 3, (1, 16, 16))
     table.admit(x[:3], z0[:3], [1, 2, 4], ["a", "b", "c"])
     assert table.step() == [] and (table.n, table.waiting, table.free) == (2, 1, 1)
@@ -319,12 +319,21 @@ class FailedCopy:
         raise RuntimeError("CUDA error: an illegal memory access (simulated)")
 
 
-def test_a_failed_copy_back_keeps_its_searches_in_progress(tiny_models, monkeypatch):
-    """If the device fails while finished searches are copied back, they stay among the
-    table's searches in progress (so the engine fails their requests instead of leaving
-    them waiting forever); reconstructions asked for come back with their search."""
-    from anogan_inspect import search as search_module
+class LandsLater:
+    """Stands in for the event of a copy that has landed from the second look on."""
 
+    def __init__(self):
+        self.looked = 0
+
+    def query(self) -> bool:
+        self.looked += 1
+        return self.looked > 1
+
+    def synchronize(self) -> None:
+        pass
+
+
+def test_reconstructions_come_back_with_their_search(tiny_models):
     x = frames(3, seed=2)
     z0 = tiny_models.encoder(x).detach()
     table = SlotTable(tiny_models, SearchConfig(steps=2), 3, (1, 16, 16),
@@ -335,13 +344,46 @@ def test_a_failed_copy_back_keeps_its_searches_in_progress(tiny_models, monkeypa
     with torch.no_grad():
         again = tiny_models.generator(torch.as_tensor(done["b"].z)[None])[0].numpy()
     np.testing.assert_allclose(done["b"].reconstruction, again, rtol=1e-5, atol=1e-6)
-    monkeypatch.setattr(search_module, "_copied", lambda device: FailedCopy())
-    assert table.step() == [] and table.n == 0  # "c" finishes; its copy has not landed
+
+
+def test_a_failed_copy_back_keeps_its_searches_in_progress(tiny_models, monkeypatch):
+    """If the device fails while finished searches are copied back, none of those being
+    read leaves the table's searches in progress (one landing read fine, the next failing),
+    so the engine fails their requests instead of leaving them waiting forever; so are
+    those it had read in the same step."""
+    from anogan_inspect import search as search_module
+    from anogan_inspect.server.engine import SearchEngine
+
+    x = frames(3, seed=2)
+    z0 = tiny_models.encoder(x).detach()
+    monkeypatch.setattr(LateCopy, "landed", False)
+    copies = iter([LateCopy(), FailedCopy()])
+    monkeypatch.setattr(search_module, "_marker", lambda device: next(copies))
+    table = SlotTable(tiny_models, SearchConfig(steps=2), 3, (1, 16, 16))
+    table.admit(x[:2], z0[:2], [1, 2], ["a", "b"])
+    assert table.step() == [] and table.step() == [] and table.n == 0
     with pytest.raises(RuntimeError, match="illegal memory access"):
         table.collect(wait=True)
-    assert table.landing_tags() == ["c"] and table.waiting == 1
+    assert table.landing_tags() == ["a", "b"] and table.waiting == 2
     table.forget_landing()
     assert table.waiting == 0 and table.landing_tags() == []
+
+    async def through_engine():
+        # "a" lands at the second step, as "b" finishes and its copy fails: the engine
+        # has read "a" when the wait for "b" fails, and fails both.
+        engine = SearchEngine(tiny_models, SearchConfig(steps=2), (1, 16, 16), capacity=3)
+        requests = [engine.submit(x[i], z0[i], budget) for i, budget in ((0, 1), (1, 2))]
+        engine.start()
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(r.future for r in requests),
+                                                         return_exceptions=True), 60)
+        finally:
+            engine.stop()
+
+    copies = iter([LandsLater(), FailedCopy()])
+    outcomes = asyncio.run(through_engine())
+    assert [type(o) for o in outcomes] == [RuntimeError, RuntimeError], outcomes
+    assert all("illegal memory access" in str(o) for o in outcomes)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
