@@ -378,6 +378,21 @@ SERVERS = [  # name, module, mode, extra serve arguments, batched (--batch frame
 ]
 
 
+def chosen_servers(names: str | None) -> list[tuple]:
+    """The SERVERS rows named (NAME:MODE or NAME:MODE:1/B, comma-separated), in the order
+    named, so that a run cut short by its time limit has the first ones; all without names."""
+    if not names:
+        return list(SERVERS)
+    order = {key: i for i, key in enumerate(names.split(","))}
+
+    def position(row: tuple) -> int | None:
+        name, _, mode, _, batched = row
+        keys = (f"{name}:{mode}", f"{name}:{mode}:{'B' if batched else 1}")
+        return min((order[k] for k in keys if k in order), default=None)
+
+    return sorted((row for row in SERVERS if position(row) is not None), key=position)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "default")
@@ -393,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=lambda t: tuple(int(c) for c in t.split(",")),
                         default=SLOT_CANDIDATES, help="slot counts for the raw step")
     parser.add_argument("--only", help="comma-separated sections: raw,engine,quality,servers")
-    parser.add_argument("--servers", help="comma-separated NAME:MODE of the servers to run "
-                        "(default: all: " + ",".join(f"{n}:{m}" for n, _, m, _, _ in SERVERS)
+    parser.add_argument("--servers", help="comma-separated NAME:MODE of the servers to run, "
+                        "in that order (default: all: "
+                        + ",".join(f"{n}:{m}" for n, _, m, _, _ in SERVERS)
                         + "; NAME:MODE:1 only the per-frame one, NAME:MODE:B the batched)")
     parser.add_argument("--batch", type=int, default=32,
                         help="frames per message of the batched runs")
@@ -468,12 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         logs = args.out / "logs"
         logs.mkdir(exist_ok=True)
         report["servers"] = []
-        wanted = set(args.servers.split(",")) if args.servers else None
-        for name, module, mode, extra, batched in SERVERS:
+        for name, module, mode, extra, batched in chosen_servers(args.servers):
             batch = args.batch if batched else 1
-            keys = {f"{name}:{mode}", f"{name}:{mode}:{'B' if batched else 1}"}
-            if wanted is not None and not keys & wanted:
-                continue
             section_start = time.perf_counter()
             try:
                 report["servers"].append(serve_and_drive(name, module, args, mode, extra,

@@ -301,3 +301,14 @@ def test_line_bench_drives_the_echo_server_from_client_processes(tmp_path):
         assert row["fast_path"] == "onnxruntime CPUExecutionProvider"
         assert row["search_slots"] == 64
     assert "| echo | 1 | all | FAST | 4 |" in (tmp_path / "line-bench.md").read_text()
+
+
+def test_line_bench_runs_the_servers_named_in_the_order_named():
+    """A lent GPU's time limit cuts the last rows: the most wanted go first."""
+    from bench.line_bench import SERVERS, chosen_servers
+
+    rows = chosen_servers("bf16-graphs-w8:CASCADE:B,echo:FAST:1,fp32:FAST")
+    assert [(name, mode, batched) for name, _, mode, _, batched in rows] == [
+        ("bf16-graphs-w8", "CASCADE", True), ("echo", "FAST", False),
+        ("fp32", "FAST", False), ("fp32", "FAST", True)]
+    assert chosen_servers(None) == SERVERS and chosen_servers("nope:FAST") == []
