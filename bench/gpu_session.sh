@@ -31,7 +31,7 @@ if [ -d .whl ]; then
     > "$results/wheels.log" 2>&1
   export PYTHONPATH="$work/wheels"
 fi
-export PYTHON=python3
+export PYTHON="${PYTHON:-python3}"
 nvidia-smi > "$results/nvidia-smi.txt" 2>&1
 code="${CODE:-unknown}"
 echo "code $code, started $(date -u +%FT%TZ)" | tee "$results/session.log"
