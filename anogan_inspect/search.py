@@ -15,17 +15,17 @@ replaced by a waiting image at the next step (continuous batching). Each slot's 
 depends on its own z alone (eval mode), so a batch gives each image the score it would get
 alone.
 
-On a GPU the table never makes the host wait for the device in a step (without early
-stopping): step counts and budgets are kept on the host, so which slots finish is known
-without reading the device; index tensors go to the device from pinned memory without a
-blocking copy; and finished slots' scores come back by an asynchronous copy, read once
-it has landed (:meth:`SlotTable.collect`). The host then queues the next step while the
-device still runs the last one, instead of the device idling while Python launches it.
+On a GPU a step does not make the host wait for the device (without early stopping):
+step counts and budgets are kept on the host, so which slots finish is known without
+reading the device; index tensors go to the device from pinned memory without a blocking
+copy; and finished slots' scores come back by an asynchronous copy, read once it has
+landed (:meth:`SlotTable.collect`). The host then queues the next step while the device
+still runs the last one, instead of the device idling while Python launches it; it waits
+only when it is MAX_STEPS_AHEAD steps ahead.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -35,8 +35,6 @@ import numpy as np
 import torch
 
 Network = Callable[[torch.Tensor], torch.Tensor]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
