@@ -30,7 +30,7 @@ BUF ?= npx --yes @bufbuild/buf@1.75.0
 .PHONY: install train evaluate demo demo-texture texture-data texture-bundle texture-evaluate \
 	test test-fast clean proto proto-tools proto-check proto-lint proto-baseline serve smoke \
 	bench bench-quick \
-	bench-quality bench-ablation bench-line gpu-check lint
+	bench-quality bench-ablation bench-line gpu-check gpu-wheels lint
 
 install: $(VENV)/.installed
 
@@ -139,6 +139,16 @@ bench-ablation: install
 # On a CUDA machine (see bench/gpu_check.sh); PYTHON may name a Python that has torch.
 gpu-check:
 	PYTHON=$(or $(PYTHON_GPU),$(PY)) bench/gpu_check.sh bench/results/gpu
+
+# The wheels a lent GPU machine lacks (its Python 3.12), into .whl/ (ignored), for the
+# device tool's carry=[".whl"] (bench/gpu_session.sh installs them there).
+GPU_WHEELS = grpcio==1.85.3 protobuf==7.36.2 grpcio-health-checking==1.85.1 \
+	grpcio-reflection==1.85.1 googleapis-common-protos==1.76.0 pydantic==2.14.4 \
+	pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	typing-extensions==4.16.0
+gpu-wheels: install
+	$(VENV)/bin/pip download -q --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 --no-deps -d .whl $(GPU_WHEELS)
 
 # Line-scale serving: the modes over gRPC from many streams in several client processes,
 # beside the gRPC ceiling, the engine and the raw step (bench/line_bench.py); for a GPU.

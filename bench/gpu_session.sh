@@ -5,7 +5,8 @@
 #   run(command="CODE=<git short hash> bash bench/gpu_session.sh", carry=[".whl"],
 #       timeout_s=590)
 #
-# .whl (not committed) holds the wheels the lent machine lacks, for its Python 3.12:
+# .whl (ignored; `make gpu-wheels` downloads it) holds the wheels the lent machine lacks,
+# for its Python 3.12:
 # grpcio, protobuf, grpcio-health-checking, grpcio-reflection, googleapis-common-protos,
 # pydantic with its dependencies. They go into a folder of their own on PYTHONPATH (after
 # the checkout, before the machine's site-packages); nothing is installed into its Python.
