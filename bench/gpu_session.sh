@@ -10,8 +10,8 @@
 # grpcio, protobuf, grpcio-health-checking, grpcio-reflection, googleapis-common-protos,
 # pydantic with its dependencies. They go into a folder of their own on PYTHONPATH (after
 # the checkout, before the machine's site-packages); nothing is installed into its Python.
-# The machine's own torch (2.11, CUDA) and onnxruntime are used. Everything lands in one archive,
-# $OUT/gpu-session.tar.gz (only 8 files come back), written however the run ends:
+# The machine's own torch (2.11, CUDA) and onnxruntime are used. Everything lands in one
+# archive, $OUT/gpu-session.tar.gz (only 8 files come back), written however the run ends:
 #
 #   results/cuda-engine-check.json   the search on CUDA against the CPU, no host wait in
 #                                    a step, CUDA graphs against eager steps
@@ -27,12 +27,12 @@ work="$(mktemp -d)"
 results="$work/results"
 mkdir -p "$out" "$results"
 trap 'tar -czf "$out/gpu-session.tar.gz" -C "$work" results' EXIT
+export PYTHON="${PYTHON:-python3}"
 if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --target "$work/wheels" .whl/*.whl \
+  "$PYTHON" -m pip install -q --no-index --no-deps --target "$work/wheels" .whl/*.whl \
     > "$results/wheels.log" 2>&1
   export PYTHONPATH="$work/wheels"
 fi
-export PYTHON="${PYTHON:-python3}"
 nvidia-smi > "$results/nvidia-smi.txt" 2>&1
 code="${CODE:-unknown}"
 echo "code $code, started $(date -u +%FT%TZ)" | tee "$results/session.log"
