@@ -99,11 +99,15 @@ def protoc(args: list[str]) -> None:
         sys.exit(f"protoc failed: {' '.join(command)}")
 
 
+def descriptor_set(path: Path) -> list[str]:
+    """protoc's flags for the contract's descriptor set: imports and comments included."""
+    return [f"--descriptor_set_out={path}", "--include_imports", "--include_source_info"]
+
+
 def generate_python(out: Path) -> None:
     (out / "anogan" / "v1").mkdir(parents=True, exist_ok=True)
     protoc([f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
-            f"--descriptor_set_out={out / 'anogan' / 'v1' / DESCRIPTOR_SET}",
-            "--include_imports", "--include_source_info"])
+            *descriptor_set(out / "anogan" / "v1" / DESCRIPTOR_SET)])
 
 
 def system_protoc() -> str | None:
@@ -178,8 +182,7 @@ def main() -> int:
     if args.check:
         return check()
     if args.baseline:
-        protoc([f"--descriptor_set_out={BASELINE}", "--include_imports",
-                "--include_source_info"])
+        protoc(descriptor_set(BASELINE))
         print(f"wrote the released contract {BASELINE.relative_to(ROOT)}")
         return 0
     languages = LANGUAGES if args.lang == "all" else args.lang.split(",")

@@ -22,6 +22,7 @@ from anogan_inspect.server.models_dir import ModelsWatcher, load_folder
 from anogan_inspect.server.monitoring import Metrics
 from anogan_inspect.server.reflection import ReflectionServicer
 from anogan_inspect.server.service import InspectionService, ParseErrors
+from anogan_inspect.server.workers import write_port_file
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InspectionService"].full_name
@@ -184,7 +185,7 @@ class InspectionServer:
                         "--auth-token-file (and --tls-cert/--tls-key), or --host localhost",
                         self.config.host, self.port)
         if self.config.port_file:
-            self.config.port_file.write_text(f"{self.port}\n")
+            write_port_file(self.config.port_file, self.port)
         return self
 
     async def drain(self) -> None:

@@ -151,7 +151,6 @@ def encoded_shape(data: bytes) -> tuple[int, int, int]:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-GRAY_MODES = ("1", "L", "LA", "La", "I", "F")
 # JPEG frame markers: SOF0-3, 5-7 Huffman-coded; SOF9-11, 13-15 arithmetic-coded.
 HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}
 ARITHMETIC_SOF = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}

@@ -188,7 +188,7 @@ class _Collector:
         # replaced that open streams still hold (each version's counters are its own).
         # (copies: --models-dir may swap one now, on the event loop). A version rewritten in
         # place (anogan-train calibrate keeps it) stays apart by its manifest's digest.
-        serving = [*list(self.models.items()), *((m.name, m) for m in list(service.retired))]
+        serving = [*self.models.items(), *((m.name, m) for m in list(service.retired))]
         for name, model in serving:
             stats = model.stats()
             labels = [name, model.bundle.version, (model.fingerprint or "")[:12]]

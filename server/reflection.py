@@ -80,27 +80,25 @@ class ReflectionServicer:
             pending.extend(proto.dependency)
         return list(seen.values())
 
+    def find(self, name: str, *lookups):
+        """The first lookup(pool, name) that finds it, our files' pool before the default."""
+        for pool in (self.own, self.pool):
+            for lookup in lookups:
+                try:
+                    return lookup(pool, name)
+                except KeyError:
+                    continue
+        raise KeyError(name)
+
     def file_of_symbol(self, symbol: str) -> str:
         """The file declaring a message, field, enum, value, service or method (the pools
         index no methods: those are found by name)."""
-        for pool in (self.own, self.pool):
-            try:
-                return pool.FindFileContainingSymbol(symbol).name
-            except KeyError:
-                pass
-            try:
-                return pool.FindMethodByName(symbol).containing_service.file.name
-            except KeyError:
-                continue
-        raise KeyError(symbol)
+        return self.find(
+            symbol, lambda pool, s: pool.FindFileContainingSymbol(s).name,
+            lambda pool, s: pool.FindMethodByName(s).containing_service.file.name)
 
     def message(self, name: str):
-        for pool in (self.own, self.pool):
-            try:
-                return pool.FindMessageTypeByName(name)
-            except KeyError:
-                continue
-        raise KeyError(name)
+        return self.find(name, lambda pool, n: pool.FindMessageTypeByName(n))
 
     def answer(self, request: pb.ServerReflectionRequest) -> pb.ServerReflectionResponse:
         response = pb.ServerReflectionResponse(original_request=request)

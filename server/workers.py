@@ -51,6 +51,14 @@ class Worker:
             {"index": self.index, "port": self.port, "port_file": str(self.port_file)})}
 
 
+def write_port_file(path: Path, port: int) -> None:
+    """The port, written whole or not at all, for whoever polls the file (a worker's, for
+    its supervisor; --port-file, for scripts and tests)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(f"{port}\n")
+    os.replace(partial, path)
+
+
 def run_workers(argv: list[str], host: str, port: int, workers: int,
                 port_file: Path | None, module: str = "anogan_inspect.server",
                 start_timeout: float = 600.0) -> int:
@@ -92,10 +100,8 @@ def run_workers(argv: list[str], host: str, port: int, workers: int,
                     return max(_wait(procs), 2)
                 time.sleep(0.1)
             log.info("%d workers listening on %s:%d", workers, host, port)
-            if port_file:  # whole or not at all, for whoever polls it
-                partial = port_file.with_name(f".{port_file.name}.partial")
-                partial.write_text(f"{port}\n")
-                os.replace(partial, port_file)
+            if port_file:
+                write_port_file(port_file, port)
             pid, status = os.wait()  # the first worker to end (on a signal, or on its own)
             for proc in procs:
                 if proc.pid == pid:
