@@ -112,6 +112,15 @@ class Bundle:
         return float(entry["pixel_threshold"]) if entry else None
 
     @property
+    def memory(self) -> dict | None:
+        """A memory bundle's scorer and calibration (anogan_inspect/memory.py), or None."""
+        return self.manifest.get("memory")
+
+    def memory_file(self, kind: str) -> Path:
+        """Path of the memory scorer's 'torch' or 'onnx' program."""
+        return self.path / self.manifest["memory"]["scorer"][kind]
+
+    @property
     def has_encoder(self) -> bool:
         return "encoder" in self.manifest["networks"]
 
@@ -241,6 +250,47 @@ def load_checked_models(bundle: Bundle, device: torch.device | str = "cpu") -> S
     models = load_torch_models(bundle, device)
     check_program_shapes(bundle, models)
     return models
+
+
+def load_memory_scorer(bundle: Bundle, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A memory bundle's scorer program (image → map, score), frozen, on the device; its
+    file's checksum is verify_checksums' to check, its output here (BundleError naming it)."""
+    path = bundle.memory_file("torch")
+    try:
+        scorer = torch.export.load(str(path)).module()
+    except Exception as err:  # a damaged or foreign file
+        raise BundleError(f"{path}: not a loadable memory scorer program ({err})") from err
+    scorer.requires_grad_(False)
+    scorer = scorer.to(device)
+    example = example_input(bundle, "features", batch=1).to(device)
+    example = torch.nn.functional.pad(example, (0, 8, 0, 8), mode="replicate")
+    try:
+        with torch.no_grad():
+            anomaly_map, score = scorer(example)
+    except Exception as err:
+        raise BundleError(f"{path}: the memory scorer does not take a {bundle.channels}-channel "
+                          f"frame: {err}") from err
+    if tuple(anomaly_map.shape) != (1, *example.shape[-2:]) or tuple(score.shape) != (1,):
+        raise BundleError(f"{path}: the memory scorer gives a map {list(anomaly_map.shape)} "
+                          f"and score {list(score.shape)} for a frame {list(example.shape)}")
+    return scorer
+
+
+def check_memory_parity(bundle: Bundle, scorer: torch.nn.Module,
+                        tolerance: float = PARITY_TOLERANCE) -> float:
+    """ONNX Runtime (CPU) vs the torch memory scorer on a random frame; BundleError above
+    tolerance."""
+    from anogan_inspect.onnxrt import make_session, memory_parity_error
+
+    session = make_session(bundle.memory_file("onnx"), "cpu", intra_op_threads=1)
+    example = torch.rand(1, bundle.channels, 40, 48, generator=torch.Generator().manual_seed(0))
+    device = next(iter(scorer.buffers()), torch.zeros(0)).device
+    error = memory_parity_error(session, lambda x: tuple(t.cpu() for t in scorer(x.to(device))),
+                                example * 2 - 1)
+    if error > tolerance:
+        raise BundleError(f"{bundle.path}: the memory scorer's ONNX and torch programs differ "
+                          f"by {error:.2e} (tolerance {tolerance:.0e})")
+    return error
 
 
 def _device(models: ScoringModels) -> torch.device:

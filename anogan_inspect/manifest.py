@@ -95,6 +95,19 @@ class TilingEntry(_Strict):
     pixel_threshold: float = Field(gt=0)
 
 
+class MemoryEntry(_Strict):
+    """A memory bundle's scorer (anogan_inspect/memory.py) and its calibration."""
+
+    extractor: Literal["disc", "pixels", "backbone"]
+    scorer: Network
+    rows: int = Field(gt=0)
+    dim: int = Field(gt=0)
+    stride: int = Field(gt=0)
+    smoothing: float = Field(ge=0)
+    image_threshold: float = Field(gt=0)
+    pixel_threshold: float = Field(gt=0)
+
+
 class Manifest(_Strict):
     format: Literal["anogan-inspect-bundle"]
     format_version: Literal[1]
@@ -109,25 +122,27 @@ class Manifest(_Strict):
     networks: Networks
     files: dict[str, FileEntry]
     tiling: TilingEntry | None = None
+    memory: MemoryEntry | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         for name in NETWORK_NAMES:
             network = getattr(self.networks, name)
-            if network is None:
-                continue
-            for kind, suffix in (("torch", ".pt2"), ("onnx", ".onnx")):
-                file = getattr(network, kind)
-                if file not in self.files:
-                    raise ValueError(f"networks.{name}.{kind}: {file!r} is not among the "
-                                     "checksummed files")
-                if not file.endswith(suffix) or "/" in file or file.startswith("."):
-                    raise ValueError(f"networks.{name}.{kind}: expected a file name ending "
-                                     f"in {suffix} inside the bundle, got {file!r}")
+            if network is not None:
+                self._check_programs(f"networks.{name}", network)
         for steps in self.thresholds or {}:
             if not steps.isdigit() or int(steps) <= 0:
                 raise ValueError(f"thresholds: keys are search budgets (positive step "
                                  f"counts), got {steps!r}")
+        if self.memory is not None:
+            if self.tiling is None:
+                raise ValueError("memory: a memory bundle is a tiled bundle (its GAN learns "
+                                 "tiles); `tiling` is missing")
+            self._check_programs("memory.scorer", self.memory.scorer)
+            if self.memory.pixel_threshold > self.memory.image_threshold:
+                raise ValueError(f"memory.pixel_threshold ({self.memory.pixel_threshold}) is "
+                                 f"above memory.image_threshold "
+                                 f"({self.memory.image_threshold})")
         if self.tiling is not None:
             if self.tiling.patch != self.geometry.height:
                 raise ValueError(f"tiling.patch ({self.tiling.patch}) must equal "
@@ -136,6 +151,18 @@ class Manifest(_Strict):
                 raise ValueError(f"tiling.stride ({self.tiling.stride}) must not exceed "
                                  f"tiling.patch ({self.tiling.patch})")
         return self
+
+
+    def _check_programs(self, field: str, network: Network) -> None:
+        """A network's torch and ONNX files: checksummed, named as their kind, inside."""
+        for kind, suffix in (("torch", ".pt2"), ("onnx", ".onnx")):
+            file = getattr(network, kind)
+            if file not in self.files:
+                raise ValueError(f"{field}.{kind}: {file!r} is not among the checksummed "
+                                 "files")
+            if not file.endswith(suffix) or "/" in file or file.startswith("."):
+                raise ValueError(f"{field}.{kind}: expected a file name ending in {suffix} "
+                                 f"inside the bundle, got {file!r}")
 
 
 def validate_manifest(data: object, path: Path) -> Manifest:

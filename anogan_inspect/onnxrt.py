@@ -57,3 +57,14 @@ def max_parity_error(session, torch_fn: Callable[[torch.Tensor], torch.Tensor],
         torch_out = torch_fn(example).detach().cpu().numpy()
     scale = max(1.0, float(np.abs(torch_out).max()))
     return float(np.abs(ort_out - torch_out).max()) / scale
+
+
+def memory_parity_error(session, scorer: Callable, image: torch.Tensor) -> float:
+    """Largest |ORT − torch| over a memory scorer's map and score, relative to the scores'
+    scale (as max_parity_error is to its output's)."""
+    ort_map, ort_score = session.run(None, {"image": image.cpu().numpy()})
+    with torch.no_grad():
+        torch_map, torch_score = (t.cpu().numpy() for t in scorer(image))
+    scale = max(1.0, float(np.abs(torch_score).max()))
+    return max(float(np.abs(ort_map - torch_map).max()),
+               float(np.abs(ort_score - torch_score).max())) / scale

@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse a model whose fast path, as served, strays from the "
                              "torch scores by the cascade's margin or more (default: serve "
                              "it without CASCADE)")
+    parser.add_argument("--memory-threads", type=COUNT_OR_ZERO,
+                        default=EngineOptions.memory_threads,
+                        help="memory models: ONNX Runtime threads of the memory scorer "
+                             "(0: one per core)")
+    parser.add_argument("--memory-max-batch", type=COUNT,
+                        default=EngineOptions.memory_max_batch,
+                        help="memory models: frames the memory scorer takes at once")
     parser.add_argument("--max-tiles", type=COUNT, default=EngineOptions.max_tiles,
                         help="tiled models: most tiles one frame may be cut into (more: a "
                              "per-frame INVALID_ARGUMENT)")
@@ -208,7 +215,9 @@ def config_from_args(args) -> ServerConfig:
                            ort_threads=args.ort_threads, parity_tolerance=args.parity_tolerance,
                            require_exact_cascade=args.require_exact_cascade,
                            uncalibrated_steps=args.uncalibrated_steps,
-                           max_tiles=args.max_tiles, max_search_steps=args.max_search_steps)
+                           max_tiles=args.max_tiles, max_search_steps=args.max_search_steps,
+                           memory_threads=args.memory_threads,
+                           memory_max_batch=args.memory_max_batch)
     if not args.bundle and not args.models_dir:
         raise ValueError("nothing to serve: pass --bundle PATH or --models-dir DIR")
     return ServerConfig(bundles=args.bundle, host=args.host, port=args.port, engine=engine,

@@ -20,13 +20,16 @@ from anogan_inspect.bundle import (
     PARITY_TOLERANCE,
     Bundle,
     BundleError,
+    check_memory_parity,
     check_parity,
     check_program_shapes,
     check_shapes,
+    load_memory_scorer,
     load_torch_models,
     read_bundle,
     verify_checksums,
 )
+from anogan_inspect.memory import frames_input
 from anogan_inspect.pictures import residual_maps
 from anogan_inspect.preprocess import to_model_input
 from anogan_inspect.search import (
@@ -44,6 +47,7 @@ from anogan_inspect.server.fastpath import (
     TorchFastPath,
     choose_backend,
 )
+from anogan_inspect.server.memorypath import MemoryPath
 from anogan_inspect.server.monitoring import Drift
 from anogan_inspect.tiling import (
     Region,
@@ -93,6 +97,10 @@ class EngineOptions:
     patience: int | None = None
     ort_threads: int = 1  # 1 beat ORT's automatic pool on 2 cores (docs/performance.md)
     max_tiles: int = 65536  # tiled models: most tiles one frame may be cut into
+    # Memory models: frames scored at once by the memory scorer, and its ONNX Runtime
+    # threads (0: one per core; the memory scorer is a memory bundle's main work).
+    memory_max_batch: int = 8
+    memory_threads: int = 0
     max_search_steps: int = 10_000  # most search steps a client may ask for a frame
     parity_tolerance: float = PARITY_TOLERANCE
     # Refuse to start (instead of serving without CASCADE) when the fast path as served
@@ -126,6 +134,26 @@ class Outcome:
     regions: list[Region] | None = None
     tiles: int = 0
     tiles_searched: int = 0
+    # Memory models in MODE_SEARCH: the frame with the tiles under its regions replaced by
+    # G(z) from the latent search, (H, W) or (H, W, C) in [0, 1].
+    reconstruction: np.ndarray | None = None
+
+
+# Memory models in MODE_SEARCH: the most tiles under a failing frame's regions searched.
+MAX_EXPLAINED_TILES = 64
+
+
+@dataclass
+class MemoryFrame:
+    """A frame for a memory model: the scorer's input, and the tiles the latent search
+    may run on under its regions."""
+
+    image: torch.Tensor  # (C, h, w) in [-1, 1], at the tiling's scale
+    frame_size: tuple[int, int]
+
+    @property
+    def scaled_size(self) -> tuple[int, int]:
+        return tuple(self.image.shape[-2:])
 
 
 @dataclass
@@ -211,6 +239,16 @@ class ServedModel:
         self._next_lane = 0
         self.modes = [Mode.FAST, Mode.SEARCH, Mode.CASCADE] if self.fast else [Mode.SEARCH]
         self.default_mode = Mode.CASCADE if self.fast else Mode.SEARCH
+        # A memory model: its scorer decides every verdict (docs/textures.md).
+        self.memory = bundle.memory
+        self.memory_path: MemoryPath | None = None
+        if self.memory is not None:
+            self.memory_path = MemoryPath(bundle, self.device, options.memory_max_batch,
+                                          options.fast_backend, options.memory_threads)
+            self.threshold = self.fast_threshold = float(self.memory["image_threshold"])
+            self.pixel_threshold = float(self.memory["pixel_threshold"])
+            self.thresholds = {self.search_config.steps: self.threshold}
+            self.modes, self.default_mode = [Mode.FAST, Mode.SEARCH, Mode.CASCADE], Mode.CASCADE
         self._random = torch.Generator().manual_seed(options.seed)
         self.score_gap = 0.0  # measured by check_exactness() at load
         self.drift = self._drift_monitors()
@@ -303,7 +341,7 @@ class ServedModel:
         images; the cascade is exact only while it stays under CASCADE_MARGIN. Without it,
         CASCADE is not served (or, with require_exact_cascade, the model is refused)."""
         self.score_gap = 0.0
-        if self.fast is None:
+        if self.fast is None or self.memory is not None:  # a memory model: no cascade gap
             return self.score_gap
         gen = torch.Generator().manual_seed(self.options.seed)
         x = torch.rand(samples, *self.bundle.image_shape, generator=gen) * 2 - 1
@@ -330,6 +368,8 @@ class ServedModel:
             lane.engine.start()
             if lane.fast:
                 lane.fast.start()
+        if self.memory_path:
+            self.memory_path.start()
         return self
 
     def stop(self) -> None:
@@ -337,6 +377,8 @@ class ServedModel:
             lane.engine.stop()
             if lane.fast:
                 lane.fast.stop()
+        if self.memory_path:
+            self.memory_path.stop()
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor | TiledFrame:
         """(C, H, W) in [0, 1], any size → the model's (C, S, S) in [-1, 1], or, for a
@@ -348,6 +390,10 @@ class ServedModel:
             raise ValueError(f"a {image.shape[-2]}×{image.shape[-1]} frame is {tiles} tiles of "
                              f"{self.tiling.patch}×{self.tiling.patch}; the limit is "
                              f"{self.options.max_tiles} (--max-tiles)")
+        if self.memory is not None:
+            return MemoryFrame(frames_input(image[None], self.tiling.scale,
+                                            self.bundle.channels)[0],
+                               tuple(image.shape[-2:]))
         scaled = scale_frame(torch.as_tensor(image, dtype=torch.float32), self.tiling)
         tiles, origins = cut_tiles(scaled, self.tiling)
         return TiledFrame(to_model_input(tiles, self.tiling.patch, self.bundle.channels),
@@ -391,6 +437,8 @@ class ServedModel:
         # The calibrated budget whose threshold judges this frame (0: the fast path's own).
         judged_steps = self._budget(steps) if mode is not Mode.FAST else 0
         threshold = self.thresholds[judged_steps] if judged_steps else self.threshold
+        if isinstance(x, MemoryFrame):
+            return await self._inspect_memory(x, mode, steps, want_reconstruction, owner)
         if isinstance(x, TiledFrame):
             return await self._inspect_tiles(x, mode, steps, threshold, judged_steps,
                                              want_reconstruction, on_provisional, owner)
@@ -485,6 +533,87 @@ class ServedModel:
                                          arrived, fast_seconds, threshold=threshold,
                                          judged_steps=judged_steps)
 
+    async def _inspect_memory(self, frame: MemoryFrame, mode: Mode, steps: int, want_map: bool,
+                              owner=None) -> Outcome:
+        """The memory scorer decides the verdict in every mode: FAIL when the frame score
+        (the maximum of its map) is above the image threshold. With the map asked for, the
+        map at the frame's size and its regions come back; in MODE_SEARCH a failing frame's
+        regions also get the latent search on the tiles under them, and the result carries
+        G(z) pasted into the frame there: what the part should look like."""
+        arrived = time.perf_counter()
+        scored = await self.memory_path.submit(frame.image.numpy())
+        threshold = self.threshold
+        fail = scored.score > threshold
+        outcome = Outcome(True, Stage.FAST, mode, scored.score, 0.0, scored.score, 0, fail,
+                          max(0.0, time.perf_counter() - arrived - scored.seconds),
+                          scored.seconds, threshold=threshold)
+        if not want_map:
+            return outcome
+        anomaly_map, regions = await asyncio.to_thread(self._memory_regions, frame,
+                                                       scored.anomaly_map)
+        outcome = dataclasses.replace(outcome, anomaly_map=anomaly_map, regions=regions)
+        if mode is not Mode.SEARCH or not fail or not regions:
+            return outcome
+        return await self._explain_regions(frame, outcome, steps, owner)
+
+    def _memory_regions(self, frame: MemoryFrame, anomaly_map: np.ndarray
+                        ) -> tuple[np.ndarray, list[Region]]:
+        anomaly_map = resize_map(anomaly_map, frame.frame_size)
+        return anomaly_map, find_regions(anomaly_map, self.pixel_threshold)
+
+    async def _explain_regions(self, frame: MemoryFrame, outcome: Outcome, steps: int,
+                               owner) -> Outcome:
+        """The latent search on the tiles under the regions (at most MAX_EXPLAINED_TILES,
+        the highest peaks' first), from E(tile); G(z) pasted over the frame there."""
+        started = time.perf_counter()
+        lane = self._pick_lane()
+        tiles, origins = cut_tiles(frame.image, self.tiling)
+        (h, w), (height, width) = frame.scaled_size, frame.frame_size
+        p = self.tiling.patch
+        chosen: list[int] = []
+        for region in outcome.regions:
+            top, left = region.top * h / height, region.left * w / width
+            bottom = (region.top + region.height) * h / height
+            right = (region.left + region.width) * w / width
+            chosen += [i for i, (row, col) in enumerate(origins) if i not in chosen
+                       and row < bottom and row + p > top and col < right and col + p > left]
+        chosen = chosen[:MAX_EXPLAINED_TILES]
+        z0 = [None] * len(chosen)
+        if lane.fast is not None:
+            fast = await asyncio.gather(*(lane.fast.submit(tiles[i].numpy()) for i in chosen))
+            z0 = [torch.as_tensor(f.z0) for f in fast]
+        requests = [lane.engine.submit(tiles[i], z, steps, True, owner)
+                    for i, z in zip(chosen, z0)]
+        try:
+            searched = await asyncio.gather(*(r.future for r in requests))
+        except BaseException:
+            for request in requests:
+                lane.engine.cancel(request)
+            raise
+        reconstruction = await asyncio.to_thread(
+            self._paste, frame, [origins[i] for i in chosen],
+            [done.reconstruction for done in searched])
+        return dataclasses.replace(
+            outcome, stage=Stage.SEARCH, reconstruction=reconstruction,
+            steps=max(done.result.steps for done in searched), tiles=len(origins),
+            tiles_searched=len(chosen),
+            compute_seconds=outcome.compute_seconds + time.perf_counter() - started)
+
+    def _paste(self, frame: MemoryFrame, origins: list[tuple[int, int]],
+               reconstructions: list[np.ndarray]) -> np.ndarray:
+        """The frame in [0, 1] with the searched tiles' G(z) pasted (overlaps averaged), at
+        the frame's own size: (H, W), or (H, W, C) for colour."""
+        image = ((frame.image.numpy() + 1) / 2).astype(np.float64)
+        total, count = np.zeros_like(image), np.zeros(image.shape[-2:])
+        p = self.tiling.patch
+        for (top, left), tile in zip(origins, reconstructions):
+            total[:, top:top + p, left:left + p] += (np.asarray(tile) + 1) / 2
+            count[top:top + p, left:left + p] += 1
+        pasted = np.where(count > 0, total / np.maximum(count, 1), image).clip(0, 1)
+        channels = [resize_map(c.astype(np.float32), frame.frame_size) for c in pasted]
+        out = np.stack(channels, -1).clip(0, 1)
+        return out[..., 0] if out.shape[-1] == 1 else out
+
     def search_threshold(self, steps: int) -> float:
         """The threshold calibrated for this search budget (see _budget)."""
         return self.thresholds[self._budget(steps)]
@@ -563,6 +692,8 @@ class ServedModel:
             "fast_batches": sum(f.batches for f in fasts),
             "fast_frames": sum(f.frames for f in fasts),
             "max_fast_batch": max((f.max_batch for f in fasts), default=0),
+            "memory_batches": self.memory_path.stats.batches if self.memory_path else 0,
+            "memory_frames": self.memory_path.stats.frames if self.memory_path else 0,
         }
 
 
@@ -605,6 +736,9 @@ def load_model(path: Path, options: EngineOptions, name: str | None = None) -> S
     model = ServedModel(bundle, options)
     check_program_shapes(bundle, model.models)
     errors = check_parity(bundle, model.models, options.parity_tolerance)
+    if model.memory_path is not None:
+        program = model.memory_path.program or load_memory_scorer(bundle)
+        errors["memory"] = check_memory_parity(bundle, program, options.parity_tolerance)
     model.check_exactness()
     log.info("loaded model %s version %s from %s on %s (modes %s; parity %s; fast path %s; "
              "search %s, %d slots%s)", model.name, bundle.version, path, model.device_text,

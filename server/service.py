@@ -572,7 +572,8 @@ class Exhausted(Exception):
 
 def _input_bytes(x) -> int:
     """Bytes a preprocessed frame holds: its model input, or a tiled frame's tiles."""
-    tensor = getattr(x, "tiles", x)
+    tensor = getattr(x, "tiles", None)
+    tensor = getattr(x, "image", x) if tensor is None else tensor
     return tensor.nelement() * tensor.element_size()
 
 
@@ -629,6 +630,9 @@ def anomaly_map_message(outcome: Outcome, model: ServedModel, encoding: int) -> 
         scale = float(max(values.max(), 1e-6))
         message.png = encode_png((values / scale * 255 + 0.5).clip(0, 255).astype(np.uint8))
         message.png_scale = scale
+    if outcome.reconstruction is not None:
+        message.reconstruction_png = encode_png(
+            (outcome.reconstruction * 255 + 0.5).clip(0, 255).astype(np.uint8))
     return message
 
 
@@ -651,6 +655,12 @@ def model_message(model: ServedModel) -> pb.Model:
         fast_path_backend=model.fast.backend if model.fast else "",
         search_precision=model.precision, search_slots=model.slots,
         search_cuda_graphs=model.cuda_graphs)
+    if model.memory is not None:
+        memory = model.memory
+        message.memory.CopyFrom(pb.MemoryScorer(
+            extractor=memory["extractor"], rows=memory["rows"], dim=memory["dim"],
+            stride=memory["stride"], backend=model.memory_path.backend))
+        message.fast_path_backend = model.memory_path.backend
     if model.tiling is not None:
         tiling = model.tiling
         message.tiling.CopyFrom(pb.Tiling(

@@ -103,12 +103,30 @@ def tiny_tiled_bundle(tmp_path_factory, texture_data) -> Path:
     return out
 
 
+def train_tiny_memory(out: Path, data: Path, *extra: str) -> Path:
+    """A tiny memory bundle on the texture frames: one GAN epoch of 2,000 sampled tiles,
+    the discriminator's two blocks, a 400-row coreset."""
+    code = train_main(["train", "--data", str(data), "--preset", "tiny", "--patch-size", "16",
+                       "--stride", "8", "--epochs", "1", "--encoder-epochs", "1",
+                       "--samples-per-epoch", "2000", "--steps", str(TINY_STEPS),
+                       "--memory", "disc", "--memory-size", "400", "--holdout", "0.25",
+                       "--out", str(out), "--run-dir", str(out.parent / f"run-{out.name}"),
+                       "--device", "cpu", *extra])
+    assert code == 0
+    return out
+
+
 @pytest.fixture(scope="session")
-def server(tiny_bundle, tiny_bundle_no_encoder, tiny_tiled_bundle):
+def tiny_memory_bundle(tmp_path_factory, texture_data) -> Path:
+    return train_tiny_memory(tmp_path_factory.mktemp("bundles") / "mem", texture_data)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_bundle, tiny_bundle_no_encoder, tiny_tiled_bundle, tiny_memory_bundle):
     """One in-process server for the session: 'tiny' (default, with encoder), 'noenc'
-    (without) and 'tex' (tiled)."""
+    (without), 'tex' (tiled) and 'mem' (a memory bundle)."""
     running = InProcessServer([f"tiny={tiny_bundle}", f"noenc={tiny_bundle_no_encoder}",
-                               f"tex={tiny_tiled_bundle}"],
+                               f"tex={tiny_tiled_bundle}", f"mem={tiny_memory_bundle}"],
                               # Tests hold slots with long searches, beyond the
                               # calibrated budgets: judged by the nearest one's threshold.
                               EngineOptions(device="cpu", max_batch=32,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -29,14 +30,17 @@ from anogan_inspect.datasets import (
     normal_subset,
 )
 from anogan_inspect.help_format import HelpFormatter
+from anogan_inspect.memory import EXTRACTORS, SAMPLERS, MemoryConfig
 from anogan_inspect.metrics import confusion_table, save_roc_plot
 from anogan_inspect.networks import NORMS, PRESETS, FeatureExtractor, ModelConfig
 from anogan_inspect.preprocess import to_model_input
 from anogan_inspect.search import ScoringModels, SearchConfig, fast_score
 from anogan_inspect.tiling import AGGREGATES, Tiling
 from anogan_inspect.trainer.distributed import Distributed
+from anogan_inspect.trainer.evaluate_memory import BASELINES, evaluate_memory, print_memory_report
 from anogan_inspect.trainer.evaluate_tiles import evaluate_tiled, print_tiled_report
 from anogan_inspect.trainer.export import ExportError, export_bundle
+from anogan_inspect.trainer.memory_bundle import build_memory, load_backbone
 from anogan_inspect.trainer.score import MODES as SCORE_MODES
 from anogan_inspect.trainer.score import __doc__ as SCORE_DOC
 from anogan_inspect.trainer.score import run_score
@@ -73,6 +77,20 @@ def parse_labels(text: str | None) -> list[int] | None:
     except ValueError as err:
         raise argparse.ArgumentTypeError(
             f"labels must be integers separated by commas: {text!r}") from err
+
+
+def parse_names(choices: tuple[str, ...]):
+    """An argparse type: 'a,b' → ['a', 'b'], each one of `choices` ('none': [])."""
+    def parse(text: str) -> list[str]:
+        names = [part.strip() for part in text.split(",") if part.strip()]
+        if names == ["none"]:
+            return []
+        unknown = [n for n in names if n not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(unknown)} (choose from {', '.join(choices)}, or none)")
+        return names
+    return parse
 
 
 def default_device() -> str:
@@ -153,6 +171,40 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--pixel-quantile", type=float, default=0.999,
                        help="regions: the anomaly-map threshold is this quantile of the "
                             "held-out normal frames' map values")
+    train.add_argument("--samples-per-epoch", type=int, default=0,
+                       help="tiles (or images) drawn at random for each GAN and encoder "
+                            "epoch (default: 0, all of them)")
+    memory = train.add_argument_group(
+        "memory", "texture-grade detection (needs --patch-size): score every location of a "
+                  "frame by its distance to a memory of normal features; the memory score "
+                  "decides the verdict, the GAN trained on tiles supplies the features "
+                  "(disc) and what a region should look like (docs/textures.md)")
+    memory.add_argument("--memory", choices=EXTRACTORS,
+                        help="build a memory with this extractor: disc (the discriminator's "
+                             "trunk), pixels (raw patches, the baseline), backbone (--backbone)")
+    memory.add_argument("--layers", type=parse_labels, default=list(MemoryConfig.layers),
+                        help="disc: trunk blocks whose features are joined, 0 = the first "
+                             f"(default: {','.join(map(str, MemoryConfig.layers))})")
+    memory.add_argument("--neighbourhood", type=int, default=MemoryConfig.aggregate,
+                        help="features averaged over k×k neighbours (1: none)")
+    memory.add_argument("--memory-size", type=int, default=MemoryConfig.size,
+                        help="rows kept in the memory")
+    memory.add_argument("--memory-sampler", choices=SAMPLERS, default=MemoryConfig.sampler,
+                        help="coreset (greedy k-center, PatchCore's) or random")
+    memory.add_argument("--augment", action="store_true",
+                        help="build the memory from the frames and a photometric copy of them "
+                             "(gain, offset, lighting gradient), as a line varies")
+    memory.add_argument("--map-smoothing", type=float, default=MemoryConfig.smoothing,
+                        help="Gaussian σ of the memory's anomaly map, frame pixels")
+    memory.add_argument("--pixel-patch", type=int, default=MemoryConfig.patch,
+                        help="pixels: patch side")
+    memory.add_argument("--pixel-step", type=int, default=MemoryConfig.step,
+                        help="pixels: pixels between patches")
+    memory.add_argument("--standardize-patches", action="store_true",
+                        help="pixels: remove each patch's mean and contrast")
+    memory.add_argument("--backbone", type=Path,
+                        help="backbone: a torch.export program (.pt2) of a pretrained network, "
+                             "image batch → feature map; nothing is downloaded")
     train.add_argument("--calibrate-steps", type=parse_labels, default=CALIBRATED_BUDGETS,
                        help="search budgets to calibrate a threshold for, besides --steps "
                             "(whole-frame bundles; a server refuses other budgets unless "
@@ -177,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--start", choices=("encoder", "random"),
                           help="search start (default: encoder when the bundle has one)")
     evaluate.add_argument("--out", type=Path, help="report directory (default: reports/<name>)")
+    evaluate.add_argument("--baselines", type=parse_names(BASELINES),
+                          default=["pixels", "latent-fast"],
+                          help="memory bundles: methods scored beside the memory, of "
+                               f"{', '.join(BASELINES)} (default: pixels,latent-fast; "
+                               "latent-search takes minutes); 'none' for none")
+    evaluate.add_argument("--train-data", type=Path,
+                          help="memory bundles: the training frames the pixels baseline is "
+                               "built from (default: the manifest's training data)")
     _add_search_options(evaluate, calibrating=False)
     _add_run_options(evaluate)
 
@@ -264,13 +324,35 @@ def train_config(args) -> TrainConfig:
     recalibration = 0 if args.no_bn_recalibration else TrainConfig.bn_recalibration_batches
     return TrainConfig(**values, lr_g=args.lr_g, lr_d=args.lr_d, seed=args.seed,
                        gan_loss=args.gan_loss, critic_steps=args.critic_steps,
-                       bn_recalibration_batches=recalibration)
+                       bn_recalibration_batches=recalibration,
+                       samples_per_epoch=args.samples_per_epoch)
+
+
+def memory_config(args) -> MemoryConfig | None:
+    """The memory asked for (--memory), or None."""
+    if not args.memory:
+        return None
+    if not args.patch_size:
+        raise ValueError("--memory needs --patch-size: the GAN of a memory bundle learns tiles")
+    if args.memory == "backbone" and not args.backbone:
+        raise ValueError("--memory backbone needs --backbone FILE.pt2")
+    if args.backbone and args.memory != "backbone":
+        raise ValueError("--backbone is used by --memory backbone only")
+    return MemoryConfig(extractor=args.memory, layers=tuple(args.layers),
+                        aggregate=args.neighbourhood, patch=args.pixel_patch,
+                        step=args.pixel_step, standardize=args.standardize_patches,
+                        size=args.memory_size, sampler=args.memory_sampler,
+                        smoothing=args.map_smoothing, augment=args.augment)
 
 
 def run_train(args) -> int:
     name = args.name or args.out.name
     run_dir = args.run_dir or Path("runs") / name
     model, cfg, tiling = model_config(args), train_config(args), tiling_config(args)
+    memory_cfg = memory_config(args)
+    backbone = load_backbone(args.backbone) if memory_cfg and args.backbone else None
+    if memory_cfg and args.target_fpr is None:
+        args.target_fpr = 0.01  # a memory bundle's default: 1 % of normal frames fail
     quantile = 1.0 - args.target_fpr if args.target_fpr is not None else args.quantile
     search_cfg = search_config(args, SearchConfig())
     device = torch.device(args.device)
@@ -288,14 +370,14 @@ def run_train(args) -> int:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
         trainer.load_checkpoint(checkpoint)
-    started = time.time()
+    started = trainer.started = time.time()
     trainer.train_gan(train_x)
     nets = trainer.nets
     networks = {"generator": nets.generator, "features": FeatureExtractor(nets.discriminator)}
     if cfg.encoder_epochs > 0:
         trainer.train_encoder(train_x)
         networks["encoder"] = nets.encoder
-    train_seconds = time.time() - started
+    train_seconds = trainer.seconds_before + time.time() - started
     if job:  # rank 0 goes on alone: calibration and the bundle
         job.close()
         if not job.main:
@@ -305,7 +387,30 @@ def run_train(args) -> int:
                            networks.get("encoder")).prepare()
     start = "encoder" if models.encoder is not None else "random"
     extra: dict = {}
-    if tiling:
+    built = None
+    if memory_cfg:
+        # The memory decides the verdict: no tile searches to calibrate.
+        memory_started = time.time()
+        trunk = copy.deepcopy(nets.discriminator.features).cpu().eval()
+        built = build_memory(memory_cfg, data.images[train_idx], data.images[holdout_idx],
+                             tiling, model.channels, args.target_fpr, args.pixel_quantile,
+                             trunk=trunk, backbone=backbone, seed=args.seed)
+        train_seconds += time.time() - memory_started
+        memory_entry = built.manifest
+        threshold = {"value": memory_entry["image_threshold"], "judged_by": "memory",
+                     "quantile": quantile, "target_fpr": args.target_fpr,
+                     "heldout_fpr": memory_entry["calibration"]["heldout_fail_share"],
+                     "frames": len(holdout_idx)}
+        extra["memory"] = memory_entry
+        extra["tiling"] = {**tiling.to_dict(), "pixel_threshold": memory_entry["pixel_threshold"],
+                           "pixel_quantile": args.pixel_quantile}
+        heldout_z = fast_score(models, heldout_x[:4096].to(device), search_cfg.lam)[1].numpy() \
+            if models.encoder is not None else None
+        log.info("memory: %d rows of %d (%s, %s), image threshold %.4f, pixel threshold %.4f",
+                 memory_entry["rows"], memory_entry["dim"], memory_cfg.extractor,
+                 memory_cfg.sampler, memory_entry["image_threshold"],
+                 memory_entry["pixel_threshold"])
+    elif tiling:
         heldout_frames = data.images[holdout_idx]
         tiled = score_frames(models, heldout_frames, tiling, search_cfg, device,
                              batch_size=args.search_batch, desc="calibration tiles")
@@ -330,8 +435,16 @@ def run_train(args) -> int:
     threshold.update(steps=search_cfg.steps, start=start)
     log.info("threshold %.2f at quantile %.3f of %d held-out %s scores", threshold["value"],
              quantile, len(holdout_idx), "frame" if tiling else "image")
-    fit = fit_report(models, train_x, heldout_x, heldout_z, trainer.history, device)
-    _say_fit(fit, args.require_fit)
+    if built is not None and heldout_z is None:  # no encoder: nothing to judge G's fit by
+        fit = {"learned": None, "reason": "no encoder"}
+    else:
+        fit_x = heldout_x[:len(heldout_z)]
+        fit = fit_report(models, train_x, fit_x, heldout_z, trainer.history, device)
+        if built is None or args.require_fit:
+            _say_fit(fit, args.require_fit)
+        else:  # a memory bundle's verdicts do not rest on G; its regions' G(z) do
+            log.info("fit: G reproduces held-out tiles at %.3f of the mean tile's error",
+                     fit["reconstruction_vs_mean_image"])
 
     created = datetime.now(timezone.utc)
     fields = {
@@ -347,7 +460,8 @@ def run_train(args) -> int:
                                           train_seconds), "fit": fit},
         **extra,
     }
-    export_bundle(args.out, model, networks, fields)
+    export_bundle(args.out, model, networks, fields,
+                  memory_scorer=built.scorer if built is not None else None)
     print(f"bundle: {args.out} (threshold {threshold['value']:.2f}, "
           f"trained in {train_seconds:.0f} s; samples in {run_dir / 'samples'})")
     return 0
@@ -427,6 +541,7 @@ def _training_metadata(args, data: ImageSet, train_idx, holdout_idx, cfg: TrainC
     return {
         "data": str(args.data),
         "normal_labels": args.normal_labels,
+        "holdout": args.holdout,
         "images": {"train": int(len(train_idx)), "heldout": int(len(holdout_idx))},
         "config": dataclasses.asdict(cfg),
         "seed": args.seed,
@@ -452,6 +567,11 @@ def run_evaluate(args) -> int:
         raise DatasetError(f"{args.data}: evaluation needs labels "
                            "(--normal-labels/--anomaly-labels for CSV, test/ folders for MVTec)")
     out = args.out or Path("reports") / bundle.name
+    if bundle.memory is not None:
+        report = evaluate_memory(bundle, models, cfg, data, args.data, out, device,
+                                 args.search_batch, args.baselines, args.train_data)
+        print_memory_report(report, out)
+        return 0
     if bundle.tiling is not None:
         _threshold_steps(bundle, cfg, start)  # warns before the search
         report = evaluate_tiled(bundle, models, cfg, data, args.data, out, device,

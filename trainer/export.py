@@ -31,7 +31,7 @@ from anogan_inspect.bundle import (
     sha256_file,
 )
 from anogan_inspect.networks import ModelConfig
-from anogan_inspect.onnxrt import make_session, max_parity_error
+from anogan_inspect.onnxrt import make_session, max_parity_error, memory_parity_error
 from anogan_inspect.preprocess import NORMALIZATION
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,14 @@ def export_onnx(module: nn.Module, example: torch.Tensor, names: tuple[str, str]
 
 
 def export_bundle(out_dir: Path, model: ModelConfig, networks: dict[str, nn.Module],
-                  manifest_fields: dict, tolerance: float = PARITY_TOLERANCE) -> Path:
+                  manifest_fields: dict, tolerance: float = PARITY_TOLERANCE,
+                  memory_scorer: nn.Module | None = None) -> Path:
     """Export networks ('generator', 'features', optionally 'encoder') into a new bundle.
 
     ``manifest_fields`` carries name, version, search defaults, threshold and training
-    metadata. Raises ExportError (leaving nothing) when a parity check fails.
+    metadata (and ``memory``, for a memory bundle, whose scorer is exported as
+    memory.pt2 and memory.onnx). Raises ExportError (leaving nothing) when a parity check
+    fails.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +87,12 @@ def export_bundle(out_dir: Path, model: ModelConfig, networks: dict[str, nn.Modu
             cpu_module = copy.deepcopy(module).cpu().eval()
             entries[name], parity[name] = _export_network(tmp, name, cpu_module, model,
                                                           tolerance)
+        if memory_scorer is not None:
+            manifest_fields = dict(manifest_fields)
+            manifest_fields["memory"] = {
+                **manifest_fields["memory"],
+                "scorer": export_memory_scorer(tmp, memory_scorer, model.channels, tolerance)}
+            parity["memory"] = manifest_fields["memory"]["scorer"]["parity_error"]
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -122,6 +131,42 @@ def _export_network(tmp: Path, name: str, module: nn.Module, model: ModelConfig,
     entry = {"torch": f"{name}.pt2", "onnx": f"{name}.onnx",
              "inputs": [names[0]], "outputs": [names[1]]}
     return entry, error
+
+
+MEMORY_INPUT_MIN = 16  # the smallest frame side a memory scorer is exported for
+
+
+def export_memory_scorer(tmp: Path, scorer: nn.Module, channels: int, tolerance: float
+                         ) -> dict:
+    """The memory scorer (image → map, score) as a torch.export program and ONNX (the
+    memory an initializer), batch, height and width dynamic; ONNX Runtime checked against
+    torch on a frame of another size than the one exported with."""
+    import onnx
+
+    scorer = copy.deepcopy(scorer).cpu().eval()
+    dims = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH),
+            2: torch.export.Dim("height", min=MEMORY_INPUT_MIN, max=8192),
+            3: torch.export.Dim("width", min=MEMORY_INPUT_MIN, max=8192)}
+    gen = torch.Generator().manual_seed(0)
+    example = torch.rand(2, channels, 64, 80, generator=gen) * 2 - 1
+    program = torch.export.export(scorer, (example,), dynamic_shapes=(dims,))
+    torch.export.save(program, str(tmp / "memory.pt2"))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(scorer, (example,), str(tmp / "memory.onnx"),
+                          input_names=["image"], output_names=["map", "score"],
+                          dynamic_shapes=(dims,), dynamo=True, external_data=False,
+                          verbose=False)
+    onnx.checker.check_model(onnx.load(str(tmp / "memory.onnx")), full_check=True)
+    check = torch.rand(3, channels, 72, 56, generator=gen) * 2 - 1
+    error = memory_parity_error(make_session(tmp / "memory.onnx", "cpu", intra_op_threads=1),
+                                scorer, check)
+    if error > tolerance:
+        raise ExportError(f"memory scorer: ONNX Runtime and torch differ by {error:.2e} "
+                          f"(tolerance {tolerance:.0e})")
+    return {"torch": "memory.pt2", "onnx": "memory.onnx", "inputs": ["image"],
+            "outputs": ["map", "score"], "parity_error": error}
 
 
 class _Shape:

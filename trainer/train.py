@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +46,10 @@ class TrainConfig:
     gan_loss: str = "bce"
     gp_weight: float = 10.0
     critic_steps: int = 5
+    # Tiles (or images) drawn at random for each epoch, GAN and encoder alike; 0: all of
+    # them. A 192×192 frame is hundreds of overlapping tiles: an epoch of a sample of them
+    # trains a memory bundle's discriminator in minutes (docs/textures.md).
+    samples_per_epoch: int = 0
 
 
 GAN_LOSSES = ("bce", "wgan-gp")
@@ -94,6 +99,8 @@ class Trainer:
         self.gan_epoch = 0
         self.encoder_epoch = 0
         self.critic_updates = 0  # wgan-gp: G steps after every critic_steps of these
+        self.seconds_before = 0.0  # training seconds of the runs this one resumed
+        self.started: float | None = None  # when this run's training began (run_train)
         self._last_loss_g = 0.0
         self.history: list[dict] = []
         self.fixed_z = torch.randn(64, nets.model.latent_dim,
@@ -254,10 +261,16 @@ class Trainer:
         E.eval()
 
     def _order(self, n: int, generator: torch.Generator, epoch: int) -> torch.Tensor:
-        """An epoch's order of the n images: a shuffle, or this rank's share of one."""
+        """An epoch's order of the n images: a shuffle, or this rank's share of one; the
+        first cfg.samples_per_epoch of it when that is set."""
         if self.job is None:
-            return torch.randperm(n, generator=generator)
-        return self.job.order(n, epoch, self.cfg.seed)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = self.job.order(n, epoch, self.cfg.seed)
+        limit = self.cfg.samples_per_epoch
+        if limit and limit < n:
+            order = order[:max(1, limit // (self.job.world_size if self.job else 1))]
+        return order
 
     def _mean(self, values: dict[str, float]) -> dict[str, float]:
         """An epoch's mean losses, over every process's images."""
@@ -295,6 +308,8 @@ class Trainer:
             "encoder_epoch": self.encoder_epoch,
             "critic_updates": self.critic_updates,
             "history": self.history,
+            "seconds": self.seconds_before + (time.time() - self.started
+                                              if self.started is not None else 0.0),
             "generator": self.nets.generator.state_dict(),
             "discriminator": self.nets.discriminator.state_dict(),
             "encoder": self.nets.encoder.state_dict(),
@@ -324,6 +339,7 @@ class Trainer:
         self.gan_epoch, self.encoder_epoch = state["gan_epoch"], state["encoder_epoch"]
         self.critic_updates = state.get("critic_updates", 0)
         self.history = state["history"]
+        self.seconds_before = float(state.get("seconds", 0.0))
         rng = state.get("rng")
         if rng is None:
             log.warning("%s has no random states (an older checkpoint): the resumed run will "

@@ -162,7 +162,7 @@ class ResidualMap(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class AnomalyMap(_message.Message):
-    __slots__ = ("height", "width", "png", "png_scale", "float16_data", "pixel_threshold", "regions")
+    __slots__ = ("height", "width", "png", "png_scale", "float16_data", "pixel_threshold", "regions", "reconstruction_png")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     PNG_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class AnomalyMap(_message.Message):
     FLOAT16_DATA_FIELD_NUMBER: _ClassVar[int]
     PIXEL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
+    RECONSTRUCTION_PNG_FIELD_NUMBER: _ClassVar[int]
     height: int
     width: int
     png: bytes
@@ -177,7 +178,8 @@ class AnomalyMap(_message.Message):
     float16_data: bytes
     pixel_threshold: float
     regions: _containers.RepeatedCompositeFieldContainer[Region]
-    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., png: _Optional[bytes] = ..., png_scale: _Optional[float] = ..., float16_data: _Optional[bytes] = ..., pixel_threshold: _Optional[float] = ..., regions: _Optional[_Iterable[_Union[Region, _Mapping]]] = ...) -> None: ...
+    reconstruction_png: bytes
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., png: _Optional[bytes] = ..., png_scale: _Optional[float] = ..., float16_data: _Optional[bytes] = ..., pixel_threshold: _Optional[float] = ..., regions: _Optional[_Iterable[_Union[Region, _Mapping]]] = ..., reconstruction_png: _Optional[bytes] = ...) -> None: ...
 
 class Region(_message.Message):
     __slots__ = ("top", "left", "height", "width", "peak", "area")
@@ -274,7 +276,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "version", "format_version", "channels", "height", "width", "latent_dim", "threshold", "default_search_steps", "search_learning_rate", "has_encoder", "modes", "default_mode", "device", "create_time", "feature_weight", "tiling", "fast_threshold", "score_gap", "cascade_margin", "calibrated_search_steps", "calibrated_search_learning_rate", "search_overridden", "calibrated_budgets", "fast_path_backend", "search_precision", "search_slots", "search_cuda_graphs")
+    __slots__ = ("name", "version", "format_version", "channels", "height", "width", "latent_dim", "threshold", "default_search_steps", "search_learning_rate", "has_encoder", "modes", "default_mode", "device", "create_time", "feature_weight", "tiling", "fast_threshold", "score_gap", "cascade_margin", "calibrated_search_steps", "calibrated_search_learning_rate", "search_overridden", "calibrated_budgets", "fast_path_backend", "search_precision", "search_slots", "search_cuda_graphs", "memory")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +305,7 @@ class Model(_message.Message):
     SEARCH_PRECISION_FIELD_NUMBER: _ClassVar[int]
     SEARCH_SLOTS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_CUDA_GRAPHS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     format_version: int
@@ -331,7 +334,22 @@ class Model(_message.Message):
     search_precision: str
     search_slots: int
     search_cuda_graphs: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format_version: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., latent_dim: _Optional[int] = ..., threshold: _Optional[float] = ..., default_search_steps: _Optional[int] = ..., search_learning_rate: _Optional[float] = ..., has_encoder: _Optional[bool] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., default_mode: _Optional[_Union[Mode, str]] = ..., device: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_weight: _Optional[float] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ..., fast_threshold: _Optional[float] = ..., score_gap: _Optional[float] = ..., cascade_margin: _Optional[float] = ..., calibrated_search_steps: _Optional[int] = ..., calibrated_search_learning_rate: _Optional[float] = ..., search_overridden: _Optional[bool] = ..., calibrated_budgets: _Optional[_Iterable[int]] = ..., fast_path_backend: _Optional[str] = ..., search_precision: _Optional[str] = ..., search_slots: _Optional[int] = ..., search_cuda_graphs: _Optional[bool] = ...) -> None: ...
+    memory: MemoryScorer
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., format_version: _Optional[int] = ..., channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., latent_dim: _Optional[int] = ..., threshold: _Optional[float] = ..., default_search_steps: _Optional[int] = ..., search_learning_rate: _Optional[float] = ..., has_encoder: _Optional[bool] = ..., modes: _Optional[_Iterable[_Union[Mode, str]]] = ..., default_mode: _Optional[_Union[Mode, str]] = ..., device: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_weight: _Optional[float] = ..., tiling: _Optional[_Union[Tiling, _Mapping]] = ..., fast_threshold: _Optional[float] = ..., score_gap: _Optional[float] = ..., cascade_margin: _Optional[float] = ..., calibrated_search_steps: _Optional[int] = ..., calibrated_search_learning_rate: _Optional[float] = ..., search_overridden: _Optional[bool] = ..., calibrated_budgets: _Optional[_Iterable[int]] = ..., fast_path_backend: _Optional[str] = ..., search_precision: _Optional[str] = ..., search_slots: _Optional[int] = ..., search_cuda_graphs: _Optional[bool] = ..., memory: _Optional[_Union[MemoryScorer, _Mapping]] = ...) -> None: ...
+
+class MemoryScorer(_message.Message):
+    __slots__ = ("extractor", "rows", "dim", "stride", "backend")
+    EXTRACTOR_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    extractor: str
+    rows: int
+    dim: int
+    stride: int
+    backend: str
+    def __init__(self, extractor: _Optional[str] = ..., rows: _Optional[int] = ..., dim: _Optional[int] = ..., stride: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class Tiling(_message.Message):
     __slots__ = ("patch", "stride", "scale", "aggregate", "top_k", "pixel_threshold")
