@@ -18,11 +18,16 @@ ANOMALY ?= 2
 PORT ?= 50051
 STEPS ?=
 PYTEST_ARGS ?=
-# The texture benchmark (full-resolution frames, tiles): generated from data/textures/grass.png.
+# The texture benchmarks (full-resolution frames), generated from data/textures/grass.png:
+# clean frames, and frames with a line's normal variation (bench/texture_data.py).
 TEXTURE_DATA ?= data/texture
+TEXTURE_VARIED_DATA ?= data/texture-varied
 TEXTURE_BUNDLE ?= bundles/texture
-TEXTURE_TRAIN_ARGS ?= --patch-size 16 --stride 8 --latent-dim 32 --epochs 15 --encoder-epochs 10 \
-	--steps 30
+# A memory bundle (docs/textures.md): a 16×16-tile GAN on sampled tiles, then a memory of
+# its discriminator's features; bench/memory_bench.py's RECIPE is the same.
+TEXTURE_TRAIN_ARGS ?= --patch-size 16 --stride 8 --latent-dim 32 --epochs 4 --encoder-epochs 2 \
+	--samples-per-epoch 20000 --steps 30 --memory disc --layers 0,1 --memory-size 4000 \
+	--holdout 0.15
 
 # buf (npm's @bufbuild/buf) lints proto/ against buf's style guide.
 BUF ?= npx --yes @bufbuild/buf@1.75.0
@@ -30,7 +35,7 @@ BUF ?= npx --yes @bufbuild/buf@1.75.0
 .PHONY: install train evaluate demo demo-texture texture-data texture-bundle texture-evaluate \
 	test test-fast clean proto proto-tools proto-check proto-lint proto-baseline serve smoke \
 	bench bench-quick \
-	bench-quality bench-ablation bench-line gpu-check gpu-wheels lint
+	bench-quality bench-ablation bench-memory bench-line gpu-check gpu-wheels lint
 
 install: $(VENV)/.installed
 
@@ -57,11 +62,14 @@ evaluate: install $(BUNDLE)/manifest.json
 	$(VENV)/bin/anogan-train evaluate --bundle $(BUNDLE) --data $(DATA_TEST) \
 		--normal-labels $(NORMAL) --anomaly-labels $(ANOMALY) $(if $(STEPS),--steps $(STEPS),)
 
-# Texture frames with small defects (MVTec layout, masks included), and a tiled bundle on them.
+# Texture frames with small defects (MVTec layout, masks included), and a memory bundle on them.
 $(TEXTURE_DATA)/train: | $(VENV)/.installed
 	$(PY) -m bench.texture_data --out $(TEXTURE_DATA)
 
-texture-data: install $(TEXTURE_DATA)/train
+$(TEXTURE_VARIED_DATA)/train: | $(VENV)/.installed
+	$(PY) -m bench.texture_data --out $(TEXTURE_VARIED_DATA) --variation
+
+texture-data: install $(TEXTURE_DATA)/train $(TEXTURE_VARIED_DATA)/train
 
 $(TEXTURE_BUNDLE)/manifest.json: | $(TEXTURE_DATA)/train
 	$(VENV)/bin/anogan-train train --data $(TEXTURE_DATA) $(TEXTURE_TRAIN_ARGS) --out $(TEXTURE_BUNDLE)
@@ -71,7 +79,7 @@ texture-bundle: install $(TEXTURE_BUNDLE)/manifest.json
 texture-evaluate: install $(TEXTURE_BUNDLE)/manifest.json
 	$(VENV)/bin/anogan-train evaluate --bundle $(TEXTURE_BUNDLE) --data $(TEXTURE_DATA)
 
-# Serve the tiled texture bundle, stream the texture test frames, save overlays (map + boxes).
+# Serve the texture memory bundle, stream the texture test frames, save overlays (map + boxes).
 demo-texture: install $(TEXTURE_BUNDLE)/manifest.json
 	$(PY) -m anogan_inspect.clients.demo --bundle $(TEXTURE_BUNDLE) --folder $(TEXTURE_DATA) \
 		--overlays reports/demo-texture --rate 0
@@ -135,6 +143,11 @@ bench-quality: install $(BUNDLE)/manifest.json
 
 bench-ablation: install
 	$(PY) -m bench.ablation
+
+# Texture-grade detection (docs/textures.md): both grass benchmarks, memory against pixels
+# and the tiled AnoGAN, per defect type, the ablation, and speed on 512×512 frames.
+bench-memory: install
+	$(PY) -m bench --sections memory --name cpu-memory
 
 # On a CUDA machine (see bench/gpu_check.sh); PYTHON may name a Python that has torch.
 gpu-check:

@@ -106,6 +106,7 @@ class MemoryEntry(_Strict):
     smoothing: float = Field(ge=0)
     image_threshold: float = Field(gt=0)
     pixel_threshold: float = Field(gt=0)
+    calibration: dict
 
 
 class Manifest(_Strict):
@@ -139,6 +140,14 @@ class Manifest(_Strict):
                 raise ValueError("memory: a memory bundle is a tiled bundle (its GAN learns "
                                  "tiles); `tiling` is missing")
             self._check_programs("memory.scorer", self.memory.scorer)
+            if self.threshold.value != self.memory.image_threshold:
+                raise ValueError(f"threshold.value ({self.threshold.value}) must equal "
+                                 f"memory.image_threshold ({self.memory.image_threshold}): "
+                                 "a memory bundle's verdict is its memory's")
+            if self.tiling.pixel_threshold != self.memory.pixel_threshold:
+                raise ValueError(f"tiling.pixel_threshold ({self.tiling.pixel_threshold}) must "
+                                 "equal memory.pixel_threshold "
+                                 f"({self.memory.pixel_threshold})")
             if self.memory.pixel_threshold > self.memory.image_threshold:
                 raise ValueError(f"memory.pixel_threshold ({self.memory.pixel_threshold}) is "
                                  f"above memory.image_threshold "

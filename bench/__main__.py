@@ -12,6 +12,8 @@ the machine, the command and the date. Sections, in order:
   quality      AUROC against frames/s: seed's method, fast path, search budgets, cascade
   scaling      frames/s against image size and network width
   tiles        512×512 frames: tiled against whole-frame scoring (--tiled-bundle)
+  memory       memory bundles on both grass benchmarks: beside the pixels baseline and the
+               tiled AnoGAN, per defect, an ablation, 512×512 serving and kNN speed
 
 The seed's networks come from `--seed-run` (a trainer run directory with checkpoint.pt);
 when it has none, from bench/seed_networks.pt (committed), else the seed preset is trained.
@@ -30,9 +32,10 @@ import torch
 
 from bench.common import ROOT, TRAIN_CSV, Context, header, markdown_table, write_json
 
-SECTIONS = ["ceilings", "engine", "server", "versus_seed", "quality", "scaling", "tiles"]
+SECTIONS = ["ceilings", "engine", "server", "versus_seed", "quality", "scaling", "tiles",
+            "memory"]
 MODULES = {"engine": "bench.engine_bench", "server": "bench.server_bench",
-           "tiles": "bench.tiles_bench"}
+           "tiles": "bench.tiles_bench", "memory": "bench.memory_bench"}
 # The seed preset's G and D (float16), so that a fresh clone needs no 10-minute training.
 COMMITTED_SEED = ROOT / "bench" / "seed_networks.pt"
 

@@ -39,9 +39,20 @@ def frames(count: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
+def latent_only(bundle: Bundle) -> Bundle:
+    """A memory bundle as a tiled AnoGAN (its memory left out, judged by the threshold its
+    trainer calibrated on the tiles' fast scores); any other bundle as it is."""
+    if bundle.memory is None:
+        return bundle
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest.pop("memory")
+    manifest["threshold"] = dict(manifest.get("fast_threshold") or manifest["threshold"])
+    return dataclasses.replace(bundle, manifest=manifest)
+
+
 def whole_frame(bundle: Bundle) -> Bundle:
     """The same bundle without its tiling: frames resized whole to the model's size."""
-    manifest = copy.deepcopy(bundle.manifest)
+    manifest = copy.deepcopy(latent_only(bundle).manifest)
     manifest.pop("tiling", None)
     return dataclasses.replace(bundle, manifest=manifest)
 
@@ -79,7 +90,7 @@ def run(ctx: Context) -> dict:
     if ctx.tiled_bundle_path is None or not (ctx.tiled_bundle_path / "manifest.json").exists():
         return {"table": "(no tiled bundle: pass --tiled-bundle)", "rows": [],
                 "notes": "skipped"}
-    bundle = read_bundle(ctx.tiled_bundle_path)
+    bundle = latent_only(read_bundle(ctx.tiled_bundle_path))  # the memory: section memory
     images = frames(4 if ctx.quick else 12)
     slots = 256
     rows = []

@@ -10,6 +10,7 @@ to ``max_batch``) and scores the frames of each size in one pass.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from anogan_inspect.bundle import Bundle, load_memory_scorer
 from anogan_inspect.onnxrt import make_session
 from anogan_inspect.server.fastpath import FastStats, choose_backend
 from anogan_inspect.server.worker import Job, Worker, resolve_all
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,8 +80,15 @@ class MemoryPath(Worker):
             by_size.setdefault(item.x.shape, []).append(item)
         for group in by_size.values():
             started = time.perf_counter()
-            maps, scores = self.score_batch(
-                np.stack([i.x for i in group]).astype(np.float32, copy=False))
+            try:
+                maps, scores = self.score_batch(
+                    np.stack([i.x for i in group]).astype(np.float32, copy=False))
+            except Exception as err:  # this size's frames only: the other groups go on
+                log.exception("%s: scoring %d frame(s) of %s failed", self.name, len(group),
+                              group[0].x.shape)
+                for item in group:
+                    item.fail(err)
+                continue
             seconds = time.perf_counter() - started
             self.stats.batches += 1
             self.stats.frames += len(group)

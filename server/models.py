@@ -29,7 +29,7 @@ from anogan_inspect.bundle import (
     read_bundle,
     verify_checksums,
 )
-from anogan_inspect.memory import frames_input
+from anogan_inspect.memory import CHUNK, frames_input
 from anogan_inspect.pictures import residual_maps
 from anogan_inspect.preprocess import to_model_input
 from anogan_inspect.search import (
@@ -150,10 +150,19 @@ class MemoryFrame:
 
     image: torch.Tensor  # (C, h, w) in [-1, 1], at the tiling's scale
     frame_size: tuple[int, int]
+    stride: int = 1  # the scorer's pixels between feature locations
 
     @property
     def scaled_size(self) -> tuple[int, int]:
         return tuple(self.image.shape[-2:])
+
+    @property
+    def held_bytes(self) -> int:
+        """What scoring it holds: its input, and the scorer's distances to one chunk of
+        the memory for every feature location (counted by --max-bytes-in-flight)."""
+        h, w = self.scaled_size
+        locations = -(-h // self.stride) * -(-w // self.stride)
+        return self.image.nelement() * self.image.element_size() + locations * CHUNK * 4
 
 
 @dataclass
@@ -210,6 +219,9 @@ class ServedModel:
         self.fast_threshold = bundle.fast_threshold  # MODE_FAST's own
         self.target_fpr = float(bundle.manifest["threshold"].get("target_fpr", 0.0))
         self.tiling, self.pixel_threshold = bundle.tiling, bundle.pixel_threshold
+        # A memory model: its scorer decides every verdict (docs/textures.md); the search,
+        # which only shows G(z) under a failing frame's regions, has no budget to judge.
+        self.memory = bundle.memory
         base = bundle.search_config
         overrides = {"steps": options.search_steps, "lr": options.search_lr,
                      "patience": options.patience}
@@ -220,7 +232,7 @@ class ServedModel:
             raise ValueError(f"--steps {self.search_config.steps} is above --max-search-steps "
                              f"{options.max_search_steps}")
         self.search_threshold(self.search_config.steps)  # the server's own budget: or refuse
-        if self.search_overridden:
+        if self.search_overridden and self.memory is None:
             log.warning("model %s: this server searches with %s, but its threshold %.2f was "
                         "calibrated with %s: SEARCH and CASCADE verdicts use a threshold "
                         "calibrated for another search", bundle.name,
@@ -239,10 +251,9 @@ class ServedModel:
         self._next_lane = 0
         self.modes = [Mode.FAST, Mode.SEARCH, Mode.CASCADE] if self.fast else [Mode.SEARCH]
         self.default_mode = Mode.CASCADE if self.fast else Mode.SEARCH
-        # A memory model: its scorer decides every verdict (docs/textures.md).
-        self.memory = bundle.memory
         self.memory_path: MemoryPath | None = None
         if self.memory is not None:
+            _within_programs("--memory-max-batch", options.memory_max_batch)
             self.memory_path = MemoryPath(bundle, self.device, options.memory_max_batch,
                                           options.fast_backend, options.memory_threads)
             self.threshold = self.fast_threshold = float(self.memory["image_threshold"])
@@ -393,7 +404,7 @@ class ServedModel:
         if self.memory is not None:
             return MemoryFrame(frames_input(image[None], self.tiling.scale,
                                             self.bundle.channels)[0],
-                               tuple(image.shape[-2:]))
+                               tuple(image.shape[-2:]), int(self.memory["stride"]))
         scaled = scale_frame(torch.as_tensor(image, dtype=torch.float32), self.tiling)
         tiles, origins = cut_tiles(scaled, self.tiling)
         return TiledFrame(to_model_input(tiles, self.tiling.patch, self.bundle.channels),
@@ -434,11 +445,11 @@ class ServedModel:
             raise ValueError(f"model {self.name} does not serve {mode.name} "
                              f"(it has no encoder; modes: {[m.name for m in self.modes]})")
         steps = steps or self.search_config.steps
+        if isinstance(x, MemoryFrame):
+            return await self._inspect_memory(x, mode, steps, want_reconstruction, owner)
         # The calibrated budget whose threshold judges this frame (0: the fast path's own).
         judged_steps = self._budget(steps) if mode is not Mode.FAST else 0
         threshold = self.thresholds[judged_steps] if judged_steps else self.threshold
-        if isinstance(x, MemoryFrame):
-            return await self._inspect_memory(x, mode, steps, want_reconstruction, owner)
         if isinstance(x, TiledFrame):
             return await self._inspect_tiles(x, mode, steps, threshold, judged_steps,
                                              want_reconstruction, on_provisional, owner)
@@ -544,7 +555,7 @@ class ServedModel:
         scored = await self.memory_path.submit(frame.image.numpy())
         threshold = self.threshold
         fail = scored.score > threshold
-        outcome = Outcome(True, Stage.FAST, mode, scored.score, 0.0, scored.score, 0, fail,
+        outcome = Outcome(True, Stage.FAST, mode, scored.score, 0.0, 0.0, 0, fail,
                           max(0.0, time.perf_counter() - arrived - scored.seconds),
                           scored.seconds, threshold=threshold)
         if not want_map:
@@ -554,12 +565,48 @@ class ServedModel:
         outcome = dataclasses.replace(outcome, anomaly_map=anomaly_map, regions=regions)
         if mode is not Mode.SEARCH or not fail or not regions:
             return outcome
-        return await self._explain_regions(frame, outcome, steps, owner)
+        try:
+            return await self._explain_regions(frame, outcome, steps, owner)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the verdict stands without its picture
+            log.exception("model %s: the latent search under a frame's regions failed",
+                          self.name)
+            return outcome
 
     def _memory_regions(self, frame: MemoryFrame, anomaly_map: np.ndarray
                         ) -> tuple[np.ndarray, list[Region]]:
+        """The map at the frame's size and its regions. Resizing can lower a failing
+        frame's peak under the pixel threshold: its peak still makes a region."""
+        peak = float(anomaly_map.max())
         anomaly_map = resize_map(anomaly_map, frame.frame_size)
-        return anomaly_map, find_regions(anomaly_map, self.pixel_threshold)
+        threshold = self.pixel_threshold
+        if peak > self.threshold:
+            threshold = min(threshold, float(anomaly_map.max()) * (1 - 1e-6))
+        return anomaly_map, find_regions(anomaly_map, threshold)
+
+    def _tiles_under(self, frame: MemoryFrame, regions: list[Region]
+                     ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """The tiles (at most MAX_EXPLAINED_TILES, the highest peaks' regions first) that
+        overlap the regions, cut from the scaled frame, and their origins."""
+        (h, w), (height, width) = frame.scaled_size, frame.frame_size
+        p = self.tiling.patch
+        origins = self.tiling.origins(h, w)
+        chosen: dict[tuple[int, int], None] = {}
+        for region in regions:
+            top, left = region.top * h / height, region.left * w / width
+            bottom = (region.top + region.height) * h / height
+            right = (region.left + region.width) * w / width
+            for row, col in origins:
+                if row < bottom and row + p > top and col < right and col + p > left:
+                    chosen[(row, col)] = None
+                    if len(chosen) == MAX_EXPLAINED_TILES:
+                        break
+            if len(chosen) == MAX_EXPLAINED_TILES:
+                break
+        picked = list(chosen)
+        tiles = torch.stack([frame.image[:, row:row + p, col:col + p] for row, col in picked])
+        return tiles, picked
 
     async def _explain_regions(self, frame: MemoryFrame, outcome: Outcome, steps: int,
                                owner) -> Outcome:
@@ -567,23 +614,14 @@ class ServedModel:
         the highest peaks' first), from E(tile); G(z) pasted over the frame there."""
         started = time.perf_counter()
         lane = self._pick_lane()
-        tiles, origins = cut_tiles(frame.image, self.tiling)
-        (h, w), (height, width) = frame.scaled_size, frame.frame_size
-        p = self.tiling.patch
-        chosen: list[int] = []
-        for region in outcome.regions:
-            top, left = region.top * h / height, region.left * w / width
-            bottom = (region.top + region.height) * h / height
-            right = (region.left + region.width) * w / width
-            chosen += [i for i, (row, col) in enumerate(origins) if i not in chosen
-                       and row < bottom and row + p > top and col < right and col + p > left]
-        chosen = chosen[:MAX_EXPLAINED_TILES]
-        z0 = [None] * len(chosen)
+        tiles, origins = await asyncio.to_thread(self._tiles_under, frame, outcome.regions)
         if lane.fast is not None:
-            fast = await asyncio.gather(*(lane.fast.submit(tiles[i].numpy()) for i in chosen))
+            fast = await asyncio.gather(*(lane.fast.submit(tile.numpy()) for tile in tiles))
             z0 = [torch.as_tensor(f.z0) for f in fast]
-        requests = [lane.engine.submit(tiles[i], z, steps, True, owner)
-                    for i, z in zip(chosen, z0)]
+        else:  # no encoder: the search starts at random, as SEARCH mode's does
+            z0 = [torch.randn(self.bundle.latent_dim, generator=self._random) for _ in tiles]
+        requests = [lane.engine.submit(tile, z, steps, True, owner)
+                    for tile, z in zip(tiles, z0)]
         try:
             searched = await asyncio.gather(*(r.future for r in requests))
         except BaseException:
@@ -591,12 +629,11 @@ class ServedModel:
                 lane.engine.cancel(request)
             raise
         reconstruction = await asyncio.to_thread(
-            self._paste, frame, [origins[i] for i in chosen],
-            [done.reconstruction for done in searched])
+            self._paste, frame, origins, [done.reconstruction for done in searched])
         return dataclasses.replace(
             outcome, stage=Stage.SEARCH, reconstruction=reconstruction,
-            steps=max(done.result.steps for done in searched), tiles=len(origins),
-            tiles_searched=len(chosen),
+            steps=max(done.result.steps for done in searched),
+            tiles=self.tiling.count(*frame.frame_size), tiles_searched=len(origins),
             compute_seconds=outcome.compute_seconds + time.perf_counter() - started)
 
     def _paste(self, frame: MemoryFrame, origins: list[tuple[int, int]],
@@ -615,13 +652,16 @@ class ServedModel:
         return out[..., 0] if out.shape[-1] == 1 else out
 
     def search_threshold(self, steps: int) -> float:
-        """The threshold calibrated for this search budget (see _budget)."""
+        """The threshold calibrated for this search budget (see _budget); a memory
+        model's image threshold, whatever the budget."""
+        if self.memory is not None:
+            return float(self.memory["image_threshold"])
         return self.thresholds[self._budget(steps)]
 
     def _budget(self, steps: int) -> int:
         """The calibrated budget judging a search of `steps`: itself, or the nearest when
         uncalibrated_steps is "nearest"; ValueError for one the bundle has no threshold for."""
-        if steps in self.thresholds:
+        if steps in self.thresholds or self.memory is not None:
             return steps
         budgets = sorted(self.thresholds)
         if self.options.uncalibrated_steps == "nearest":

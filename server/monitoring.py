@@ -171,6 +171,8 @@ class _Collector:
             "fast_frames": counter("anogan_fast_frames", "Frames (or tiles) through the fast "
                                    "path (mean batch: its rate over "
                                    "anogan_fast_batches_total's)"),
+            "memory_frames": counter("anogan_memory_frames", "Frames scored by a memory "
+                                     "model's memory scorer"),
         }
         memory = gauge("anogan_device_memory_bytes", "Memory torch holds on a CUDA device",
                        [*MODEL_LABELS, "device"])

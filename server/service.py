@@ -572,8 +572,9 @@ class Exhausted(Exception):
 
 def _input_bytes(x) -> int:
     """Bytes a preprocessed frame holds: its model input, or a tiled frame's tiles."""
-    tensor = getattr(x, "tiles", None)
-    tensor = getattr(x, "image", x) if tensor is None else tensor
+    if hasattr(x, "held_bytes"):  # a memory model's frame
+        return x.held_bytes
+    tensor = getattr(x, "tiles", x)
     return tensor.nelement() * tensor.element_size()
 
 

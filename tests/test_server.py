@@ -219,7 +219,7 @@ def test_residual_map_and_unary_inspect(stub, digits):
 
 def test_models_and_bundle_without_encoder(stub, digits):
     models = stub.ListModels(pb.ListModelsRequest()).models
-    assert [m.name for m in models] == ["tiny", "noenc", "tex"]
+    assert [m.name for m in models] == ["tiny", "noenc", "tex", "mem"]
     noenc = stub.GetModel(pb.GetModelRequest(name="noenc")).model
     assert not noenc.has_encoder and list(noenc.modes) == [pb.MODE_SEARCH]
     assert noenc.default_mode == pb.MODE_SEARCH and (noenc.height, noenc.width) == (16, 16)
@@ -245,7 +245,7 @@ def test_list_models_pages(stub):
     assert [m.name for m in second.models] == ["noenc"] and second.next_page_token
     third = stub.ListModels(pb.ListModelsRequest(page_size=2,
                                                  page_token=second.next_page_token))
-    assert [m.name for m in third.models] == ["tex"] and not third.next_page_token
+    assert [m.name for m in third.models] == ["tex", "mem"] and not third.next_page_token
     assert first.models[0].feature_weight == pytest.approx(0.1)
     for bad in (pb.ListModelsRequest(page_token="nope"), pb.ListModelsRequest(page_size=-1)):
         with pytest.raises(grpc.RpcError) as err:

@@ -347,7 +347,7 @@ def test_a_frame_of_too_many_tiles_is_refused(tiny_tiled_bundle):
 
     bundle = read_bundle(tiny_tiled_bundle)
     model = ServedModel.__new__(ServedModel)  # preprocess needs the tiling and options only
-    model.tiling, model.bundle = bundle.tiling, bundle
+    model.tiling, model.bundle, model.memory = bundle.tiling, bundle, None
     model.options = EngineOptions(max_tiles=100)
     assert len(model.preprocess(np.zeros((1, 48, 48), np.float32)).tiles) == 25
     with pytest.raises(ValueError, match=r"a 512×512 frame is 3969 tiles of 16×16; the limit "

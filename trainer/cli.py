@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="wgan-gp: critic updates per generator update")
     train.add_argument("--holdout", type=float, default=0.15,
                        help="fraction of normal images held out for calibration")
-    train.add_argument("--quantile", type=float, default=0.95,
-                       help="threshold at this quantile of held-out normal scores")
+    train.add_argument("--quantile", type=float,
+                       help="threshold at this quantile of held-out normal scores (default: "
+                            "0.95; 0.99 for a memory bundle)")
     train.add_argument("--target-fpr", type=float,
                        help="the same as --quantile 1-FPR (overrides --quantile)")
     tiles = train.add_argument_group(
@@ -351,9 +352,10 @@ def run_train(args) -> int:
     model, cfg, tiling = model_config(args), train_config(args), tiling_config(args)
     memory_cfg = memory_config(args)
     backbone = load_backbone(args.backbone) if memory_cfg and args.backbone else None
-    if memory_cfg and args.target_fpr is None:
-        args.target_fpr = 0.01  # a memory bundle's default: 1 % of normal frames fail
-    quantile = 1.0 - args.target_fpr if args.target_fpr is not None else args.quantile
+    if memory_cfg and args.target_fpr is None:  # by default 1 % of normal frames fail
+        args.target_fpr = 1.0 - args.quantile if args.quantile is not None else 0.01
+    quantile = 1.0 - args.target_fpr if args.target_fpr is not None else \
+        (args.quantile if args.quantile is not None else 0.95)
     search_cfg = search_config(args, SearchConfig())
     device = torch.device(args.device)
     job = Distributed.from_env(device)  # under torchrun: one of several processes

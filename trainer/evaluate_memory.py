@@ -62,7 +62,8 @@ def training_frames(bundle: Bundle, train_data: Path | None) -> tuple[np.ndarray
     if not path:
         raise DatasetError(f"{bundle.path}: its manifest names no training data; pass "
                            "--train-data for the pixels baseline")
-    data = normal_subset(load_dataset(Path(path), split="train"))
+    data = normal_subset(load_dataset(Path(path), split="train",
+                                      normal_labels=training.get("normal_labels")))
     train_idx, holdout_idx = heldout_split(len(data), training.get("holdout", 0.15),
                                            training.get("seed", 0))
     return data.images[train_idx], data.images[holdout_idx]
@@ -106,7 +107,7 @@ def evaluate_memory(bundle: Bundle, models: ScoringModels, cfg: SearchConfig, da
                                           "stride", "sampler", "smoothing") if k in memory},
         "threshold": bundle.threshold, "seconds": round(seconds, 2),
         "frames_per_second": round(len(data) / seconds, 2),
-        "methods": {name: _metrics(scored, data, masks) for name, scored in methods.items()},
+        "methods": {name: metrics_of(scored, data, masks) for name, scored in methods.items()},
         "heldout_normal_fail_share": memory["calibration"]["heldout_fail_share"],
         "target_fpr": memory["calibration"]["target_fpr"],
     }
@@ -127,7 +128,7 @@ def evaluate_memory(bundle: Bundle, models: ScoringModels, cfg: SearchConfig, da
     return report
 
 
-def _metrics(scored: Scored, data: ImageSet, masks: np.ndarray | None) -> dict:
+def metrics_of(scored: Scored, data: ImageSet, masks: np.ndarray | None) -> dict:
     truth = data.is_anomaly
     entry: dict = {"image_auroc": round(auroc(scored.score, truth), 4)}
     if masks is not None and scored.maps is not None:

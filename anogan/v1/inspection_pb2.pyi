@@ -380,7 +380,7 @@ class GetServerStatsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelStats, _Mapping]]] = ..., worker: _Optional[int] = ...) -> None: ...
 
 class ModelStats(_message.Message):
-    __slots__ = ("model", "search_batches", "search_slot_steps", "max_search_batch", "active_slots", "slot_capacity", "queued_searches", "searches_completed", "searches_cancelled", "fast_batches", "fast_frames", "max_fast_batch", "invalid_frames")
+    __slots__ = ("model", "search_batches", "search_slot_steps", "max_search_batch", "active_slots", "slot_capacity", "queued_searches", "searches_completed", "searches_cancelled", "fast_batches", "fast_frames", "max_fast_batch", "invalid_frames", "memory_batches", "memory_frames")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SEARCH_BATCHES_FIELD_NUMBER: _ClassVar[int]
     SEARCH_SLOT_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -394,6 +394,8 @@ class ModelStats(_message.Message):
     FAST_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MAX_FAST_BATCH_FIELD_NUMBER: _ClassVar[int]
     INVALID_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FRAMES_FIELD_NUMBER: _ClassVar[int]
     model: str
     search_batches: int
     search_slot_steps: int
@@ -407,4 +409,6 @@ class ModelStats(_message.Message):
     fast_frames: int
     max_fast_batch: int
     invalid_frames: int
-    def __init__(self, model: _Optional[str] = ..., search_batches: _Optional[int] = ..., search_slot_steps: _Optional[int] = ..., max_search_batch: _Optional[int] = ..., active_slots: _Optional[int] = ..., slot_capacity: _Optional[int] = ..., queued_searches: _Optional[int] = ..., searches_completed: _Optional[int] = ..., searches_cancelled: _Optional[int] = ..., fast_batches: _Optional[int] = ..., fast_frames: _Optional[int] = ..., max_fast_batch: _Optional[int] = ..., invalid_frames: _Optional[int] = ...) -> None: ...
+    memory_batches: int
+    memory_frames: int
+    def __init__(self, model: _Optional[str] = ..., search_batches: _Optional[int] = ..., search_slot_steps: _Optional[int] = ..., max_search_batch: _Optional[int] = ..., active_slots: _Optional[int] = ..., slot_capacity: _Optional[int] = ..., queued_searches: _Optional[int] = ..., searches_completed: _Optional[int] = ..., searches_cancelled: _Optional[int] = ..., fast_batches: _Optional[int] = ..., fast_frames: _Optional[int] = ..., max_fast_batch: _Optional[int] = ..., invalid_frames: _Optional[int] = ..., memory_batches: _Optional[int] = ..., memory_frames: _Optional[int] = ...) -> None: ...
