@@ -26,8 +26,8 @@ TEXTURE_BUNDLE ?= bundles/texture
 # A memory bundle (docs/textures.md): a 16×16-tile GAN on sampled tiles, then a memory of
 # its discriminator's features; bench/memory_bench.py's RECIPE is the same.
 TEXTURE_TRAIN_ARGS ?= --patch-size 16 --stride 8 --latent-dim 32 --epochs 4 --encoder-epochs 2 \
-	--samples-per-epoch 20000 --steps 30 --memory disc --layers 0,1 --memory-size 4000 \
-	--holdout 0.15
+	--samples-per-epoch 20000 --steps 30 --memory disc --layers 0,1 --memory-grid coarse \
+	--memory-size 2000 --holdout 0.15
 
 # buf (npm's @bufbuild/buf) lints proto/ against buf's style guide.
 BUF ?= npx --yes @bufbuild/buf@1.75.0

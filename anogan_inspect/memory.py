@@ -34,6 +34,7 @@ from torch import nn
 
 EXTRACTORS = ("disc", "pixels", "backbone")
 SAMPLERS = ("coreset", "random")
+GRIDS = ("fine", "coarse")
 # Memory rows compared at once: (locations × CHUNK) distances are held, not (locations × M):
 # 134 MB for a 512×512 frame at stride 2 (512 also measured faster than 2,048 here).
 CHUNK = 512
@@ -46,6 +47,10 @@ class MemoryConfig:
     extractor: str = "disc"
     layers: tuple[int, ...] = (0, 1)  # disc: trunk blocks joined (0: the first)
     aggregate: int = 3  # k×k neighbourhood average of the features (1: none)
+    # The grid the layers are joined on: "fine" (the first chosen block's: coarser blocks
+    # upsampled) or "coarse" (the last chosen block's: finer blocks averaged down; 4× fewer
+    # locations per halving, for speed).
+    grid: str = "fine"
     patch: int = 8  # pixels: patch side
     step: int = 2  # pixels: pixels between patches
     standardize: bool = False  # pixels: each patch's mean and contrast removed
@@ -68,6 +73,8 @@ class MemoryConfig:
             raise ValueError(f"pixels need 0 < step ≤ patch with patch − step even (patches "
                              f"centred on their cells), got step {self.step}, patch "
                              f"{self.patch}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
         if not self.layers or min(self.layers) < 0:
             raise ValueError(f"layers must be block indices ≥ 0, got {self.layers}")
 
@@ -116,11 +123,12 @@ class TrunkBlocks(nn.Module):
     """Chosen blocks of a stride-2 conv trunk (the discriminator's, or a backbone's stages),
     joined on the finest chosen block's grid."""
 
-    def __init__(self, blocks: list[nn.Module], layers: tuple[int, ...]):
+    def __init__(self, blocks: list[nn.Module], layers: tuple[int, ...], grid: str = "fine"):
         super().__init__()
         self.blocks = nn.ModuleList(blocks[:max(layers) + 1])
         self.layers = tuple(sorted(layers))
-        self.stride = 2 ** (self.layers[0] + 1)
+        self.grid = grid
+        self.stride = 2 ** ((self.layers[-1] if grid == "coarse" else self.layers[0]) + 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -128,6 +136,10 @@ class TrunkBlocks(nn.Module):
             x = block(x)
             if index in self.layers:
                 out.append(x)
+        if self.grid == "coarse":  # the last block first: the others are joined onto it
+            last = out[-1]
+            out = [last] + [F.avg_pool2d(layer, 2 ** (self.layers[-1] - self.layers[i]))
+                            for i, layer in enumerate(out[:-1])]
         return out
 
 
@@ -152,6 +164,7 @@ class Features(nn.Module):
         super().__init__()
         self.extractor, self.aggregate = extractor, aggregate
         self.stride = extractor.stride
+        self.scaled = bool(scales)  # unscaled until the memory's build measures them
         self.register_buffer("scales", torch.tensor(scales or (1.0,), dtype=torch.float32))
 
     def raw(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -165,7 +178,7 @@ class Features(nn.Module):
         for index, layer in enumerate(layers):
             if index > 0:  # coarser blocks onto the first one's grid (always: no shape guard)
                 layer = F.interpolate(layer, size=size, mode="bilinear", align_corners=False)
-            joined.append(layer / self.scales[index])
+            joined.append(layer / self.scales[index] if self.scaled else layer)
         features = torch.cat(joined, 1) if len(joined) > 1 else joined[0]
         if self.aggregate > 1:
             features = F.avg_pool2d(features, self.aggregate, 1, self.aggregate // 2,
@@ -294,7 +307,7 @@ def build_features(cfg: MemoryConfig, channels: int, trunk: nn.Sequential | None
         if max(cfg.layers) >= len(blocks):
             raise ValueError(f"layers {list(cfg.layers)}: the discriminator has "
                              f"{len(blocks)} blocks (0..{len(blocks) - 1})")
-        extractor = TrunkBlocks(blocks, cfg.layers)
+        extractor = TrunkBlocks(blocks, cfg.layers, cfg.grid)
     else:
         if backbone is None:
             raise ValueError("the backbone extractor needs a backbone program")

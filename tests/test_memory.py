@@ -83,6 +83,18 @@ def test_a_random_subsample_and_a_coreset_keep_the_size_asked_for():
     assert radius(coreset) < radius(random)
 
 
+def test_the_coarse_grid_joins_the_blocks_on_the_last_ones_grid():
+    from anogan_inspect.networks import Discriminator, ModelConfig
+
+    trunk = Discriminator(ModelConfig(image_size=16, width=8)).features
+    for grid, stride in (("fine", 2), ("coarse", 4)):
+        features = build_features(MemoryConfig(extractor="disc", layers=(0, 1), grid=grid), 1,
+                                  trunk)
+        out = features(torch.zeros(1, 1, 64, 48))
+        assert features.stride == stride
+        assert tuple(out.shape) == (1, 8 + 16, 64 // stride, 48 // stride)
+
+
 def stripes(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
     """A structured texture (diagonal stripes, random phase, a little noise) in [-1, 1]."""
     gen = torch.Generator().manual_seed(seed)

@@ -30,7 +30,7 @@ from anogan_inspect.datasets import (
     normal_subset,
 )
 from anogan_inspect.help_format import HelpFormatter
-from anogan_inspect.memory import EXTRACTORS, SAMPLERS, MemoryConfig
+from anogan_inspect.memory import EXTRACTORS, GRIDS, SAMPLERS, MemoryConfig
 from anogan_inspect.metrics import confusion_table, save_roc_plot
 from anogan_inspect.networks import NORMS, PRESETS, FeatureExtractor, ModelConfig
 from anogan_inspect.preprocess import to_model_input
@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default: {','.join(map(str, MemoryConfig.layers))})")
     memory.add_argument("--neighbourhood", type=int, default=MemoryConfig.aggregate,
                         help="features averaged over k×k neighbours (1: none)")
+    memory.add_argument("--memory-grid", choices=GRIDS, default=MemoryConfig.grid,
+                        help="disc: join the layers on the first's grid (fine) or the last's "
+                             "(coarse: 4× fewer locations per block, for speed)")
     memory.add_argument("--memory-size", type=int, default=MemoryConfig.size,
                         help="rows kept in the memory")
     memory.add_argument("--memory-sampler", choices=SAMPLERS, default=MemoryConfig.sampler,
@@ -340,7 +343,8 @@ def memory_config(args) -> MemoryConfig | None:
     if args.backbone and args.memory != "backbone":
         raise ValueError("--backbone is used by --memory backbone only")
     return MemoryConfig(extractor=args.memory, layers=tuple(args.layers),
-                        aggregate=args.neighbourhood, patch=args.pixel_patch,
+                        aggregate=args.neighbourhood, grid=args.memory_grid,
+                        patch=args.pixel_patch,
                         step=args.pixel_step, standardize=args.standardize_patches,
                         size=args.memory_size, sampler=args.memory_sampler,
                         smoothing=args.map_smoothing, augment=args.augment)
