@@ -108,6 +108,7 @@ def evaluate_memory(bundle: Bundle, models: ScoringModels, cfg: SearchConfig, da
         "threshold": bundle.threshold, "seconds": round(seconds, 2),
         "frames_per_second": round(len(data) / seconds, 2),
         "methods": {name: metrics_of(scored, data, masks) for name, scored in methods.items()},
+        "aggregates": map_aggregates(next(iter(methods.values())).maps, truth),
         "heldout_normal_fail_share": memory["calibration"]["heldout_fail_share"],
         "target_fpr": memory["calibration"]["target_fpr"],
     }
@@ -126,6 +127,17 @@ def evaluate_memory(bundle: Bundle, models: ScoringModels, cfg: SearchConfig, da
     save_map_grid(data, main, masks, bundle.threshold, bundle.pixel_threshold, out / "maps.png")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def map_aggregates(maps: np.ndarray, truth: np.ndarray) -> dict:
+    """Image AUROC of the memory's frame score (the map's maximum) against the means of
+    its k highest map values: which frame score the maps support."""
+    ranked = -np.sort(-maps.reshape(len(maps), -1), axis=1)
+    out = {"max": round(auroc(ranked[:, 0], truth), 4)}
+    for k in (10, 100, 1000, 5000):
+        if k <= ranked.shape[1]:
+            out[f"top{k}_mean"] = round(auroc(ranked[:, :k].mean(1), truth), 4)
+    return out
 
 
 def metrics_of(scored: Scored, data: ImageSet, masks: np.ndarray | None) -> dict:
@@ -170,6 +182,7 @@ def print_memory_report(report: dict, out: Path) -> None:
         print(f"{name:<26} {show('image_auroc'):>11} {show('pixel_auroc'):>11} "
               f"{show('pro_30'):>9} {show('defective_failed_share', True):>12} "
               f"{show('normal_failed_share', True):>11}")
+    print(f"frame score from the memory's map (image AUROC): {report['aggregates']}")
     print(f"calibrated: {100 * report['target_fpr']:.0f} % of normal frames to fail "
           f"({100 * report['heldout_normal_fail_share']:.1f} % of the held-out ones did)")
     for name, entry in report["methods"].items():
