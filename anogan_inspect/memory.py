@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anogan_inspect.tiling import gaussian_kernel
+
 EXTRACTORS = ("disc", "pixels", "backbone")
 SAMPLERS = ("coreset", "random")
 GRIDS = ("fine", "coarse")
@@ -196,13 +198,6 @@ def layer_scales(features: Features, frames: torch.Tensor) -> tuple[float, ...]:
 
 
 # -- Scoring -------------------------------------------------------------------------------
-
-
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return kernel / kernel.sum()
 
 
 def nearest_squared(features: torch.Tensor, memory: torch.Tensor, memory_sq: torch.Tensor,

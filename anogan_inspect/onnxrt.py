@@ -48,23 +48,16 @@ def make_session(model: Path | str | bytes, device: str = "cpu", intra_op_thread
     return ort.InferenceSession(source, sess_options=options, providers=providers_for(device))
 
 
-def max_parity_error(session, torch_fn: Callable[[torch.Tensor], torch.Tensor],
-                     example: torch.Tensor) -> float:
-    """Largest |ORT - torch| on one example input (relative to the output's scale)."""
+def max_parity_error(session, torch_fn: Callable, example: torch.Tensor) -> float:
+    """Largest |ORT - torch| on one example input, over every output (a memory scorer has
+    two: map and score), relative to the outputs' scale."""
     input_name = session.get_inputs()[0].name
-    (ort_out,) = session.run(None, {input_name: example.cpu().numpy()})
+    ort_outs = session.run(None, {input_name: example.cpu().numpy()})
     with torch.no_grad():
-        torch_out = torch_fn(example).detach().cpu().numpy()
-    scale = max(1.0, float(np.abs(torch_out).max()))
-    return float(np.abs(ort_out - torch_out).max()) / scale
-
-
-def memory_parity_error(session, scorer: Callable, image: torch.Tensor) -> float:
-    """Largest |ORT − torch| over a memory scorer's map and score, relative to the scores'
-    scale (as max_parity_error is to its output's)."""
-    ort_map, ort_score = session.run(None, {"image": image.cpu().numpy()})
-    with torch.no_grad():
-        torch_map, torch_score = (t.cpu().numpy() for t in scorer(image))
-    scale = max(1.0, float(np.abs(torch_score).max()))
-    return max(float(np.abs(ort_map - torch_map).max()),
-               float(np.abs(ort_score - torch_score).max())) / scale
+        torch_outs = torch_fn(example)
+    if isinstance(torch_outs, torch.Tensor):
+        torch_outs = (torch_outs,)
+    torch_outs = [t.detach().cpu().numpy() for t in torch_outs]
+    scale = max(1.0, *(float(np.abs(t).max()) for t in torch_outs))
+    return max(float(np.abs(o - t).max()) for o, t in zip(ort_outs, torch_outs, strict=True)
+               ) / scale

@@ -130,14 +130,20 @@ def stitch(tile_maps: np.ndarray, origins: list[tuple[int, int]], size: tuple[in
     return (total / np.maximum(count, 1)).astype(np.float32)
 
 
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A normalised 1-D Gaussian of standard deviation `sigma`, 3σ each side (float32)."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return torch.as_tensor(kernel / kernel.sum())
+
+
 def smooth(anomaly_map: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing of an (h, w) map (separable, reflect padding)."""
     if sigma <= 0:
         return anomaly_map
-    radius = max(1, int(math.ceil(3 * sigma)))
-    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
-    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = torch.as_tensor(kernel / kernel.sum())
+    kernel = gaussian_kernel(sigma)
+    radius = (kernel.shape[0] - 1) // 2
     x = torch.as_tensor(anomaly_map, dtype=torch.float32)[None, None]
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
     x = F.conv2d(x, kernel.view(1, 1, 1, -1))

@@ -356,10 +356,13 @@ def run_train(args) -> int:
     model, cfg, tiling = model_config(args), train_config(args), tiling_config(args)
     memory_cfg = memory_config(args)
     backbone = load_backbone(args.backbone) if memory_cfg and args.backbone else None
-    if memory_cfg and args.target_fpr is None:  # by default 1 % of normal frames fail
-        args.target_fpr = 1.0 - args.quantile if args.quantile is not None else 0.01
-    quantile = 1.0 - args.target_fpr if args.target_fpr is not None else \
-        (args.quantile if args.quantile is not None else 0.95)
+    # The threshold's quantile of held-out scores: from --target-fpr, --quantile, or 0.95
+    # (0.99 for a memory bundle: 1 % of normal frames to fail).
+    if args.target_fpr is not None:
+        quantile, target_fpr = 1.0 - args.target_fpr, args.target_fpr
+    else:
+        quantile = args.quantile if args.quantile is not None else (0.99 if memory_cfg else 0.95)
+        target_fpr = round(1.0 - quantile, 12)
     search_cfg = search_config(args, SearchConfig())
     device = torch.device(args.device)
     job = Distributed.from_env(device)  # under torchrun: one of several processes
@@ -399,12 +402,12 @@ def run_train(args) -> int:
         memory_started = time.time()
         trunk = copy.deepcopy(nets.discriminator.features).cpu().eval()
         built = build_memory(memory_cfg, data.images[train_idx], data.images[holdout_idx],
-                             tiling, model.channels, args.target_fpr, args.pixel_quantile,
+                             tiling, model.channels, target_fpr, args.pixel_quantile,
                              trunk=trunk, backbone=backbone, seed=args.seed)
         train_seconds += time.time() - memory_started
         memory_entry = built.manifest
         threshold = {"value": memory_entry["image_threshold"], "judged_by": "memory",
-                     "quantile": quantile, "target_fpr": args.target_fpr,
+                     "quantile": quantile, "target_fpr": target_fpr,
                      "heldout_fpr": memory_entry["calibration"]["heldout_fail_share"],
                      "frames": len(holdout_idx)}
         extra["memory"] = memory_entry
