@@ -3,10 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch==2.13.0 resolves to the CPU wheel that lies on this workplace's disk (pip's
-# find-links); on another machine add TORCH_INDEX=https://download.pytorch.org/whl/cpu to
-# get the CPU build (PyPI's default is a CUDA build), or .../whl/cu128 for a GPU
-# (any torch >= 2.4).
+# The pinned CPU build of torch; PyPI's default torch is a CUDA build, so on a fresh machine
+# add TORCH_INDEX=https://download.pytorch.org/whl/cpu (or .../whl/cu128 for a GPU, with a
+# TORCH_SPEC that index has; any torch >= 2.4).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
@@ -16,6 +15,11 @@ DATA_TEST ?= data/mnist_test.csv.gz
 NORMAL ?= 7,8
 ANOMALY ?= 2
 PORT ?= 50051
+# Where `make serve`, `make smoke` and the demos listen: this machine only unless told
+# (HOST=0.0.0.0 or HOST=[::] for every interface). The demos take a free port unless PORT=
+# is given.
+HOST ?= 127.0.0.1
+DEMO_PORT := $(if $(filter command line environment,$(origin PORT)),--port $(PORT),)
 STEPS ?=
 PYTEST_ARGS ?=
 # The texture benchmarks (full-resolution frames), generated from data/textures/grass.png:
@@ -82,11 +86,11 @@ texture-evaluate: install $(TEXTURE_BUNDLE)/manifest.json
 # Serve the texture memory bundle, stream the texture test frames, save overlays (map + boxes).
 demo-texture: install $(TEXTURE_BUNDLE)/manifest.json
 	$(PY) -m anogan_inspect.clients.demo --bundle $(TEXTURE_BUNDLE) --folder $(TEXTURE_DATA) \
-		--overlays reports/demo-texture --rate 0
+		--overlays reports/demo-texture --rate 0 --host $(HOST) $(DEMO_PORT)
 
 demo: install $(BUNDLE)/manifest.json
 	$(PY) -m anogan_inspect.clients.demo --bundle $(BUNDLE) --data $(DATA_TEST) \
-		--normal-labels $(NORMAL) --anomaly-labels $(ANOMALY)
+		--normal-labels $(NORMAL) --anomaly-labels $(ANOMALY) --host $(HOST) $(DEMO_PORT)
 
 # Stubs for Python (checked in, with anogan/v1/inspection.binpb) and C++, Go, Java, C# and
 # TypeScript (gen/<language>/); the generators come from Debian and npm: make proto-tools.
@@ -112,10 +116,10 @@ proto-baseline: install
 	$(PY) proto/generate.py --baseline
 
 serve: install $(BUNDLE)/manifest.json
-	$(VENV)/bin/anogan-serve --bundle $(BUNDLE) --port $(PORT)
+	$(VENV)/bin/anogan-serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
 smoke: install $(BUNDLE)/manifest.json
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" clients/smoke.sh --start-server $(BUNDLE)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" clients/smoke.sh --start-server $(BUNDLE) --host $(HOST)
 
 # The whole suite, what CI runs: proto-lint checks the stubs too (proto-check), then runs
 # buf lint; pytest prints one line per test and the slowest ones at the end.

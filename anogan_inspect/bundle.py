@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from anogan_inspect.configs import PARITY_TOLERANCE  # noqa: F401 (re-exported)
 from anogan_inspect.manifest import FORMAT, FORMAT_VERSION, validate_manifest
 from anogan_inspect.search import ScoringModels, SearchConfig
 from anogan_inspect.tiling import Tiling
@@ -24,7 +25,6 @@ SIGNATURES = {
     "features": ("image", "features"),
     "encoder": ("image", "z"),
 }
-PARITY_TOLERANCE = 1e-4
 # The largest batch the exported torch programs accept (their batch axis's bound): the
 # server's search slots and fast-path batches stay within it.
 MAX_BATCH = 4096

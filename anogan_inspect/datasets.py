@@ -246,6 +246,14 @@ def _select_rows(
     if normal is not None and anomaly is not None and set(normal) & set(anomaly):
         both = sorted(set(normal) & set(anomaly))
         raise DatasetError(f"{path}: labels {both} are listed as both normal and anomalous")
+    present = sorted(int(v) for v in np.unique(labels))
+    for option, asked in (("--normal-labels", normal), ("--anomaly-labels", anomaly)):
+        absent = sorted(set(asked or []) - set(present))
+        if absent:  # a typo would otherwise drop a class (and its AUROC) silently
+            raise DatasetError(f"{path}: {option} {','.join(map(str, asked))}: no rows with "
+                               f"label{'s' if len(absent) > 1 else ''} "
+                               f"{', '.join(map(str, absent))}; labels present: "
+                               f"{', '.join(map(str, present))}")
     is_anomaly = None if anomaly is None else np.isin(labels, anomaly)
     if normal is None:
         keep = np.ones(len(labels), dtype=bool)
@@ -253,10 +261,6 @@ def _select_rows(
         keep = np.isin(labels, normal + (anomaly or []))
         if is_anomaly is None:
             is_anomaly = np.zeros(len(labels), dtype=bool)
-    if not keep.any():
-        asked = normal + (anomaly or []) if normal is not None else anomaly
-        present = sorted(int(v) for v in np.unique(labels))
-        raise DatasetError(f"{path}: no rows with labels {asked}; labels present: {present}")
     return keep, is_anomaly
 
 

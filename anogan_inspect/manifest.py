@@ -30,9 +30,11 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class _Strict(BaseModel):
-    """Strict types ("20" is not 20), no NaN or infinity; unknown keys allowed."""
+    """Strict types ("20" is not 20), no NaN or infinity, no unknown fields (a misspelt
+    or foreign field is named, never ignored). Sections that only record how a bundle was
+    made (training, score summaries, timings) are free-form dicts."""
 
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
 
 class Geometry(_Strict):
@@ -61,11 +63,25 @@ class Search(_Strict):
 
 class Threshold(_Strict):
     value: float = Field(gt=0)
+    method: str | None = None  # how it was set: "quantile" of held-out normal scores
+    quantile: float | None = Field(default=None, gt=0, le=1)
+    target_fpr: float | None = Field(default=None, ge=0, lt=1)
+    heldout_fpr: float | None = Field(default=None, ge=0, le=1)
+    scores: dict | None = None  # the held-out scores' summary (record)
+    steps: int | None = Field(default=None, gt=0)  # the search budget it was calibrated at
+    start: Literal["encoder", "random"] | None = None
+    judged_by: Literal["memory"] | None = None
+    frames: int | None = Field(default=None, gt=0)
+    # Bundles written before MODE_FAST had its own threshold: the search's, shared
+    shared_with_search: bool | None = None
 
 
 class Network(_Strict):
     torch: str = Field(min_length=1)
     onnx: str = Field(min_length=1)
+    inputs: list[str] | None = None
+    outputs: list[str] | None = None
+    parity_error: float | None = Field(default=None, ge=0)
 
 
 class Networks(_Strict):
@@ -76,6 +92,7 @@ class Networks(_Strict):
 
 class FileEntry(_Strict):
     sha256: str
+    bytes: int | None = Field(default=None, ge=0)
 
     @field_validator("sha256")
     @classmethod
@@ -93,6 +110,32 @@ class TilingEntry(_Strict):
     top_k: int = Field(gt=0)
     smoothing: float = Field(ge=0)
     pixel_threshold: float = Field(gt=0)
+    pixel_quantile: float | None = Field(default=None, gt=0, le=1)
+
+
+class ModelEntry(_Strict):
+    """The networks' configuration (configs.ModelConfig)."""
+
+    image_size: int = Field(gt=0)
+    channels: Literal[1, 3]
+    latent_dim: int = Field(gt=0)
+    width: int = Field(gt=0)
+    disc_norm: Literal["batch", "layer", "none"]
+    leaky_slope: float = Field(ge=0)
+
+
+class Normalization(_Strict):
+    """How frames become model inputs (preprocess.NORMALIZATION)."""
+
+    input: str
+    resize: str
+    scale: float
+    offset: float
+
+
+class Parity(_Strict):
+    tolerance: float = Field(ge=0)
+    max_error: dict[str, float]
 
 
 class MemoryEntry(_Strict):
@@ -107,6 +150,22 @@ class MemoryEntry(_Strict):
     image_threshold: float = Field(gt=0)
     pixel_threshold: float = Field(gt=0)
     calibration: dict
+    # How it was built (configs.MemoryConfig) and what that took
+    layers: list[int] | None = None
+    aggregate: int | None = Field(default=None, gt=0)
+    grid: Literal["fine", "coarse"] | None = None
+    patch: int | None = Field(default=None, gt=0)
+    step: int | None = Field(default=None, gt=0)
+    standardize: bool | None = None
+    size: int | None = Field(default=None, gt=0)
+    sampler: Literal["coreset", "random"] | None = None
+    projection: int | None = Field(default=None, ge=0)
+    candidates: int | None = Field(default=None, gt=0)
+    augment: bool | None = None
+    layer_scales: list[float] | None = None
+    candidates_seen: int | None = Field(default=None, ge=0)
+    bytes: int | None = Field(default=None, ge=0)
+    seconds: dict | None = None
 
 
 class Manifest(_Strict):
@@ -114,6 +173,12 @@ class Manifest(_Strict):
     format_version: Literal[1]
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
+    created: str | None = None
+    lambda_: float | None = Field(default=None, alias="lambda", ge=0, le=1)
+    model: ModelEntry | None = None
+    normalization: Normalization | None = None
+    parity: Parity | None = None
+    training: dict | None = None  # how it was trained (record)
     geometry: Geometry
     latent_dim: int = Field(gt=0, le=4096)
     search: Search
@@ -187,6 +252,8 @@ def describe(err: ValidationError, path: Path) -> str:
     for error in err.errors(include_url=False):
         field = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (not part of this server's manifest format; misspelt?)"
         found = error.get("input")
         shown = "" if error["type"] == "missing" or isinstance(found, dict | list) else \
             f" (found {_show(found)})"

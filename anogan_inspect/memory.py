@@ -25,74 +25,23 @@ torch.export program of a pretrained network whose weights the user supplies).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anogan_inspect.configs import (  # noqa: F401 (re-exported)
+    EXTRACTORS,
+    GRIDS,
+    SAMPLERS,
+    MemoryConfig,
+)
 from anogan_inspect.tiling import gaussian_kernel
 
-EXTRACTORS = ("disc", "pixels", "backbone")
-SAMPLERS = ("coreset", "random")
-GRIDS = ("fine", "coarse")
 # Memory rows compared at once: (locations × CHUNK) distances are held, not (locations × M):
 # 134 MB for a 512×512 frame at stride 2 (512 also measured faster than 2,048 here).
 CHUNK = 512
-
-
-@dataclass(frozen=True)
-class MemoryConfig:
-    """How a memory bundle extracts, reduces and scores features (the manifest's `memory`)."""
-
-    extractor: str = "disc"
-    layers: tuple[int, ...] = (0, 1)  # disc: trunk blocks joined (0: the first)
-    aggregate: int = 3  # k×k neighbourhood average of the features (1: none)
-    # The grid the layers are joined on: "fine" (the first chosen block's: coarser blocks
-    # upsampled) or "coarse" (the last chosen block's: finer blocks averaged down; 4× fewer
-    # locations per halving, for speed).
-    grid: str = "fine"
-    patch: int = 8  # pixels: patch side
-    step: int = 2  # pixels: pixels between patches
-    standardize: bool = False  # pixels: each patch's mean and contrast removed
-    size: int = 10000  # rows kept in the memory
-    sampler: str = "coreset"  # greedy k-center coreset, or a random subsample
-    projection: int = 64  # coreset: dimensions of the random projection it runs in
-    candidates: int = 100_000  # coreset: at most this many rows, drawn at random, compete
-    smoothing: float = 4.0  # Gaussian σ of the map, frame pixels
-    augment: bool = False  # photometric augmentation of the frames the memory is built from
-    layer_scales: tuple[float, ...] = field(default=())  # set when the memory is built
-
-    def __post_init__(self) -> None:
-        if self.extractor not in EXTRACTORS:
-            raise ValueError(f"extractor must be one of {EXTRACTORS}, got {self.extractor!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.size < 1 or self.aggregate < 1 or self.aggregate % 2 == 0:
-            raise ValueError("memory size must be positive and aggregate a positive odd number")
-        if self.patch < 1 or not 0 < self.step <= self.patch or (self.patch - self.step) % 2:
-            raise ValueError(f"pixels need 0 < step ≤ patch with patch − step even (patches "
-                             f"centred on their cells), got step {self.step}, patch "
-                             f"{self.patch}")
-        if self.grid not in GRIDS:
-            raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
-        if not self.layers or min(self.layers) < 0:
-            raise ValueError(f"layers must be block indices ≥ 0, got {self.layers}")
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["layers"], data["layer_scales"] = list(self.layers), list(self.layer_scales)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MemoryConfig:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        for key in ("layers", "layer_scales"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
 
 # -- Extractors ----------------------------------------------------------------------------

@@ -9,71 +9,10 @@ channels, where ``n = log2(image_size) - 2``. At 64×64 with width 64 that is th
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
-
 import torch
 from torch import nn
 
-NORMS = ("batch", "layer", "none")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Geometry and widths of the three networks; stored in checkpoints and manifests."""
-
-    image_size: int = 32
-    channels: int = 1
-    latent_dim: int = 20
-    width: int = 32
-    # Discriminator/encoder normalisation. "batch" is the seed's; "layer" (GroupNorm with one
-    # group: per-sample statistics) makes eval-mode features independent of batch statistics.
-    disc_norm: str = "layer"
-    leaky_slope: float = 0.2
-
-    def __post_init__(self) -> None:
-        if self.image_size < 16 or self.image_size & (self.image_size - 1):
-            raise ValueError(f"image_size must be a power of two >= 16, got {self.image_size}")
-        if self.disc_norm not in NORMS:
-            raise ValueError(f"disc_norm must be one of {NORMS}, got {self.disc_norm!r}")
-        for name in ("channels", "latent_dim", "width"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
-
-    @property
-    def n_blocks(self) -> int:
-        """Stride-2 blocks between the image and the 4×4 map."""
-        return int(math.log2(self.image_size)) - 2
-
-    @property
-    def top_channels(self) -> int:
-        """Channels of the 4×4 map (512 for the seed)."""
-        return self.width * 2 ** (self.n_blocks - 1)
-
-    @property
-    def feature_dim(self) -> int:
-        """Length of the flattened feature vector f(x)."""
-        return self.top_channels * 4 * 4
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-PRESETS: dict[str, ModelConfig] = {
-    # Small and fast on a 2-core CPU; the product default.
-    "default": ModelConfig(image_size=32, channels=1, latent_dim=20, width=32, disc_norm="layer"),
-    # The seed's DCGAN: 64×64, width 64, BatchNorm + LeakyReLU(0.1) in the discriminator.
-    "seed": ModelConfig(
-        image_size=64, channels=1, latent_dim=20, width=64, disc_norm="batch", leaky_slope=0.1
-    ),
-    # For tests: trains in seconds.
-    "tiny": ModelConfig(image_size=16, channels=1, latent_dim=8, width=8, disc_norm="layer"),
-}
+from anogan_inspect.configs import NORMS, PRESETS, ModelConfig  # noqa: F401 (re-exported)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

@@ -28,36 +28,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from anogan_inspect.configs import SearchConfig  # noqa: F401 (re-exported)
+
 Network = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Latent-search options; the bundle's manifest records the defaults it was calibrated with."""
-
-    steps: int = 100
-    lr: float = 0.01
-    lam: float = 0.1  # weight of the feature distance (λ)
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    # Early stopping: a slot stops after `patience` steps without a relative improvement of
-    # `min_delta` in its best loss (0 disables).
-    patience: int = 0
-    min_delta: float = 1e-4
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SearchConfig:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anogan_inspect.configs import AGGREGATES
 from anogan_inspect.search import fast_clears
-
-AGGREGATES = ("max", "topk")
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normal-labels", default="7,8", help="labels of normal rows")
     parser.add_argument("--anomaly-labels", default="2", help="labels of anomalous rows")
     parser.add_argument("--streams", type=int, default=4, help="concurrent streams")
-    parser.add_argument("--rate", type=float, default=20.0,
-                        help="frames/s over all streams, like a line camera (0: max); this "
-                             "2-core CPU keeps up with 20 (30 builds a queue)")
+    parser.add_argument("--rate", type=float, default=15.0,
+                        help="frames/s over all streams, like a line camera (0: as fast as "
+                             "the server answers; a rate the server cannot keep builds a "
+                             "queue, and the client says so)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address the demo's server listens on ([::]: every interface)")
+    parser.add_argument("--port", type=int, default=0, help="its port (0: any free port)")
     parser.add_argument("--every", type=int, default=5,
                         help="print every N-th result (the summary counts them all)")
     parser.add_argument("--server-arg", action="append", default=[],
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             server = ServerProcess([str(args.bundle)], Path(tmp) / "server.log",
-                                   *args.server_arg)
+                                   *args.server_arg, host=args.host, port=args.port)
         except RuntimeError as err:
             print(f"demo: {err}", file=sys.stderr)
             return 1

@@ -22,7 +22,9 @@ class ServerProcess:
 
     def __init__(self, bundles: list[str], log_path: Path, *extra: str,
                  start_timeout: float = 180.0, cwd: Path | None = None,
-                 module: str = "anogan_inspect.server"):
+                 module: str = "anogan_inspect.server", host: str | None = None,
+                 port: int = 0):
+        """host: --host (None: the server's default, every interface); port: 0, any free."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         port_file = log_path.with_suffix(".port")
         port_file.unlink(missing_ok=True)
@@ -31,11 +33,12 @@ class ServerProcess:
         self._log = open(log_path, "w")
         bundle_args = [arg for bundle in bundles for arg in ("--bundle", str(bundle))]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", module, "--port", "0",
+            [sys.executable, "-m", module, "--port", str(port),
+             *(["--host", host] if host else []),
              "--port-file", str(port_file), *bundle_args, *extra],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
         self.port = self._wait_for_port(port_file, start_timeout)
-        self.target = f"localhost:{self.port}"
+        self.target = f"{client_host(host)}:{self.port}"
 
     def _wait_for_port(self, port_file: Path, timeout: float) -> int:
         """The port the server wrote once listening; RuntimeError (with its log) otherwise."""
@@ -69,3 +72,11 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
             self._log.close()
+
+
+def client_host(host: str | None) -> str:
+    """Where a client on this machine reaches a server listening on `host`: localhost for
+    every interface ([::], 0.0.0.0) or none given, else the address itself."""
+    if host is None or host.strip("[]") in ("", "::", "0.0.0.0"):
+        return "localhost"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

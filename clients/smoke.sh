@@ -130,7 +130,13 @@ if [[ -n "$bundle" ]]; then
     fi
     sleep 0.2
   done
-  target="localhost:${content%$'\n'}"
+  # The server's --host, if given; every interface ([::], 0.0.0.0) is reached at localhost
+  host=localhost
+  for ((i = 0; i < ${#server_args[@]} - 1; i++)); do
+    [[ "${server_args[i]}" == "--host" ]] && host="${server_args[i + 1]}"
+  done
+  case "$host" in "[::]" | "::" | "0.0.0.0" | "") host=localhost ;; esac
+  target="${host}:${content%$'\n'}"
   ok "server started and listening on $target"
 fi
 

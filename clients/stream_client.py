@@ -353,7 +353,7 @@ async def connect(channel: grpc.aio.Channel, args) -> None:
         state = channel.get_state(try_to_connect=True)
 
 
-NO_SERVER_HINT = "start one with `make serve` or pass --target HOST:PORT"
+NO_SERVER_HINT = "start one with `anogan-serve --bundle PATH` or pass --target HOST:PORT"
 
 
 async def _connection_problem(channel: grpc.aio.Channel, args) -> str:
@@ -446,70 +446,74 @@ MODE_HELP = ("default: the model's own (cascade with an encoder, else search); "
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anogan-client", description=__doc__,
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--target", default="localhost:50051",
+    server = parser.add_argument_group("server", "where to send frames and how they are judged")
+    server.add_argument("--target", default="localhost:50051",
                         help="server address, HOST:PORT; several servers: "
                              "dns:///NAME:PORT (every address the name has) or "
                              "ipv4:HOST:PORT,HOST:PORT, with --lb round_robin")
-    parser.add_argument("--lb", choices=("pick_first", "round_robin"), default="pick_first",
+    server.add_argument("--lb", choices=("pick_first", "round_robin"), default="pick_first",
                         help="with several servers behind --target: round_robin spreads the "
                              "streams over them, one connection each, and skips a server "
                              "whose health check says NOT_SERVING (draining)")
-    parser.add_argument("--resend", type=int, nargs="?", const=3, default=0, metavar="N",
+    server.add_argument("--resend", type=int, nargs="?", const=3, default=0, metavar="N",
                         help="when a stream ends UNAVAILABLE (its server drains or goes "
                              "away), open it again and resend its unanswered frames, up to "
                              "N times a stream (3 if N is left out); each frame is still "
                              "answered once")
-    source = parser.add_mutually_exclusive_group(required=True)
+    server.add_argument("--mode", choices=sorted(MODES), default="default", help=MODE_HELP)
+    server.add_argument("--steps", type=positive_int,
+                        help="search steps (default: the model's)")
+    server.add_argument("--model", help="model name (default: the server's default)")
+    server.add_argument("--provisional", action="store_true",
+                        help="ask for provisional fast-path results before the final ones")
+    server.add_argument("--connect-timeout", type=float, default=30.0,
+                        help="seconds to wait for a server that does not answer at all (a "
+                             "refused connection fails at once)")
+    frames = parser.add_argument_group("frames", "what to stream (one source), and how fast")
+    source = frames.add_mutually_exclusive_group(required=True)
     source.add_argument("--csv", type=Path, help="MNIST-style CSV (.csv or .csv.gz)")
     source.add_argument("--folder", type=Path, help="image folder (MVTec layout: --split)")
     source.add_argument("--generate", type=positive_int, metavar="N",
                         help=f"N synthetic frames: {GENERATED_FRAMES}")
-    parser.add_argument("--normal-labels", type=parse_labels,
+    frames.add_argument("--normal-labels", type=parse_labels,
                         help="CSV: labels of normal rows, e.g. 7,8")
-    parser.add_argument("--anomaly-labels", type=parse_labels,
+    frames.add_argument("--anomaly-labels", type=parse_labels,
                         help="CSV: labels of anomalous rows, e.g. 2")
-    parser.add_argument("--split", default="test", help="MVTec split to stream")
-    parser.add_argument("--size", type=int, default=28, help="generated frame size, pixels")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated frames")
-    parser.add_argument("--limit", type=int, help="stream at most N frames (default: all)")
-    parser.add_argument("--rate", type=float,
+    frames.add_argument("--split", default="test", help="MVTec split to stream")
+    frames.add_argument("--size", type=int, default=28, help="generated frame size, pixels")
+    frames.add_argument("--seed", type=int, default=0, help="seed of the generated frames")
+    frames.add_argument("--limit", type=int, help="stream at most N frames (default: all)")
+    frames.add_argument("--rate", type=float,
                         help="frames/s over all streams, like a camera (default: as fast as "
                              "the server answers)")
-    parser.add_argument("--streams", type=positive_int, default=1, help="concurrent streams")
-    parser.add_argument("--batch", type=positive_int, default=1,
+    frames.add_argument("--streams", type=positive_int, default=1, help="concurrent streams")
+    frames.add_argument("--batch", type=positive_int, default=1,
                         help="frames per message: above 1, each stream sends FrameBatch "
                              "messages (fewer messages for high frame rates; the server "
                              "answers each with all its results at once)")
-    parser.add_argument("--mode", choices=sorted(MODES), default="default", help=MODE_HELP)
-    parser.add_argument("--steps", type=positive_int,
-                        help="search steps (default: the model's)")
-    parser.add_argument("--model", help="model name (default: the server's default)")
-    parser.add_argument("--provisional", action="store_true",
-                        help="ask for provisional fast-path results before the final ones")
-    parser.add_argument("--jsonl", type=Path, help="write one JSON line per result")
-    parser.add_argument("--summary-json", type=Path, help="write the summary as JSON")
-    parser.add_argument("--overlays", type=Path, metavar="DIR",
+    output = parser.add_argument_group("output")
+    output.add_argument("--jsonl", type=Path, help="write one JSON line per result")
+    output.add_argument("--summary-json", type=Path, help="write the summary as JSON")
+    output.add_argument("--overlays", type=Path, metavar="DIR",
                         help="tiled models: ask for anomaly maps and save one PNG per frame "
                              "here (frame, heat tint, region boxes, score, verdict)")
-    parser.add_argument("--roc", type=Path, metavar="PNG",
+    output.add_argument("--roc", type=Path, metavar="PNG",
                         help="with labels: write the ROC curve of the scores as a PNG")
-    parser.add_argument("--every", type=positive_int, default=1,
+    output.add_argument("--every", type=positive_int, default=1,
                         help="print every N-th result in the live table (all are summarised)")
-    parser.add_argument("--quiet", action="store_true", help="print the summary only")
-    parser.add_argument("--fail-on-error", action="store_true",
+    output.add_argument("--quiet", action="store_true", help="print the summary only")
+    output.add_argument("--fail-on-error", action="store_true",
                         help="exit 1 when any frame comes back with an error")
-    parser.add_argument("--connect-timeout", type=float, default=30.0,
-                        help="seconds to wait for a server that does not answer at all (a "
-                             "refused connection fails at once)")
-    parser.add_argument("--tls-ca", type=Path, metavar="PEM",
-                        help="connect with TLS, trusting this CA (the server's --tls-cert)")
-    parser.add_argument("--tls-cert", type=Path, metavar="PEM",
-                        help="client certificate, for a server with --tls-client-ca")
-    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
-    parser.add_argument("--token-file", type=Path, metavar="FILE",
-                        help="send its first token as `authorization: Bearer` metadata, for "
-                             f"a server with --auth-token-file (default: ${TOKEN_VARIABLE}, "
-                             "if set)")
+    security = parser.add_argument_group("security", "for a server with TLS or tokens")
+    security.add_argument("--tls-ca", type=Path, metavar="PEM",
+                          help="connect with TLS, trusting this CA (the server's --tls-cert)")
+    security.add_argument("--tls-cert", type=Path, metavar="PEM",
+                          help="client certificate, for a server with --tls-client-ca")
+    security.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    security.add_argument("--token-file", type=Path, metavar="FILE",
+                          help="send its first token as `authorization: Bearer` metadata, for "
+                               f"a server with --auth-token-file (default: ${TOKEN_VARIABLE}, "
+                               "if set)")
     return parser
 
 

@@ -6,9 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import ssl
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,88 +13,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
 from anogan_inspect.server.auth import TokenInterceptor, TokenStore
-from anogan_inspect.server.frames import FrameLimits
-from anogan_inspect.server.models import EngineOptions, ServedModel, load_model
+from anogan_inspect.server.models import ServedModel, load_model
 from anogan_inspect.server.models_dir import ModelsWatcher, load_folder
 from anogan_inspect.server.monitoring import Metrics
+from anogan_inspect.server.options import (  # noqa: F401 (re-exported)
+    ServerConfig,
+    TlsConfig,
+)
 from anogan_inspect.server.reflection import ReflectionServicer
 from anogan_inspect.server.service import InspectionService, ParseErrors
-from anogan_inspect.server.workers import write_port_file
+from anogan_inspect.server.workers import check_ports, write_port_file
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InspectionService"].full_name
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """PEM files for TLS; with `client_ca`, clients must present a certificate it signed."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-    def credentials(self) -> grpc.ServerCredentials:
-        """The server credentials; ValueError naming the file that cannot be read."""
-        def read(path: Path) -> bytes:
-            try:
-                return path.read_bytes()
-            except OSError as err:
-                raise ValueError(f"cannot read TLS file {path}: {err.strerror}") from err
-
-        key, cert = read(self.key), read(self.cert)
-        client_ca = read(self.client_ca) if self.client_ca else None
-        self._check()
-        return grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=client_ca,
-            require_client_auth=self.client_ca is not None)
-
-    def _check(self) -> None:
-        """What gRPC would only say as "Failed to bind to address" once the models are
-        loaded: a key that is not the certificate's, or files that are not PEM."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            context.load_cert_chain(self.cert, self.key)
-        except ssl.SSLError as err:
-            raise ValueError(f"TLS certificate {self.cert} and key {self.key} do not go "
-                             f"together, or are not PEM ({err.reason or err})") from err
-        if self.client_ca:
-            try:
-                context.load_verify_locations(self.client_ca)
-            except ssl.SSLError as err:
-                raise ValueError(f"cannot use TLS client CA {self.client_ca}: "
-                                 f"{err.reason or err}") from err
-
-
-@dataclass
-class ServerConfig:
-    """Everything `anogan-serve` takes from its command line."""
-
-    bundles: list[tuple[str | None, Path]]
-    host: str = "[::]"
-    port: int = 50051
-    engine: EngineOptions = field(default_factory=EngineOptions)
-    limits: FrameLimits = field(default_factory=FrameLimits)
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_in_flight: int = 256  # frames per stream awaiting their result
-    grace_seconds: float = 30.0
-    drain_delay_seconds: float = 1.0  # NOT_SERVING, still serving, before refusing frames
-    port_file: Path | None = None  # written once listening (useful with port 0)
-    tls: TlsConfig | None = None  # None: plain text
-    auth_tokens: Path | None = None  # bearer tokens, one a line (None: no authentication)
-    open_reflection: bool = False  # with tokens: serve reflection without one
-    # Share the port with other processes (SO_REUSEPORT): --workers only, so that a second
-    # server started on a taken port by mistake fails instead of taking half its calls.
-    reuse_port: bool = False
-    worker: int = 0  # this process's index among --workers (reported by GetServerStats)
-    metrics_port: int | None = None  # Prometheus /metrics (None: off; 0: a free port)
-    # Close each connection after this long (GOAWAY: its calls go on, new ones go to a new
-    # connection, and the client resolves its target again). None: never.
-    max_connection_age: float | None = None
-    # End a stream after this long with UNAVAILABLE, once its frames read are answered
-    # (a client with --resend opens a new one, possibly on another replica). None: never.
-    max_stream_age: float | None = None
-    models_dir: Path | None = None  # bundles followed while serving (server/models_dir.py)
-    models_poll: float = 5.0  # s between reads of models_dir
 
 
 def load_models(config: ServerConfig) -> dict[str, ServedModel]:
@@ -137,7 +65,7 @@ class InspectionServer:
         interceptors.append(ParseErrors())
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         self.service = InspectionService(models, next(iter(models)), config.limits,
-                                         config.max_in_flight, config.worker,
+                                         config.stream_window, config.worker,
                                          config.max_stream_age, config.max_message_bytes)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
             health.HealthServicer()
@@ -164,13 +92,19 @@ class InspectionServer:
             model.start()
         await self.server.start()
         if self.metrics is not None:
+            host = self.config.metrics_address
             try:
-                self.metrics_port = self.metrics.serve(self.config.host,
-                                                       self.config.metrics_port)
+                self.metrics_port = self.metrics.serve(host, self.config.metrics_port)
             except OSError as err:
                 raise ValueError(f"cannot serve metrics on port {self.config.metrics_port}: "
                                  f"{err.strerror}") from err
-            log.info("metrics on http://%s:%d/metrics", self.config.host, self.metrics_port)
+            log.info("metrics on http://%s:%d/metrics (plain HTTP, no token)", host,
+                     self.metrics_port)
+            if not _loopback(host):
+                log.warning("metrics on %s are unauthenticated: anyone who reaches port %d "
+                            "reads the counters and score histograms (never frames); pass "
+                            "--metrics-host 127.0.0.1 to keep them on this machine", host,
+                            self.metrics_port)
         if self.watcher:
             self.watcher.start()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -236,6 +170,8 @@ def check_files(config: ServerConfig) -> tuple[grpc.ServerCredentials | None,
     if folder and not (folder.is_dir() and os.access(folder, os.W_OK)):
         raise ValueError(f"--port-file {config.port_file}: {folder} is not a folder this "
                          "process can write to")
+    if not config.reuse_port:  # --workers' processes share the port their supervisor chose
+        check_ports(config)
     return credentials, tokens
 
 

@@ -19,12 +19,14 @@ import numpy as np
 import torch
 
 from anogan_inspect.search import ScoringModels, SearchConfig, SlotResult, SlotTable, to_device
+from anogan_inspect.server.options import PRECISION_NAMES
 from anogan_inspect.server.worker import Job, Worker, resolve_all
 
 log = logging.getLogger(__name__)
 
 # The search's precisions: the autocast dtype of its steps (None: float32 throughout).
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS: dict[str, torch.dtype | None] = dict(zip(PRECISION_NAMES, (None, torch.bfloat16),
+                                                      strict=True))
 # Slot counts tried when a GPU's table is sized at load (the exported programs take
 # batches up to 4096).
 SLOT_CANDIDATES = (256, 512, 1024, 2048, 4096)

@@ -26,9 +26,8 @@ import torch
 from anogan_inspect.bundle import MAX_BATCH, Bundle
 from anogan_inspect.onnxrt import make_session
 from anogan_inspect.search import ScoringModels
+from anogan_inspect.server.options import BACKENDS
 from anogan_inspect.server.worker import Job, Worker, resolve_all
-
-BACKENDS = ("auto", "onnx", "torch")
 
 
 @dataclass

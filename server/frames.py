@@ -9,13 +9,13 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan_inspect.pixels import image_pixels
+from anogan_inspect.server.options import FrameLimits  # noqa: F401 (re-exported)
 
 RAW_DTYPES = {
     pb.DATA_TYPE_UINT8: (np.dtype("u1"), 255.0),
@@ -27,20 +27,6 @@ ENCODED_FORMATS = ("PNG", "JPEG")
 
 class FrameError(ValueError):
     """A malformed frame: the reason is sent back as the frame's error message."""
-
-
-@dataclass(frozen=True)
-class FrameLimits:
-    """Bounds on what one frame may carry."""
-
-    max_pixels: int = 4096 * 4096
-    # Longest a frame's scoring may take (0: no limit); past it the frame's result is
-    # DEADLINE_EXCEEDED and its searches leave their slots.
-    max_seconds: float = 300.0
-    # Server-wide: frames being scored at once, and the bytes their model inputs hold (a
-    # tiled frame's tiles); past either, a frame gets RESOURCE_EXHAUSTED, never an OOM.
-    max_frames_in_flight: int = 16384
-    max_bytes_in_flight: int = 4 << 30
 
 
 def decode_frame(frame: pb.Frame, limits: FrameLimits) -> np.ndarray:

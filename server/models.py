@@ -17,7 +17,6 @@ import torch
 
 from anogan_inspect.bundle import (
     MAX_BATCH,
-    PARITY_TOLERANCE,
     Bundle,
     BundleError,
     check_memory_parity,
@@ -49,6 +48,7 @@ from anogan_inspect.server.fastpath import (
 )
 from anogan_inspect.server.memorypath import MemoryPath
 from anogan_inspect.server.monitoring import Drift
+from anogan_inspect.server.options import EngineOptions  # noqa: F401 (re-exported)
 from anogan_inspect.tiling import (
     Region,
     cut_tiles,
@@ -72,44 +72,6 @@ class Mode(enum.Enum):
 class Stage(enum.Enum):
     FAST = "fast"
     SEARCH = "search"
-
-
-@dataclass
-class EngineOptions:
-    """Server-side search and batching options (the bundle supplies the defaults)."""
-
-    device: str = "cpu"
-    # Slots in the search engine; None: sized for the device (64 on a CPU; on a GPU the
-    # smallest table within 10 % of the best frame-steps/s measured at load).
-    max_batch: int | None = None
-    fast_max_batch: int | None = None  # None: 64 on a CPU, 1024 on a GPU
-    # The fast path's backend: "auto" (ONNX Runtime on a CPU or with its CUDA provider, else
-    # the torch programs on the GPU), "onnx" or "torch".
-    fast_backend: str = "auto"
-    # The search's precision: "fp32", or "bf16" (autocast steps; each finished search is
-    # re-scored in float32 at its best z and at its start, and keeps the lower).
-    precision: str = "fp32"
-    # Capture the search step as CUDA graphs at load (GPUs; one per bucket of active slots)
-    # and replay them instead of launching its kernels from Python each step.
-    cuda_graphs: bool = False
-    search_steps: int | None = None
-    search_lr: float | None = None
-    patience: int | None = None
-    ort_threads: int = 1  # 1 beat ORT's automatic pool on 2 cores (docs/performance.md)
-    max_tiles: int = 65536  # tiled models: most tiles one frame may be cut into
-    # Memory models: frames scored at once by the memory scorer, and its ONNX Runtime
-    # threads (0: one per core; the memory scorer is a memory bundle's main work).
-    memory_max_batch: int = 8
-    memory_threads: int = 0
-    max_search_steps: int = 10_000  # most search steps a client may ask for a frame
-    parity_tolerance: float = PARITY_TOLERANCE
-    # Refuse to start (instead of serving without CASCADE) when the fast path as served
-    # strays from the torch scores by more than the cascade's margin.
-    require_exact_cascade: bool = False
-    # A search budget the bundle has no threshold for: "refuse" it (per frame, and at start
-    # for the server's own --steps) or judge it by the "nearest" calibrated budget's.
-    uncalibrated_steps: str = "refuse"
-    seed: int = 0
 
 
 @dataclass
@@ -193,8 +155,10 @@ class Lane:
 
 
 def parse_devices(text: str) -> list[torch.device]:
-    """'cpu', 'cuda', 'cuda:1' or several, comma-separated ('cuda:0,cuda:1'); ValueError
-    for a GPU this machine does not have."""
+    """'cpu', 'cuda', 'cuda:1' or several, comma-separated ('cuda:0,cuda:1'), or 'auto'
+    (cuda when present, else cpu); ValueError for a GPU this machine does not have."""
+    if text.strip() == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
     devices = [torch.device(part.strip()) for part in text.split(",") if part.strip()]
     if not devices:
         raise ValueError(f"no device in {text!r}")

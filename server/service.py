@@ -28,6 +28,7 @@ from google.rpc import code_pb2, status_pb2
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
+from anogan_inspect.help_format import format_bytes
 from anogan_inspect.search import CASCADE_MARGIN
 from anogan_inspect.server.frames import (
     FrameError,
@@ -98,13 +99,13 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     """InspectionService over a set of resident models."""
 
     def __init__(self, models: dict[str, ServedModel], default_model: str, limits: FrameLimits,
-                 max_in_flight: int, worker: int = 0, max_stream_age: float | None = None,
+                 stream_window: int, worker: int = 0, max_stream_age: float | None = None,
                  max_message_bytes: int = 64 * 1024 * 1024):
         self.models, self.default_model, self.limits = models, default_model, limits
         self.max_message_bytes = max_message_bytes  # what gRPC sends at most (one message)
         # Versions --models-dir replaced that open streams still hold (their metrics).
         self.retired: set[ServedModel] = set()
-        self.max_in_flight = max_in_flight
+        self.stream_window = stream_window
         self.worker = worker  # this process's index among `anogan-serve --workers N`
         self.max_stream_age = max_stream_age  # s; then UNAVAILABLE (--max-stream-age)
         self.metrics = None  # server/monitoring.py's Metrics, with --metrics-port
@@ -199,7 +200,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     async def _stream(self, request_iterator, context):
         out: asyncio.Queue = asyncio.Queue()
         ordered: asyncio.Queue = asyncio.Queue()
-        in_flight = asyncio.Semaphore(self.max_in_flight)
+        in_flight = asyncio.Semaphore(self.stream_window)
         tasks: set[asyncio.Task] = set()
         held: list[ServedModel] = []  # the stream's model: its version serves it to the end
         reader = asyncio.create_task(
@@ -260,7 +261,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                 batch = request.batch.frames if request.HasField("batch") else None
                 # Every frame holds a place in the window; a batch that could never fit
                 # holds one while its error results wait their turn.
-                oversized = batch is not None and len(batch) > self.max_in_flight
+                oversized = batch is not None and len(batch) > self.stream_window
                 permits = 1 if batch is None or oversized else len(batch)
                 for _ in range(permits):
                     await in_flight.acquire()
@@ -338,10 +339,10 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
                 raise x
             size = _input_bytes(x)
             if self.bytes_in_flight + size > self.limits.max_bytes_in_flight:
-                raise Exhausted(f"the frame's {size} bytes of model input do not fit: this "
-                                f"server holds {self.bytes_in_flight} of its "
-                                f"{self.limits.max_bytes_in_flight} (anogan-serve "
-                                "--max-bytes-in-flight): send it later")
+                raise Exhausted(f"the frame's {format_bytes(size)} of model input do not fit: "
+                                f"this server holds {format_bytes(self.bytes_in_flight)} of "
+                                f"its {format_bytes(self.limits.max_bytes_in_flight)} "
+                                "(anogan-serve --max-bytes-in-flight): send it later")
             self.bytes_in_flight, held = self.bytes_in_flight + size, size
             provisional = None
             if on_provisional is not None:
@@ -391,8 +392,8 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
     async def _oversized(self, frames, model: ServedModel) -> list[pb.InspectionResult]:
         """A batch larger than the in-flight window: an error result per frame."""
         message = (f"a batch of {len(frames)} frames is larger than this stream's in-flight "
-                   f"window of {self.max_in_flight} frames (anogan-serve --max-in-flight): "
-                   f"send at most {self.max_in_flight} frames in one batch")
+                   f"window of {self.stream_window} frames (anogan-serve --stream-window): "
+                   f"send at most {self.stream_window} frames in one batch")
         return self._counted([_failed(frame, model, code_pb2.RESOURCE_EXHAUSTED, message)
                               for frame in frames])
 
@@ -415,14 +416,16 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
             size = decoded_bytes(frame, self.limits)
             if size > self.limits.max_bytes_in_flight:
                 items[i] = Exhausted(
-                    f"decoding the frame takes about {size} bytes, more than this server's "
-                    f"whole limit of {self.limits.max_bytes_in_flight} (anogan-serve "
+                    f"decoding the frame takes about {format_bytes(size)}, more than this "
+                    f"server's whole limit of {format_bytes(self.limits.max_bytes_in_flight)} "
+                    "(anogan-serve "
                     "--max-bytes-in-flight): it cannot be scored here; send smaller frames")
                 continue
             if self.bytes_in_flight + size > self.limits.max_bytes_in_flight:
                 items[i] = Exhausted(
-                    f"decoding the frame takes about {size} bytes: this server holds "
-                    f"{self.bytes_in_flight} of its {self.limits.max_bytes_in_flight} "
+                    f"decoding the frame takes about {format_bytes(size)}: this server holds "
+                    f"{format_bytes(self.bytes_in_flight)} of its "
+                    f"{format_bytes(self.limits.max_bytes_in_flight)} "
                     "(anogan-serve --max-bytes-in-flight): send it later")
                 continue
             self.bytes_in_flight += size

@@ -14,6 +14,7 @@ reached).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -125,3 +126,33 @@ def free_port(host: str) -> int:
     with socket.socket(family, kind, proto) as probe:
         probe.bind(address[:2] if family == socket.AF_INET else address)
         return probe.getsockname()[1]
+
+
+def check_ports(config) -> None:
+    """The server's port and its metrics port (a ServerConfig's), free to listen on."""
+    check_port(config.host, config.port, "--port")
+    if config.metrics_port:
+        check_port(config.metrics_address, config.metrics_port, "--metrics-port")
+
+
+def check_port(host: str, port: int, option: str) -> None:
+    """A port something already listens on fails now, in one line, before any model
+    loads (gRPC would say it only after loading them, in its core's log). A trial bind,
+    released at once; port 0 (any free port) always passes."""
+    if port == 0:
+        return
+    address = host.strip("[]") or None
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as err:
+        raise ValueError(f"cannot listen on {host}: {err.strerror}") from err
+    with socket.socket(family, kind, proto) as trial:
+        trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's own
+        try:
+            trial.bind(where)
+        except OSError as err:
+            hint = ("another process listens on it (another anogan-serve?): stop it, or "
+                    f"pick another {option} (0: any free port)"
+                    if err.errno == errno.EADDRINUSE else err.strerror)
+            raise ValueError(f"cannot listen on {host}:{port}: {hint}") from err

@@ -183,7 +183,9 @@ BAD_INPUTS = {
     "non-numeric cell": (lambda d: write_text(d / "cells.csv", "7,1,2,3,4\n7,1,x,3,4\n"),
                          ["--normal-labels", "7"], "cells.csv: line 2, column 3: non-numeric"),
     "no rows after label filter": (lambda d: write_text(d / "digits.csv", "1,0,0,0,0\n"),
-                                   ["--normal-labels", "7"], "digits.csv: no rows with labels [7]"),
+                                   ["--normal-labels", "7"],
+                                   "digits.csv: --normal-labels 7: no rows with label 7; "
+                                   "labels present: 1"),
     "non-image file": (lambda d: write_text(d / "imgs" / "notes.txt", "hello").parent,
                        [], "notes.txt: not an image"),
     "mixed image sizes": (lambda d: write_gray_images(d / "imgs", {"a.png": (16, 16),

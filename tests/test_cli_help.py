@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
 from anogan_inspect.clients.demo import build_parser as demo_parser
 from anogan_inspect.clients.stream_client import build_parser as client_parser
+from anogan_inspect.help_format import format_bytes, memory_bytes, parse_bytes
 from anogan_inspect.server.cli import build_parser as serve_parser
 from anogan_inspect.trainer.cli import build_parser as train_parser
 
@@ -43,7 +46,9 @@ def test_every_option_has_help_and_its_default(command):
         assert len(shown) > len(option) + 5, f"{command} {option}: no help printed"
         if action.default is not None and action.default is not False:
             default = action.default
-            if isinstance(default, list | tuple):
+            if action.type is parse_bytes:
+                default = format_bytes(default)
+            elif isinstance(default, list | tuple):
                 default = ",".join(str(v) for v in default) or "none"
             assert f"(default: {default}" in shown or "default:" in action.help, \
                 f"{command} {option}: its default {default!r} is not shown: {shown!r}"
@@ -60,7 +65,7 @@ def test_defaults_come_from_the_configs():
 
 
 @pytest.mark.parametrize("option, value, says", [
-    ("--max-in-flight", "0", "must be at least 1"),  # a stream would wait forever
+    ("--stream-window", "0", "must be at least 1"),  # a stream would wait forever
     ("--max-frames-in-flight", "0", "must be at least 1"),
     ("--models-poll", "0", "must be above 0"),  # a busy loop re-reading every manifest
     ("--grace", "-1", "must be at least 0"),
@@ -90,3 +95,78 @@ def test_serve_refuses_a_port_file_it_could_not_write_before_starting(workers, t
                  "--workers", workers, "--device", "cpu"]) == 2
     assert f"--port-file {port_file}: {port_file.parent} is not a folder" in \
         capsys.readouterr().err
+
+
+# Each command's --help as a user's shell runs it: the modules it imports are the command
+# line's own, never torch or ONNX Runtime (seconds to import).
+HELP_COMMANDS = {
+    "anogan-serve": "anogan_inspect.server.cli",
+    "anogan-train": "anogan_inspect.trainer.cli",
+    "anogan-client": "anogan_inspect.clients.stream_client",
+    "demo": "anogan_inspect.clients.demo",
+}
+
+
+@pytest.mark.parametrize("command", sorted(HELP_COMMANDS))
+def test_help_prints_without_importing_torch(command):
+    module = HELP_COMMANDS[command]
+    args = ["train", "--help"] if command == "anogan-train" else ["--help"]
+    code = (f"import sys\nfrom {module} import build_parser\n"
+            f"build_parser().print_help() if {args!r} == ['--help'] else None\n"
+            f"try:\n    build_parser().parse_args({args!r})\nexcept SystemExit:\n    pass\n"
+            "print('IMPORTED', sorted(m for m in ('torch', 'onnxruntime') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "IMPORTED []" in done.stdout, done.stdout[-300:]
+    assert "usage:" in done.stdout
+
+
+def test_serve_help_is_in_groups_with_byte_sizes_people_read():
+    text = serve_parser().format_help()
+    groups = [line[:-1] for line in text.splitlines() if line and not line.startswith(" ")
+              and line.endswith(":")]
+    for group in ("models", "listening", "security", "limits", "search",
+                  "device and tuning", "GPU", "shutdown", "metrics"):
+        assert group in groups, groups
+    flat = " ".join(text.split())
+    assert "largest gRPC message received or sent (default: 64MiB)" in flat
+    share = format_bytes(max(1 << 30, memory_bytes() // 16))
+    assert f"1/16 of this machine's memory, at least 1GiB: {share} here)" in flat
+
+
+@pytest.mark.parametrize("text, count", [("4GiB", 4 << 30), ("512MB", 512_000_000),
+                                         ("1.5GiB", 3 << 29), ("64 mib", 64 << 20),
+                                         ("1000", 1000), ("2k", 2000)])
+def test_byte_sizes_read_as_written(text, count):
+    assert parse_bytes(text) == count
+    assert parse_bytes(format_bytes(count)) == pytest.approx(count, rel=0.05)  # as printed
+
+
+@pytest.mark.parametrize("text", ["", "GiB", "4 GB B", "-1", "0", "4XB", "1e9"])
+def test_byte_sizes_that_are_not_say_so(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_bytes(text)
+
+
+def test_bytes_in_flight_default_to_a_share_of_this_machines_memory():
+    from anogan_inspect.server.cli import config_from_args
+
+    limits = config_from_args(serve_parser().parse_args(["--bundle", "b"])).limits
+    assert limits.max_bytes_in_flight == max(1 << 30, memory_bytes() // 16)
+    assert limits.max_bytes_in_flight < memory_bytes()
+    chosen = serve_parser().parse_args(["--bundle", "b", "--max-bytes-in-flight", "300MiB"])
+    assert config_from_args(chosen).limits.max_bytes_in_flight == 300 << 20
+
+
+def test_metrics_listen_where_the_server_does_unless_told():
+    from anogan_inspect.server.cli import config_from_args
+
+    def address(*args: str) -> str:
+        return config_from_args(serve_parser().parse_args(["--bundle", "b", *args])
+                                ).metrics_address
+
+    assert address("--metrics-port", "9100") == "[::]"  # --host's default
+    assert address("--host", "127.0.0.1", "--metrics-port", "9100") == "127.0.0.1"
+    assert address("--host", "127.0.0.1", "--metrics-host", "10.0.0.5") == "10.0.0.5"

@@ -82,8 +82,8 @@ def test_client_says_when_nothing_listens(capsys):
     code = stream_client.main(["--target", f"localhost:{port}", "--generate", "5", "--quiet"])
     assert code == 2
     assert time.monotonic() - started < 10  # refused at once, not after --connect-timeout
-    assert (f"no server at localhost:{port}: start one with `make serve` or pass --target"
-            in capsys.readouterr().err)
+    assert (f"no server at localhost:{port}: start one with `anogan-serve --bundle PATH` or "
+            "pass --target" in capsys.readouterr().err)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -218,8 +219,22 @@ def test_csv_not_square(tmp_path: Path) -> None:
 
 def test_csv_no_rows_after_filter(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "f.csv", pixel_rows([1, 2, 1]))
-    with pytest.raises(DatasetError, match=r"f\.csv.*\[7, 8\].*present: \[1, 2\]"):
+    with pytest.raises(DatasetError, match=r"f\.csv: --normal-labels 7,8: no rows with labels "
+                                           r"7, 8; labels present: 1, 2"):
         load_csv(path, normal_labels=[7, 8])
+
+
+@pytest.mark.parametrize("normal, anomaly, says", [
+    ([7, 8], [12], "--anomaly-labels 12: no rows with label 12; labels present: 2, 7, 8"),
+    ([7, 9], [2], "--normal-labels 7,9: no rows with label 9;"),
+    (None, [2, 3], "--anomaly-labels 2,3: no rows with label 3;"),
+])
+def test_a_label_asked_for_but_absent_is_an_error_naming_it(tmp_path: Path, normal, anomaly,
+                                                             says) -> None:
+    """Before, --anomaly-labels 12 was accepted and the AUROC just disappeared."""
+    path = write_csv(tmp_path / "d.csv", pixel_rows([7, 2, 8]))
+    with pytest.raises(DatasetError, match=re.escape(f"d.csv: {says}")):
+        load_csv(path, normal_labels=normal, anomaly_labels=anomaly)
 
 
 def test_csv_large_file_round_trips(tmp_path: Path) -> None:

@@ -61,6 +61,12 @@ SCHEMA = {
                                    "'other.onnx' is not among the checksummed files"),
     "bad checksum text": ("files.generator.onnx", {"sha256": "xyz"},
                           "must be 64 lowercase hexadecimal digits"),
+    # Unknown fields, at the top and inside a section, are named, never ignored
+    "unknown field": ("thresholdd", {"value": 3.0},
+                      "thresholdd: unknown field (not part of this server's manifest format"),
+    "misspelt inner field": ("search.stepz", 200, "search.stepz: unknown field"),
+    "unknown network key": ("networks.generator.tensorrt", "g.engine",
+                            "networks.generator.tensorrt: unknown field"),
 }
 
 

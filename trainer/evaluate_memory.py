@@ -35,8 +35,6 @@ from anogan_inspect.trainer.evaluate_tiles import defect_of, read_masks, save_ma
 from anogan_inspect.trainer.memory_bundle import build_memory
 from anogan_inspect.trainer.tiles import score_frames as score_tiles
 
-BASELINES = ("pixels", "latent-fast", "latent-search")
-
 
 @dataclasses.dataclass
 class Scored:

@@ -24,8 +24,6 @@ from anogan_inspect.search import ScoringModels, SearchConfig, fast_clears, fast
 from anogan_inspect.trainer.scoring import search_scores
 from anogan_inspect.trainer.tiles import score_frames
 
-MODES = ("cascade", "search", "fast")
-
 
 def image_files(paths: list[Path]) -> list[Path]:
     """The files named, and the images directly in the folders named, in order."""

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from anogan_inspect.configs import GAN_LOSSES, TrainConfig  # noqa: F401 (re-exported)
 from anogan_inspect.networks import (
     Discriminator,
     Encoder,
@@ -23,36 +24,6 @@ from anogan_inspect.pictures import save_grid
 from anogan_inspect.trainer.distributed import Distributed
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings for the GAN and the encoder."""
-
-    epochs: int = 150
-    batch_size: int = 64
-    lr_g: float = 1e-4
-    lr_d: float = 4e-4
-    betas: tuple[float, float] = (0.0, 0.9)
-    encoder_epochs: int = 100
-    encoder_lr: float = 1e-3
-    kappa: float = 1.0  # weight of the feature term in the encoder loss
-    seed: int = 0
-    # Batches of z ~ N(0, 1) used to re-estimate G's BatchNorm statistics after training.
-    bn_recalibration_batches: int = 50
-    # "bce": the seed's non-saturating GAN loss; "wgan-gp": a Wasserstein critic with a
-    # gradient penalty (Gulrajani et al. 2017, f-AnoGAN's choice), one G update every
-    # `critic_steps` critic updates.
-    gan_loss: str = "bce"
-    gp_weight: float = 10.0
-    critic_steps: int = 5
-    # Tiles (or images) drawn at random for each epoch, GAN and encoder alike; 0: all of
-    # them. A 192×192 frame is hundreds of overlapping tiles: an epoch of a sample of them
-    # trains a memory bundle's discriminator in minutes (docs/textures.md).
-    samples_per_epoch: int = 0
-
-
-GAN_LOSSES = ("bce", "wgan-gp")
 
 
 @dataclass

@@ -284,7 +284,7 @@ int main(int argc, char** argv) {
   auto started = std::chrono::steady_clock::now();
 
   // Writer: the config, then every frame; Write blocks under HTTP/2 flow control, which is
-  // how the server's --max-in-flight window reaches us.
+  // how the server's --stream-window window reaches us.
   std::thread writer([&] {
     pb::StreamInspectRequest request;
     request.mutable_config()->set_model(options.model);

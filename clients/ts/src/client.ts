@@ -292,7 +292,7 @@ async function main(): Promise<number> {
   });
 
   // Writer: the config, then every frame, waiting for 'drain' when the stream's buffer is
-  // full (HTTP/2 flow control carries the server's --max-in-flight window back to us).
+  // full (HTTP/2 flow control carries the server's --stream-window window back to us).
   // A stream that ended (with a status, or the server closing it early) settles `ended`,
   // which also ends a wait for 'drain' that would otherwise never come.
   let finished = false;
