@@ -4,7 +4,7 @@
 # ONNX Runtime with its CUDA provider), which then installs nothing more for torch.
 # The NVIDIA driver comes from the node (NVIDIA container toolkit); torch's wheels carry
 # the CUDA libraries. Not built in this repository's CI: its machines have no Docker
-# engine (README, "Kubernetes").
+# engine (docs/operations.md, "Kubernetes").
 FROM python:3.11-slim
 WORKDIR /opt/anogan
 RUN pip install --no-cache-dir torch==2.13.0

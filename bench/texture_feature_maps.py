@@ -7,7 +7,7 @@ residual map |x - G(z)| and the feature map Σ_c |f(x) - f(G(z))| (f's 4×4 spat
 upsampled to the tile), each stitched and smoothed as the server stitches maps, then
 standardised by its mean and spread on 40 training frames; mixtures of the two. Prints
 pixel AUROC and image AUROC (the map's maximum as the frame score), overall and per
-defect type. (The README's *Full-resolution frames* section quotes its figures.)
+defect type. (docs/tiles.md quotes its figures.)
 """
 
 from __future__ import annotations

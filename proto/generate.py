@@ -71,7 +71,7 @@ GENERATORS = {
                       ("grpc_java_plugin",), tuple(SOURCES),
                       f"{DEBIAN} protobuf-compiler-grpc-java-plugin"),
     # protoc writes C# messages itself; the service stubs come from Grpc.Tools (NuGet) in
-    # the project's .csproj (README, "Clients in other languages").
+    # the project's .csproj (docs/clients.md, "Clients in other languages").
     "csharp": Generator(("--csharp_out=OUT",), (), tuple(SOURCES), DEBIAN),
     # protobuf-ts: messages, and @grpc/grpc-js clients; it writes the imports too.
     "ts": Generator(("--plugin=protoc-gen-ts=PLUGIN0", "--ts_out=OUT",
