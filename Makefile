@@ -122,14 +122,19 @@ smoke: install $(BUNDLE)/manifest.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" clients/smoke.sh --start-server $(BUNDLE) --host $(HOST)
 
 # The whole suite, what CI runs: proto-lint checks the stubs too (proto-check), then runs
-# buf lint; pytest prints one line per test and the slowest ones at the end.
+# buf lint; pytest runs on TEST_WORKERS processes (pytest-xdist; each test file on one of
+# them, so a file's module fixtures start once and its timing tests run one at a time),
+# prints one line per test and the slowest ones at the end.
+TEST_WORKERS ?= 2
 test: install proto-lint
-	$(VENV)/bin/python -m pytest -v -rs --durations=10 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -v -rs --durations=10 -n $(TEST_WORKERS) --dist loadfile \
+		$(PYTEST_ARGS)
 
 # The edit loop: unit tests and the service in-process, no subprocess servers, no training
 # beyond the shared tiny bundles, no packaging (tests marked `slow` are left out).
 test-fast: install
-	$(VENV)/bin/python -m pytest -v -m "not slow" --durations=5 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -v -m "not slow" --durations=5 -n $(TEST_WORKERS) \
+		--dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

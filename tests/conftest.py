@@ -1,14 +1,22 @@
-"""Session fixtures: a tiny bundle trained once per test run, and a real server serving it."""
+"""Session fixtures: tiny bundles trained once per test run, and a real server serving them.
+
+`make test` runs the suite on two processes (pytest-xdist): each bundle is still trained
+once per run, by the first process that needs it, while the other waits for it (a file
+lock in the run's shared temporary folder); each process starts its own server.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 from pathlib import Path
 
 import grpc
 import pytest
+import torch
+from filelock import FileLock
 
 from anogan_inspect.server.app import InspectionServer, ServerConfig, load_models
 from anogan_inspect.server.auth import TokenStore
@@ -18,6 +26,8 @@ from anogan_inspect.trainer.cli import main as train_main
 from bench.texture_data import write_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
+if "PYTEST_XDIST_WORKER" in os.environ:  # two test processes on the machine's cores: one
+    torch.set_num_threads(1)  # torch thread each, not one per core each
 TRAIN_CSV = ROOT / "data" / "mnist_train.csv.gz"
 TEST_CSV = ROOT / "data" / "mnist_test.csv.gz"
 TINY_STEPS = 10
@@ -34,16 +44,32 @@ def train_tiny(out: Path, *extra: str) -> Path:
     return out
 
 
+def once_per_run(tmp_path_factory, name: str, make) -> Path:
+    """`make(folder)`'s result, made once for the whole run: in the run's shared temporary
+    folder under a lock, so that of several test processes (pytest-xdist) the first makes
+    it and the others wait for it; a `.done` file marks it whole."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: its own temporary folder
+        return make(tmp_path_factory.mktemp("shared") / name)
+    shared = tmp_path_factory.getbasetemp().parent / "shared"
+    shared.mkdir(exist_ok=True)
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("bundles") / "tiny")
+    return once_per_run(tmp_path_factory, "tiny", train_tiny)
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle_no_encoder(tmp_path_factory) -> Path:
     # Its own budget only: no test asks it for another, and calibrating five is slow.
-    return train_tiny(tmp_path_factory.mktemp("bundles") / "noenc", "--no-encoder",
-                      "--calibrate-steps", str(TINY_STEPS))
+    return once_per_run(tmp_path_factory, "noenc", lambda out: train_tiny(
+        out, "--no-encoder", "--calibrate-steps", str(TINY_STEPS)))
 
 
 class InProcessServer:
@@ -87,20 +113,22 @@ class InProcessServer:
 @pytest.fixture(scope="session")
 def texture_data(tmp_path_factory) -> Path:
     """A small texture benchmark (bench/texture_data.py): 48×48 frames, MVTec layout."""
-    return write_benchmark(tmp_path_factory.mktemp("data") / "texture", size=48, n_train=16,
-                           n_test_good=8, n_per_defect=3, seed=1)
+    return once_per_run(tmp_path_factory, "texture", lambda out: write_benchmark(
+        out, size=48, n_train=16, n_test_good=8, n_per_defect=3, seed=1))
 
 
 @pytest.fixture(scope="session")
 def tiny_tiled_bundle(tmp_path_factory, texture_data) -> Path:
     """The tiny preset on 16×16 tiles of the texture frames, every 8 pixels (25 a frame)."""
-    out = tmp_path_factory.mktemp("bundles") / "tex"
-    code = train_main(["train", "--data", str(texture_data), "--preset", "tiny",
-                       "--patch-size", "16", "--stride", "8", "--epochs", "2",
-                       "--encoder-epochs", "2", "--steps", str(TINY_STEPS), "--out", str(out),
-                       "--run-dir", str(out.parent / "run-tex"), "--device", "cpu"])
-    assert code == 0
-    return out
+    def train(out: Path) -> Path:
+        code = train_main(["train", "--data", str(texture_data), "--preset", "tiny",
+                           "--patch-size", "16", "--stride", "8", "--epochs", "2",
+                           "--encoder-epochs", "2", "--steps", str(TINY_STEPS), "--out",
+                           str(out), "--run-dir", str(out.parent / "run-tex"),
+                           "--device", "cpu"])
+        assert code == 0
+        return out
+    return once_per_run(tmp_path_factory, "tex", train)
 
 
 def train_tiny_memory(out: Path, data: Path, *extra: str) -> Path:
@@ -118,7 +146,8 @@ def train_tiny_memory(out: Path, data: Path, *extra: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_memory_bundle(tmp_path_factory, texture_data) -> Path:
-    return train_tiny_memory(tmp_path_factory.mktemp("bundles") / "mem", texture_data)
+    return once_per_run(tmp_path_factory, "mem",
+                        lambda out: train_tiny_memory(out, texture_data))
 
 
 @pytest.fixture(scope="session")
@@ -151,14 +180,28 @@ def pytest_collection_finish(session):
     """Start the BACKGROUND of every test module with selected tests, for those tests."""
     if session.config.option.collectonly:
         return
-    selected: dict = {}
-    for item in session.items:
-        selected.setdefault(getattr(item, "module", None), []).append(item)
-    for module, items in selected.items():
+    for module, items in _by_module(session.items).items():
         background = getattr(module, "BACKGROUND", None)
-        if background is not None:
+        if background is not None and "PYTEST_XDIST_WORKER" not in os.environ:
             background.start(items)
             _BACKGROUND.append(background)
+
+
+def _by_module(items) -> dict:
+    selected: dict = {}
+    for item in items:
+        selected.setdefault(getattr(item, "module", None), []).append(item)
+    return selected
+
+
+def pytest_runtest_setup(item):
+    """Of several test processes (make test), each collects every test but runs a share:
+    a module's BACKGROUND starts with the first of its tests this process runs, for all of
+    them (one process runs a module's tests: --dist loadfile)."""
+    background = getattr(getattr(item, "module", None), "BACKGROUND", None)
+    if background is not None and background not in _BACKGROUND:
+        background.start(_by_module(item.session.items)[item.module])
+        _BACKGROUND.append(background)
 
 
 def pytest_sessionfinish(session):
