@@ -100,13 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     listening.add_argument("--max-connection-age", type=POSITIVE, metavar="SECONDS",
                            help="close each client connection after this long (its calls go "
                                 "on; new calls open a new connection, resolving the target "
-                                "again, so clients find replicas added since). "
-                                "Default: never")
+                                "again, so clients find replicas added since) "
+                                "(default: never)")
     listening.add_argument("--max-stream-age", type=POSITIVE, metavar="SECONDS",
                            help="end a stream after this long with UNAVAILABLE, once the "
                                 "frames it sent are answered (a client with --resend opens a "
-                                "new one, on whichever replica its balancing picks). "
-                                "Default: never")
+                                "new one, on whichever replica its balancing picks) "
+                                "(default: never)")
 
     security = parser.add_argument_group(
         "security", "plain text without tokens unless these are given (docs/operations.md)")
@@ -230,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=COUNT_OR_ZERO, metavar="PORT",
         help="serve Prometheus metrics on http://HOST:PORT/metrics: plain HTTP and "
              "UNAUTHENTICATED, even with --auth-token-file (counters and scores, never "
-             "frames); with --workers, worker i on PORT + i; 0 picks a free port (logged). "
-             "Default: off")
+             "frames); with --workers, worker i on PORT + i; 0 picks a free port (logged) "
+             "(default: off)")
     observability.add_argument(
         "--metrics-host", metavar="HOST",
         help="address the metrics listen on (default: --host's)")
