@@ -226,10 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     recalibrate = sub.add_parser(
         "calibrate", formatter_class=HelpFormatter,
         help="recalibrate a bundle's fast-path threshold on its held-out normal images",
-        description="Recompute MODE_FAST's threshold of an existing bundle (bundles written "
-                    "before it had its own) on the held-out split its training used, and "
-                    "rewrite the manifest in place (atomically). The data, labels, seed and "
-                    "held-out share default to the manifest's; the held-out count must match.")
+        description="Recompute the fast-path threshold and the per-budget search thresholds "
+                    "of an existing bundle (bundles written before they had them) on the "
+                    "held-out split its training used, and rewrite the manifest in place "
+                    "(atomically). The data, labels, seed and held-out share default to the "
+                    "manifest's; the held-out count must match. A bundle without an encoder "
+                    "has no fast path: it is refused.")
     recalibrate.add_argument("--bundle", required=True, type=Path, help="bundle directory")
     recalibrate.add_argument("--data", type=Path, help="training data (default: the manifest's)")
     recalibrate.add_argument("--normal-labels", type=parse_labels,
