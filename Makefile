@@ -39,7 +39,7 @@ BUF ?= npx --yes @bufbuild/buf@1.75.0
 .PHONY: install train evaluate demo demo-texture texture-data texture-bundle texture-evaluate \
 	test test-fast clean proto proto-tools proto-check proto-lint proto-baseline serve smoke \
 	bench bench-quick \
-	bench-quality bench-ablation bench-memory bench-line gpu-check gpu-wheels lint
+	bench-quality bench-ablation bench-memory bench-learn bench-line gpu-check gpu-wheels lint
 
 install: $(VENV)/.installed
 
@@ -157,6 +157,11 @@ bench-ablation: install
 # and the tiled AnoGAN, per defect type, the ablation, and speed on 512×512 frames.
 bench-memory: install
 	$(PY) -m bench --sections memory --name cpu-memory
+
+# A memory bundle learning operators' confirmed-good frames of a shifted line
+# (anogan-train learn): false rejects and recall before and after, per shift and K.
+bench-learn: install $(TEXTURE_BUNDLE)/manifest.json
+	$(PY) -m bench.learn_bench --bundle $(TEXTURE_BUNDLE) --data $(TEXTURE_DATA)
 
 # On a CUDA machine (see bench/gpu_check.sh); PYTHON may name a Python that has torch.
 gpu-check:

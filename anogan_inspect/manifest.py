@@ -168,6 +168,27 @@ class MemoryEntry(_Strict):
     seconds: dict | None = None
 
 
+class Parent(_Strict):
+    version: str = Field(min_length=1)
+    manifest_sha256: str = Field(pattern=_SHA256.pattern)
+
+
+class Lineage(_Strict):
+    """A version a memory bundle learnt from confirmed frames (trainer/learn.py): its
+    parent, and the sha256 of the frames it learnt, calibrated on and held."""
+
+    generation: int = Field(gt=0)
+    parent: Parent
+    learnt: list[str]
+    calibrating: list[str]
+    held: list[str]
+    rows_offered: int = Field(ge=0)
+    parent_threshold: float = Field(gt=0)
+    defect_recall: float | None = Field(default=None, ge=0, le=1)
+    parent_defect_recall: float | None = Field(default=None, ge=0, le=1)
+    seconds: float = Field(ge=0)
+
+
 class Manifest(_Strict):
     format: Literal["anogan-inspect-bundle"]
     format_version: Literal[1]
@@ -189,6 +210,7 @@ class Manifest(_Strict):
     files: dict[str, FileEntry]
     tiling: TilingEntry | None = None
     memory: MemoryEntry | None = None
+    lineage: Lineage | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

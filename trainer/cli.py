@@ -39,6 +39,12 @@ image (file, score, verdict, stage, and for tiled bundles tiles and tiles search
 any figure the server gives can be reproduced without it (to the cascade's margin: the
 server's fast path runs on ONNX Runtime, this on the torch programs)."""
 DEVICE_HELP = "cpu, cuda (cuda:N), or auto: cuda when present"
+LEARN_DESCRIPTION = """Write a new version of a memory bundle that has learnt the confirmed GOOD
+frames: their features join the memory (reduced again by the coreset to its size), and
+the thresholds are calibrated again on the held-out normal frames and every 4th confirmed
+frame. The manifest's `lineage` names the parent and the sha256 of every frame. The parent
+is left as it is: serve it again to roll back. A frame the parent scores beyond twice its
+threshold is held unless --accept-far."""
 
 
 def parse_labels(text: str | None) -> list[int] | None:
@@ -241,6 +247,29 @@ def build_parser() -> argparse.ArgumentParser:
     recalibrate.add_argument("--calibrate-steps", type=parse_labels, default=CALIBRATED_BUDGETS,
                              help="search budgets to calibrate (whole-frame bundles)")
     recalibrate.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+    learn = sub.add_parser(
+        "learn", formatter_class=HelpFormatter,
+        help="a memory bundle learns frames operators confirmed GOOD, as a new version",
+        description=LEARN_DESCRIPTION)
+    learn.add_argument("good", nargs="+", type=Path, metavar="FILE_OR_FOLDER",
+                       help="the confirmed GOOD frames: PNG/JPEG files, or folders of them")
+    learn.add_argument("--bundle", required=True, type=Path, help="the memory bundle")
+    learn.add_argument("--out", required=True, type=Path,
+                       help="folder of the new version (must not exist)")
+    learn.add_argument("--heldout-data", type=Path,
+                       help="normal frames to calibrate on: a folder of images (default: "
+                            "the held-out split of the manifest's training data)")
+    learn.add_argument("--defects", type=Path, metavar="FOLDER",
+                       help="DEFECT examples operators kept: the new version's recall on "
+                            "them is reported, and held to --recall-floor")
+    learn.add_argument("--recall-floor", type=float,
+                       help="with --defects: write no version that fails fewer of them "
+                            "than this share")
+    learn.add_argument("--accept-far", action="store_true",
+                       help="learn frames the parent scores beyond twice its threshold too "
+                            "(their second confirmation)")
+    learn.add_argument("--seed", type=int, default=0, help="the coreset's random seed")
 
     score = sub.add_parser("score", help="score image files offline, as the server would",
                            formatter_class=HelpFormatter, description=SCORE_DESCRIPTION)

@@ -27,6 +27,7 @@ from anogan_inspect.bundle import (
 from anogan_inspect.datasets import (
     DatasetError,
     ImageSet,
+    decode_image_file,
     heldout_split,
     load_dataset,
     normal_subset,
@@ -42,8 +43,9 @@ from anogan_inspect.trainer.distributed import Distributed
 from anogan_inspect.trainer.evaluate_memory import evaluate_memory, print_memory_report
 from anogan_inspect.trainer.evaluate_tiles import evaluate_tiled, print_tiled_report
 from anogan_inspect.trainer.export import ExportError, export_bundle
+from anogan_inspect.trainer.learn import Frame, learn
 from anogan_inspect.trainer.memory_bundle import build_memory, load_backbone
-from anogan_inspect.trainer.score import run_score
+from anogan_inspect.trainer.score import image_files, run_score
 from anogan_inspect.trainer.scoring import (
     FIT_RATIO,
     calibrate,
@@ -64,7 +66,7 @@ def run(args) -> int:
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):  # export chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        if args.device == "auto":
+        if getattr(args, "device", "cpu") == "auto":
             args.device = "cuda" if torch.cuda.is_available() else "cpu"
         if args.command == "train":
             return run_train(args)
@@ -72,8 +74,11 @@ def run(args) -> int:
             return run_score(args)
         if args.command == "calibrate":
             return run_calibrate(args)
+        if args.command == "learn":
+            return run_learn(args)
         return run_evaluate(args)
     except (DatasetError, ExportError, BundleError, FileNotFoundError, ValueError) as err:
+        # (LearnError is a ValueError)
         print(f"anogan-train: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -512,3 +517,42 @@ def _threshold_steps(bundle: Bundle, cfg: SearchConfig, start: str) -> dict:
     return {"value": bundle.threshold, "calibrated_steps": bundle.search_config.steps,
             "calibrated_start": calibrated_start, "evaluated_steps": cfg.steps,
             "evaluated_start": start}
+
+
+def run_learn(args) -> int:
+    """`anogan-train learn`: a new version of a memory bundle that has learnt the frames."""
+    bundle = read_bundle(args.bundle)
+    good = [Frame.from_bytes(_chw(decode_image_file(path)), path.read_bytes())
+            for path in image_files(args.good)]
+    if args.heldout_data:
+        heldout = [_chw(decode_image_file(path)) for path in image_files([args.heldout_data])]
+    else:
+        training = bundle.manifest.get("training") or {}
+        if "data" not in training or "holdout" not in training:
+            raise BundleError(f"{bundle.path}: no training record to find the held-out "
+                              "frames by: pass --heldout-data")
+        data = normal_subset(load_dataset(Path(training["data"]), split="train",
+                                          normal_labels=training.get("normal_labels")))
+        _, holdout_idx = heldout_split(len(data), training["holdout"], int(training["seed"]))
+        heldout = list(data.images[holdout_idx])
+    defects = [_chw(decode_image_file(path)) for path in image_files([args.defects])] \
+        if args.defects else None
+    learned = learn(bundle, good, heldout, args.out, defects, args.recall_floor,
+                    args.accept_far, args.seed)
+    print(f"{bundle.name}: version {learned.version} in {learned.path} (parent "
+          f"{bundle.version}): learnt {len(learned.learnt)} frame(s), calibrated on "
+          f"{len(heldout)} held-out and {len(learned.calibrating)} confirmed, held "
+          f"{len(learned.held)}; threshold {learned.parent_threshold:.4f} → "
+          f"{learned.threshold:.4f}, held-out normal FAIL share "
+          f"{learned.heldout_fail_share:.3f}"
+          + (f"; DEFECT recall {learned.parent_defect_recall:.3f} → "
+             f"{learned.defect_recall:.3f}" if learned.defect_recall is not None else ""))
+    for sha, score in learned.held:
+        print(f"held (score {score:.4f}, over twice the threshold: confirm again with "
+              f"--accept-far): {sha}")
+    return 0
+
+
+def _chw(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, C) → (C, H, W)."""
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
