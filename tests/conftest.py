@@ -60,6 +60,16 @@ def once_per_run(tmp_path_factory, name: str, make) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _train_from_the_other_end(request):
+    """With two test processes, the second trains the session's bundles in the opposite
+    order to the first (which trains them as its tests ask, the tiny one first), so the
+    two train different bundles at once instead of one waiting for the other's lock."""
+    if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+        for name in ("tiny_memory_bundle", "tiny_tiled_bundle", "tiny_bundle_no_encoder"):
+            request.getfixturevalue(name)
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     return once_per_run(tmp_path_factory, "tiny", train_tiny)
