@@ -120,6 +120,23 @@ class Bundle:
         """Path of the memory scorer's 'torch' or 'onnx' program."""
         return self.path / self.manifest["memory"]["scorer"][kind]
 
+    def heldout_frames(self):
+        """A memory bundle's held-out normal frames, float32 (N, C, H, W) in [0, 1], or
+        None for a bundle written without them."""
+        import numpy as np
+
+        name = (self.memory or {}).get("heldout")
+        if name is None:
+            return None
+        try:
+            frames = np.load(self.path / name, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise BundleError(f"{self.path / name}: not the held-out frames ({err})") from err
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1] != self.channels:
+            raise BundleError(f"{self.path / name}: expected uint8 frames (N, "
+                              f"{self.channels}, H, W), got {frames.dtype} {frames.shape}")
+        return frames.astype(np.float32) / 255.0
+
     @property
     def has_encoder(self) -> bool:
         return "encoder" in self.manifest["networks"]

@@ -164,6 +164,7 @@ class MemoryEntry(_Strict):
     augment: bool | None = None
     layer_scales: list[float] | None = None
     candidates_seen: int | None = Field(default=None, ge=0)
+    heldout: str | None = None  # the held-out normal frames' file (uint8 .npy), checksummed
     bytes: int | None = Field(default=None, ge=0)
     seconds: dict | None = None
 
@@ -227,6 +228,9 @@ class Manifest(_Strict):
                 raise ValueError("memory: a memory bundle is a tiled bundle (its GAN learns "
                                  "tiles); `tiling` is missing")
             self._check_programs("memory.scorer", self.memory.scorer)
+            if self.memory.heldout is not None and self.memory.heldout not in self.files:
+                raise ValueError(f"memory.heldout: {self.memory.heldout!r} is not among the "
+                                 "checksummed files")
             if self.threshold.value != self.memory.image_threshold:
                 raise ValueError(f"threshold.value ({self.threshold.value}) must equal "
                                  f"memory.image_threshold ({self.memory.image_threshold}): "

@@ -39,6 +39,11 @@ image (file, score, verdict, stage, and for tiled bundles tiles and tiles search
 any figure the server gives can be reproduced without it (to the cascade's margin: the
 server's fast path runs on ONNX Runtime, this on the torch programs)."""
 DEVICE_HELP = "cpu, cuda (cuda:N), or auto: cuda when present"
+PROMOTE_DESCRIPTION = """Serve VERSION from MODELS/NAME, the folder of a model that anogan-serve
+--models-dir MODELS follows: VERSION's files are written there and its manifest last, so a
+running server loads and verifies it beside the version serving, then gives it new calls
+(open streams finish on theirs; no restart, no frame lost). Both versions are kept under
+MODELS/.versions/NAME/<version>/, so `anogan-train rollback` can serve the parent again."""
 LEARN_DESCRIPTION = """Write a new version of a memory bundle that has learnt the confirmed GOOD
 frames: their features join the memory (reduced again by the coreset to its size), and
 the thresholds are calibrated again on the held-out normal frames and every 4th confirmed
@@ -259,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder of the new version (must not exist)")
     learn.add_argument("--heldout-data", type=Path,
                        help="normal frames to calibrate on: a folder of images (default: "
-                            "the held-out split of the manifest's training data)")
+                            "the bundle's own held-out frames; for a bundle written without "
+                            "them, the held-out split of the manifest's training data)")
     learn.add_argument("--defects", type=Path, metavar="FOLDER",
                        help="DEFECT examples operators kept: the new version's recall on "
                             "them is reported, and held to --recall-floor")
@@ -270,6 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learn frames the parent scores beyond twice its threshold too "
                             "(their second confirmation)")
     learn.add_argument("--seed", type=int, default=0, help="the coreset's random seed")
+
+    promote = sub.add_parser(
+        "promote", formatter_class=HelpFormatter,
+        help="serve a bundle version from a models folder (anogan-serve --models-dir)",
+        description=PROMOTE_DESCRIPTION)
+    promote.add_argument("version", type=Path, metavar="VERSION",
+                         help="the bundle folder to serve, e.g. one `learn` wrote")
+    promote.add_argument("--to", required=True, type=Path, metavar="MODELS/NAME",
+                         help="the served model's folder in anogan-serve's --models-dir")
+    rollback = sub.add_parser(
+        "rollback", formatter_class=HelpFormatter,
+        help="serve again the parent of the version a models folder serves",
+        description="Promote the parent that the served version's lineage names, kept "
+                    "under MODELS/.versions/NAME/ when it was replaced.")
+    rollback.add_argument("--to", required=True, type=Path, metavar="MODELS/NAME",
+                          help="the served model's folder in anogan-serve's --models-dir")
 
     score = sub.add_parser("score", help="score image files offline, as the server would",
                            formatter_class=HelpFormatter, description=SCORE_DESCRIPTION)

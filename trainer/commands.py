@@ -57,6 +57,7 @@ from anogan_inspect.trainer.scoring import (
 )
 from anogan_inspect.trainer.tiles import frame_tiles, score_frames
 from anogan_inspect.trainer.train import Networks, TrainConfig, Trainer
+from anogan_inspect.trainer.versions import archive_of, promote, rollback
 
 log = logging.getLogger("anogan-train")
 
@@ -76,6 +77,13 @@ def run(args) -> int:
             return run_calibrate(args)
         if args.command == "learn":
             return run_learn(args)
+        if args.command in ("promote", "rollback"):
+            replaced, now = promote(args.version, args.to) if args.command == "promote" \
+                else rollback(args.to)
+            print(f"{args.to}: serving version {now}" + (f" (was {replaced}; kept in "
+                                                        f"{archive_of(args.to)})"
+                                                        if replaced else ""))
+            return 0
         return run_evaluate(args)
     except (DatasetError, ExportError, BundleError, FileNotFoundError, ValueError) as err:
         # (LearnError is a ValueError)
@@ -263,7 +271,8 @@ def run_train(args) -> int:
         **extra,
     }
     export_bundle(args.out, model, networks, fields,
-                  memory_scorer=built.scorer if built is not None else None)
+                  memory_scorer=built.scorer if built is not None else None,
+                  heldout_frames=data.images[holdout_idx] if built is not None else None)
     print(f"bundle: {args.out} (threshold {threshold['value']:.2f}, "
           f"trained in {train_seconds:.0f} s; samples in {run_dir / 'samples'})")
     return 0
@@ -526,6 +535,8 @@ def run_learn(args) -> int:
             for path in image_files(args.good)]
     if args.heldout_data:
         heldout = [_chw(decode_image_file(path)) for path in image_files([args.heldout_data])]
+    elif bundle.heldout_frames() is not None:
+        heldout = None  # the bundle's own
     else:
         training = bundle.manifest.get("training") or {}
         if "data" not in training or "holdout" not in training:
@@ -541,7 +552,7 @@ def run_learn(args) -> int:
                     args.accept_far, args.seed)
     print(f"{bundle.name}: version {learned.version} in {learned.path} (parent "
           f"{bundle.version}): learnt {len(learned.learnt)} frame(s), calibrated on "
-          f"{len(heldout)} held-out and {len(learned.calibrating)} confirmed, held "
+          f"{learned.heldout_frames} held-out and {len(learned.calibrating)} confirmed, held "
           f"{len(learned.held)}; threshold {learned.parent_threshold:.4f} → "
           f"{learned.threshold:.4f}, held-out normal FAIL share "
           f"{learned.heldout_fail_share:.3f}"

@@ -17,6 +17,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +36,11 @@ from anogan_inspect.onnxrt import make_session, max_parity_error
 from anogan_inspect.preprocess import NORMALIZATION
 
 log = logging.getLogger(__name__)
+
+
+# A memory bundle's held-out normal frames (uint8, N × C × H × W): trainer/learn.py
+# calibrates each new version on them again, wherever the bundle is.
+HELDOUT_FILE = "heldout.npy"
 
 
 class ExportError(Exception):
@@ -66,7 +72,8 @@ def export_onnx(module: nn.Module, example: torch.Tensor, names: tuple[str, str]
 
 def export_bundle(out_dir: Path, model: ModelConfig, networks: dict[str, nn.Module],
                   manifest_fields: dict, tolerance: float = PARITY_TOLERANCE,
-                  memory_scorer: nn.Module | None = None) -> Path:
+                  memory_scorer: nn.Module | None = None,
+                  heldout_frames: np.ndarray | None = None) -> Path:
     """Export networks ('generator', 'features', optionally 'encoder') into a new bundle.
 
     ``manifest_fields`` carries name, version, search defaults, threshold and training
@@ -93,6 +100,10 @@ def export_bundle(out_dir: Path, model: ModelConfig, networks: dict[str, nn.Modu
                 **manifest_fields["memory"],
                 "scorer": export_memory_scorer(tmp, memory_scorer, model.channels, tolerance)}
             parity["memory"] = manifest_fields["memory"]["scorer"]["parity_error"]
+            if heldout_frames is not None:  # what a new version is calibrated on again
+                np.save(tmp / HELDOUT_FILE, np.round(np.asarray(heldout_frames) * 255)
+                        .astype(np.uint8))
+                manifest_fields["memory"]["heldout"] = HELDOUT_FILE
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

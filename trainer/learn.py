@@ -84,6 +84,7 @@ class Learned:
     held: list[tuple[str, float]]  # ... and parent score of the frames held (FAR_FACTOR)
     threshold: float
     parent_threshold: float
+    heldout_frames: int  # held-out normal frames calibrated on
     heldout_fail_share: float  # of the held-out normal frames, at the new threshold
     defect_recall: float | None  # of the DEFECT examples, at the new threshold
     parent_defect_recall: float | None
@@ -145,16 +146,23 @@ def merge_memory(memory: torch.Tensor, new_rows: torch.Tensor, cfg: MemoryConfig
     return pool[greedy_coreset(pool, cfg.size, cfg.projection, seed)].clone()
 
 
-def learn(bundle: Bundle, good: list[Frame], heldout: list[np.ndarray], out: Path,
+def learn(bundle: Bundle, good: list[Frame], heldout: list[np.ndarray] | None, out: Path,
           defects: list[np.ndarray] | None = None, recall_floor: float | None = None,
           accept_far: bool = False, seed: int = 0) -> Learned:
     """Write `out`, a new version of the memory bundle that has learnt the GOOD frames
     (pixels (C, H, W) in [0, 1]); LearnError when none can be learnt or the version
-    misses the recall floor on the DEFECT examples (nothing written then)."""
+    misses the recall floor on the DEFECT examples (nothing written then). `heldout`: the
+    normal frames to calibrate on (None: the bundle's own held-out frames)."""
     out = Path(out)
     if out.exists():
         raise LearnError(f"{out} exists: a version is written once, into a new folder")
     scorer, cfg = rebuild_scorer(bundle)
+    if heldout is None:
+        frames = bundle.heldout_frames()
+        if frames is None:
+            raise LearnError(f"{bundle.path} holds no held-out frames to calibrate a new "
+                             "version on (written before bundles kept them): pass them")
+        heldout = list(frames)
     tiling, channels = bundle.tiling, bundle.channels
     parent_threshold = float(bundle.manifest["memory"]["image_threshold"])
     parent_scores, _ = frame_scores(scorer, [f.pixels for f in good], tiling.scale, channels)
@@ -228,7 +236,7 @@ def learn(bundle: Bundle, good: list[Frame], heldout: list[np.ndarray], out: Pat
     _write_version(bundle, out, new, manifest)
     return Learned(out, version, manifest["lineage"]["learnt"],
                    manifest["lineage"]["calibrating"], held, threshold, parent_threshold,
-                   heldout_share, recall, parent_recall)
+                   len(heldout), heldout_share, recall, parent_recall)
 
 
 def _write_version(parent: Bundle, out: Path, scorer: MemoryScorer, manifest: dict) -> None:
