@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
 from anogan_inspect.server.auth import TokenInterceptor, TokenStore
+from anogan_inspect.server.learning import Learning
 from anogan_inspect.server.models import ServedModel, load_model
 from anogan_inspect.server.models_dir import ModelsWatcher, load_folder
 from anogan_inspect.server.monitoring import Metrics
@@ -61,7 +62,9 @@ class InspectionServer:
         if config.max_connection_age:  # no grace limit: gRPC would reset the streams
             # still open then (INTERNAL at the client); --max-stream-age ends them instead
             options.append(("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)))
-        interceptors = [TokenInterceptor(tokens, config.open_reflection)] if tokens else []
+        admin = TokenStore(config.admin_tokens) if config.admin_tokens else None
+        interceptors = [TokenInterceptor(tokens, config.open_reflection, admin)] if tokens \
+            else []
         interceptors.append(ParseErrors())
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         self.service = InspectionService(models, next(iter(models)), config.limits,
@@ -81,6 +84,11 @@ class InspectionServer:
         self.metrics = Metrics(self.service, models) if config.metrics_port is not None \
             else None
         self.service.metrics = self.metrics
+        if admin is not None:
+            self.service.learning = Learning(
+                self.service, admin, config.audit_log or config.models_dir / ".audit.jsonl",
+                config.models_dir, config.learn_after, config.recent_frames,
+                config.recall_floor)
         self.metrics_port: int | None = None  # bound at start()
         self.watcher = ModelsWatcher(self.service, config.models_dir, config.engine,
                                      config.models_poll) if config.models_dir else None
@@ -166,6 +174,8 @@ def check_files(config: ServerConfig) -> tuple[grpc.ServerCredentials | None,
     before any model loads (ValueError naming the file)."""
     credentials = config.tls.credentials() if config.tls else None
     tokens = TokenStore(config.auth_tokens) if config.auth_tokens else None
+    if config.admin_tokens:  # read again by the server; a bad file fails here first
+        TokenStore(config.admin_tokens)
     folder = config.port_file.parent if config.port_file else None
     if folder and not (folder.is_dir() and os.access(folder, os.W_OK)):
         raise ValueError(f"--port-file {config.port_file}: {folder} is not a folder this "

@@ -68,8 +68,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     balancers and Kubernetes probe without credentials) and, with `open_reflection`,
     reflection."""
 
-    def __init__(self, tokens: TokenStore, open_reflection: bool = False):
-        self.tokens, self.open_reflection = tokens, open_reflection
+    def __init__(self, tokens: TokenStore, open_reflection: bool = False,
+                 admin: TokenStore | None = None):
+        """admin: --admin-token-file's tokens, accepted for every call too."""
+        self.tokens, self.open_reflection, self.admin = tokens, open_reflection, admin
 
     async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
@@ -77,7 +79,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
                 self.open_reflection and method.startswith(REFLECTION_PREFIX)):
             return await continuation(handler_call_details)
         token = bearer_token(handler_call_details.invocation_metadata)
-        if token is not None and self.tokens.accepts(token):
+        if token is not None and (self.tokens.accepts(token) or (
+                self.admin is not None and self.admin.accepts(token))):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         if handler is None:  # an unknown method: UNIMPLEMENTED as without tokens

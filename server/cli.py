@@ -122,6 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--open-reflection", action="store_true",
                           help="with --auth-token-file: serve reflection without a token")
 
+    learning = parser.add_argument_group(
+        "learning", "operators' verdicts teach memory models served from --models-dir "
+                    "(Feedback, CommitLearning, Rollback; docs/textures.md)")
+    learning.add_argument("--admin-token-file", type=Path, metavar="FILE",
+                          help="tokens (one a line) that may call Feedback, CommitLearning "
+                               "and Rollback (a streaming token alone: PERMISSION_DENIED); "
+                               "without it learning is off")
+    learning.add_argument("--audit-log", type=Path, metavar="FILE",
+                          help="append every accepted admin call here, one JSON line "
+                               "(default: DIR/.audit.jsonl of --models-dir)")
+    learning.add_argument("--learn-after", type=COUNT_OR_ZERO, default=ServerConfig.learn_after,
+                          metavar="FRAMES",
+                          help="GOOD frames collected that make a new version, served at once "
+                               "(0: on CommitLearning only)")
+    learning.add_argument("--recent-frames", type=COUNT, default=ServerConfig.recent_frames,
+                          metavar="FRAMES",
+                          help="scored frames kept for a verdict to name by frame id")
+    learning.add_argument("--recall-floor", type=NON_NEGATIVE, metavar="SHARE",
+                          help="write no version that fails fewer of the kept DEFECT frames "
+                               "than this share (default: no floor)")
+
     limits = parser.add_argument_group(
         "limits", "what one client may ask of the server; past a limit a frame gets an "
                   "error result (its stream goes on), never an out-of-memory")
@@ -257,6 +278,9 @@ def config_from_args(args) -> ServerConfig:
                            memory_max_batch=args.memory_max_batch)
     if not args.bundle and not args.models_dir:
         raise ValueError("nothing to serve: pass --bundle PATH or --models-dir DIR")
+    if args.admin_token_file and not args.models_dir:
+        raise ValueError("--admin-token-file needs --models-dir: a learnt version is written "
+                         "and served there")
     limits = {"max_bytes_in_flight": args.max_bytes_in_flight} \
         if args.max_bytes_in_flight is not None else {}
     return ServerConfig(bundles=args.bundle, host=args.host, port=args.port, engine=engine,
@@ -273,7 +297,10 @@ def config_from_args(args) -> ServerConfig:
                         open_reflection=args.open_reflection,
                         metrics_port=args.metrics_port, metrics_host=args.metrics_host,
                         max_connection_age=args.max_connection_age,
-                        max_stream_age=args.max_stream_age)
+                        max_stream_age=args.max_stream_age,
+                        admin_tokens=args.admin_token_file, audit_log=args.audit_log,
+                        learn_after=args.learn_after, recent_frames=args.recent_frames,
+                        recall_floor=args.recall_floor)
 
 
 def main(argv: list[str] | None = None, module: str = "anogan_inspect.server") -> int:

@@ -119,6 +119,15 @@ class ServerConfig:
     max_stream_age: float | None = None
     models_dir: Path | None = None  # bundles followed while serving (server/models_dir.py)
     models_poll: float = 5.0  # s between reads of models_dir
+    # Operators' verdicts (server/learning.py): the admin tokens (None: learning off), the
+    # audit log (None: models_dir/.audit.jsonl), GOOD frames that make a new version (0:
+    # CommitLearning only), frames kept for a verdict to name by id, and the share of the
+    # kept DEFECT frames every new version must fail (None: no floor).
+    admin_tokens: Path | None = None
+    audit_log: Path | None = None
+    learn_after: int = 50
+    recent_frames: int = 256
+    recall_floor: float | None = None
 
     @property
     def metrics_address(self) -> str:

@@ -109,6 +109,7 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         self.worker = worker  # this process's index among `anogan-serve --workers N`
         self.max_stream_age = max_stream_age  # s; then UNAVAILABLE (--max-stream-age)
         self.metrics = None  # server/monitoring.py's Metrics, with --metrics-port
+        self.learning = None  # server/learning.py's Learning, with --admin-token-file
         self.draining = False
         self.invalid_frames = {name: 0 for name in models}  # (--models-dir adds names)
         self.frames_in_flight = 0  # frames being scored, all streams (--max-frames-in-flight)
@@ -185,6 +186,25 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         return pb.GetServerStatsResponse(worker=self.worker, models=[
             pb.ModelStats(model=name, invalid_frames=self.invalid_frames[name], **model.stats())
             for name, model in self.models.items()])
+
+    # -- operators' verdicts (server/learning.py) ----------------------------------------------
+
+    async def Feedback(self, request: pb.FeedbackRequest, context) -> pb.FeedbackResponse:
+        return await (await self._learning(context)).feedback(request, context)
+
+    async def CommitLearning(self, request: pb.CommitLearningRequest, context
+                             ) -> pb.CommitLearningResponse:
+        return await (await self._learning(context)).commit(request, context)
+
+    async def Rollback(self, request: pb.RollbackRequest, context) -> pb.RollbackResponse:
+        return await (await self._learning(context)).rollback(request, context)
+
+    async def _learning(self, context):
+        if self.learning is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "learning is off: start anogan-serve with --models-dir and "
+                                "--admin-token-file")
+        return self.learning
 
     # -- streaming ---------------------------------------------------------------------------
 
@@ -319,6 +339,8 @@ class InspectionService(pb_grpc.InspectionServiceServicer):
         result = await self._score_frame(frame, options, on_provisional, prepared)
         if self.metrics is not None:
             self.metrics.observe(result, time.perf_counter() - started)
+        if self.learning is not None:
+            self.learning.remember(options.model, frame, result)
         return result
 
     async def _score_frame(self, frame: pb.Frame, options: StreamOptions, on_provisional,

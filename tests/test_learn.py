@@ -3,15 +3,11 @@ parent untouched, the lineage recorded, the guards held, the CLI's errors one li
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from anogan.v1 import inspection_pb2 as pb
-from anogan.v1 import inspection_pb2_grpc as pb_grpc
 from anogan_inspect.bundle import (
     check_memory_parity,
     load_memory_scorer,
@@ -21,7 +17,6 @@ from anogan_inspect.bundle import (
 )
 from anogan_inspect.datasets import heldout_split, load_dataset, normal_subset
 from anogan_inspect.memory import frames_input
-from anogan_inspect.server.models import EngineOptions
 from anogan_inspect.trainer.cli import main as train_main
 from anogan_inspect.trainer.learn import (
     FAR_FACTOR,
@@ -31,9 +26,6 @@ from anogan_inspect.trainer.learn import (
     learn,
     rebuild_scorer,
 )
-from tests.conftest import InProcessServer
-from tests.test_server import OpenStream, stream, wait_for
-from tests.test_tiles import raw_frame
 
 
 def brighter(frames: np.ndarray) -> np.ndarray:
@@ -41,12 +33,17 @@ def brighter(frames: np.ndarray) -> np.ndarray:
     return np.clip(frames * 1.2, 0.0, 1.0).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def frames(texture_data):
+def texture_frames(texture_data) -> dict[str, np.ndarray]:
+    """The texture benchmark's normal training frames, normal and defective test frames."""
     train = normal_subset(load_dataset(texture_data, split="train"))
     test = load_dataset(texture_data, split="test")
     return {"train": train.images, "good": test.images[~test.is_anomaly],
             "defects": test.images[test.is_anomaly]}
+
+
+@pytest.fixture(scope="module")
+def frames(texture_data):
+    return texture_frames(texture_data)
 
 
 def heldout_of(bundle, frames) -> list[np.ndarray]:
@@ -174,59 +171,6 @@ def test_a_bundle_without_a_memory_cannot_learn(tiny_bundle, tmp_path, capsys):
     assert train_main(["learn", "--bundle", str(tiny_bundle), "--out", str(tmp_path / "v2"),
                        str(png)]) == 2
     assert "not a memory bundle: only a memory learns frames without retraining" in \
-        capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_a_learnt_version_is_served_under_a_running_stream_and_rolled_back_exactly(
-        tiny_memory_bundle, frames, tmp_path, capsys):
-    """learn → promote into the served models folder → the running server swaps it in
-    (no restart, no frame lost or reordered, each result naming its version) → rollback
-    serves the parent again, scoring exactly as before."""
-    models = tmp_path / "models"
-    shutil.copytree(tiny_memory_bundle, models / "mem")
-    parent = read_bundle(models / "mem")
-    probe = [raw_frame(f, i) for i, f in enumerate(brighter(frames["good"]))]
-    config = pb.InspectionConfig(model="mem")
-    server = InProcessServer([], EngineOptions(device="cpu"), models_dir=models,
-                             models_poll=0.1)
-    try:
-        with server.channel() as channel:
-            stub = pb_grpc.InspectionServiceStub(channel)
-            version = lambda: stub.GetModel(pb.GetModelRequest(name="mem")).model.version  # noqa: E731
-            before = stream(stub, probe, config)
-            running = OpenStream(stub, config)
-            running.send(probe[:4])
-
-            good = [Frame(f, f"{i:064x}") for i, f in enumerate(brighter(frames["train"]))]
-            learned = learn(read_bundle(models / "mem"), good, None, tmp_path / "v2")
-            assert train_main(["promote", str(learned.path), "--to", str(models / "mem")]) == 0
-            assert f"serving version {learned.version} (was {parent.version}" in \
-                capsys.readouterr().out
-            wait_for(lambda: version() == learned.version, what="the learnt version")
-            running.send(probe[4:])  # the open stream goes on, on its version
-            after = stream(stub, probe, config)
-            assert {r.model_version for r in after} == {learned.version}
-            assert np.mean([r.score for r in after]) < np.mean([r.score for r in before])
-
-            assert train_main(["rollback", "--to", str(models / "mem")]) == 0
-            wait_for(lambda: version() == parent.version, what="the parent again")
-            again = stream(stub, probe, config)
-            assert [r.score for r in again] == [r.score for r in before]  # exactly
-            assert [r.verdict for r in again] == [r.verdict for r in before]
-            running.close()
-            running.join()
-            assert running.error is None
-            assert [r.sequence for r in running.results] == list(range(len(probe)))
-            assert not any(r.HasField("error") for r in running.results)
-            assert {r.model_version for r in running.results} == {parent.version}
-    finally:
-        server.stop()
-    kept = sorted(p.name for p in (models / ".versions" / "mem").iterdir())
-    assert kept == sorted([parent.version, learned.version])
-    # Rolling back a trained version has nowhere to go
-    assert train_main(["rollback", "--to", str(models / "mem")]) == 2
-    assert "has no parent to roll back to (it was trained, not learnt)" in \
         capsys.readouterr().err
 
 

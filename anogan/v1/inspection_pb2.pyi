@@ -43,6 +43,20 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATA_TYPE_UINT8: _ClassVar[DataType]
     DATA_TYPE_UINT16: _ClassVar[DataType]
     DATA_TYPE_FLOAT32: _ClassVar[DataType]
+
+class OperatorLabel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OPERATOR_LABEL_UNSPECIFIED: _ClassVar[OperatorLabel]
+    OPERATOR_LABEL_GOOD: _ClassVar[OperatorLabel]
+    OPERATOR_LABEL_DEFECT: _ClassVar[OperatorLabel]
+
+class FeedbackOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEEDBACK_OUTCOME_UNSPECIFIED: _ClassVar[FeedbackOutcome]
+    FEEDBACK_OUTCOME_COLLECTED: _ClassVar[FeedbackOutcome]
+    FEEDBACK_OUTCOME_HELD: _ClassVar[FeedbackOutcome]
+    FEEDBACK_OUTCOME_KEPT: _ClassVar[FeedbackOutcome]
+    FEEDBACK_OUTCOME_LEARNT: _ClassVar[FeedbackOutcome]
 MODE_UNSPECIFIED: Mode
 MODE_FAST: Mode
 MODE_SEARCH: Mode
@@ -60,6 +74,14 @@ DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_UINT8: DataType
 DATA_TYPE_UINT16: DataType
 DATA_TYPE_FLOAT32: DataType
+OPERATOR_LABEL_UNSPECIFIED: OperatorLabel
+OPERATOR_LABEL_GOOD: OperatorLabel
+OPERATOR_LABEL_DEFECT: OperatorLabel
+FEEDBACK_OUTCOME_UNSPECIFIED: FeedbackOutcome
+FEEDBACK_OUTCOME_COLLECTED: FeedbackOutcome
+FEEDBACK_OUTCOME_HELD: FeedbackOutcome
+FEEDBACK_OUTCOME_KEPT: FeedbackOutcome
+FEEDBACK_OUTCOME_LEARNT: FeedbackOutcome
 
 class InspectionConfig(_message.Message):
     __slots__ = ("model", "mode", "search_steps", "provisional_results", "return_residual_map", "map_encoding")
@@ -412,3 +434,63 @@ class ModelStats(_message.Message):
     memory_batches: int
     memory_frames: int
     def __init__(self, model: _Optional[str] = ..., search_batches: _Optional[int] = ..., search_slot_steps: _Optional[int] = ..., max_search_batch: _Optional[int] = ..., active_slots: _Optional[int] = ..., slot_capacity: _Optional[int] = ..., queued_searches: _Optional[int] = ..., searches_completed: _Optional[int] = ..., searches_cancelled: _Optional[int] = ..., fast_batches: _Optional[int] = ..., fast_frames: _Optional[int] = ..., max_fast_batch: _Optional[int] = ..., invalid_frames: _Optional[int] = ..., memory_batches: _Optional[int] = ..., memory_frames: _Optional[int] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("model", "frame_id", "frame", "label", "note")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FRAME_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    frame_id: str
+    frame: Frame
+    label: OperatorLabel
+    note: str
+    def __init__(self, model: _Optional[str] = ..., frame_id: _Optional[str] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ..., label: _Optional[_Union[OperatorLabel, str]] = ..., note: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("outcome", "frame_sha256", "model_version", "good_collected", "new_version")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    FRAME_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GOOD_COLLECTED_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    outcome: FeedbackOutcome
+    frame_sha256: str
+    model_version: str
+    good_collected: int
+    new_version: str
+    def __init__(self, outcome: _Optional[_Union[FeedbackOutcome, str]] = ..., frame_sha256: _Optional[str] = ..., model_version: _Optional[str] = ..., good_collected: _Optional[int] = ..., new_version: _Optional[str] = ...) -> None: ...
+
+class CommitLearningRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class CommitLearningResponse(_message.Message):
+    __slots__ = ("model_version", "parent_version", "frames_learnt", "threshold")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_LEARNT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    parent_version: str
+    frames_learnt: int
+    threshold: float
+    def __init__(self, model_version: _Optional[str] = ..., parent_version: _Optional[str] = ..., frames_learnt: _Optional[int] = ..., threshold: _Optional[float] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class RollbackResponse(_message.Message):
+    __slots__ = ("model_version", "replaced_version")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    replaced_version: str
+    def __init__(self, model_version: _Optional[str] = ..., replaced_version: _Optional[str] = ...) -> None: ...

@@ -60,6 +60,21 @@ class InspectionServiceStub:
                 request_serializer=anogan_dot_v1_dot_inspection__pb2.GetServerStatsRequest.SerializeToString,
                 response_deserializer=anogan_dot_v1_dot_inspection__pb2.GetServerStatsResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/anogan.v1.InspectionService/Feedback',
+                request_serializer=anogan_dot_v1_dot_inspection__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=anogan_dot_v1_dot_inspection__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.CommitLearning = channel.unary_unary(
+                '/anogan.v1.InspectionService/CommitLearning',
+                request_serializer=anogan_dot_v1_dot_inspection__pb2.CommitLearningRequest.SerializeToString,
+                response_deserializer=anogan_dot_v1_dot_inspection__pb2.CommitLearningResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/anogan.v1.InspectionService/Rollback',
+                request_serializer=anogan_dot_v1_dot_inspection__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=anogan_dot_v1_dot_inspection__pb2.RollbackResponse.FromString,
+                _registered_method=True)
 
 
 class InspectionServiceServicer:
@@ -106,6 +121,34 @@ class InspectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """An operator's verdict on a frame a memory model scored (a model served from
+        `anogan-serve --models-dir`). Needs a token of `--admin-token-file` (a streaming token
+        alone: PERMISSION_DENIED); every accepted call is appended to the audit log. A GOOD frame
+        is collected for learning, or held for a second confirmation when the model scores it far
+        beyond its threshold; a DEFECT frame is kept as an example the next versions' recall is
+        held to. Once `--learn-after` GOOD frames are collected, the model learns them as a new
+        version, served at once (streams already open finish on theirs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitLearning(self, request, context):
+        """Learns the GOOD frames collected for a model now, as a new version served at once
+        (admin token, audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Serves again the parent of a model's current version (admin token, audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InspectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +176,21 @@ def add_InspectionServiceServicer_to_server(servicer, server):
                     servicer.GetServerStats,
                     request_deserializer=anogan_dot_v1_dot_inspection__pb2.GetServerStatsRequest.FromString,
                     response_serializer=anogan_dot_v1_dot_inspection__pb2.GetServerStatsResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=anogan_dot_v1_dot_inspection__pb2.FeedbackRequest.FromString,
+                    response_serializer=anogan_dot_v1_dot_inspection__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'CommitLearning': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitLearning,
+                    request_deserializer=anogan_dot_v1_dot_inspection__pb2.CommitLearningRequest.FromString,
+                    response_serializer=anogan_dot_v1_dot_inspection__pb2.CommitLearningResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=anogan_dot_v1_dot_inspection__pb2.RollbackRequest.FromString,
+                    response_serializer=anogan_dot_v1_dot_inspection__pb2.RollbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +329,87 @@ class InspectionService:
             '/anogan.v1.InspectionService/GetServerStats',
             anogan_dot_v1_dot_inspection__pb2.GetServerStatsRequest.SerializeToString,
             anogan_dot_v1_dot_inspection__pb2.GetServerStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/anogan.v1.InspectionService/Feedback',
+            anogan_dot_v1_dot_inspection__pb2.FeedbackRequest.SerializeToString,
+            anogan_dot_v1_dot_inspection__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitLearning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/anogan.v1.InspectionService/CommitLearning',
+            anogan_dot_v1_dot_inspection__pb2.CommitLearningRequest.SerializeToString,
+            anogan_dot_v1_dot_inspection__pb2.CommitLearningResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/anogan.v1.InspectionService/Rollback',
+            anogan_dot_v1_dot_inspection__pb2.RollbackRequest.SerializeToString,
+            anogan_dot_v1_dot_inspection__pb2.RollbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
