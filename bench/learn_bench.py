@@ -2,12 +2,12 @@
 its false rejects before and after a memory bundle learns K confirmed frames of the shift,
 and its recall on the defective frames, side by side.
 
-    python -m bench.learn_bench [--bundle bundles/texture] [--data data/texture] [--k 40,80]
+    python -m bench.learn_bench [--bundle bundles/texture] [--data data/texture] [--k 20,40]
 
 For each shift of the normal frames (a line's lamp or material changing): the share of the
 test split's normal frames the bundle fails (the calibrated rate, unshifted), the share of
 them it fails once shifted, and after learning: the first K training frames, shifted, are
-the operators' confirmed-good frames (every 4th calibrates instead of joining the memory);
+the operators' confirmed-good frames (every 2nd calibrates instead of joining the memory);
 the held-out split calibrates as at training. Recall is the share of the test split's
 defective frames failing: unshifted under the bundle, shifted under the new version (the
 line's defects come under the same lamp). Writes bench/results/<name>.md and .json.
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "texture")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "texture")
-    parser.add_argument("--k", default="40,80",
+    parser.add_argument("--k", default="20,40",
                         help="confirmed-good frames per shift (several: comma-separated)")
     parser.add_argument("--name", default="cpu-learn", help="bench/results/NAME.md and .json")
     args = parser.parse_args(argv)

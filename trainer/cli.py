@@ -46,7 +46,7 @@ running server loads and verifies it beside the version serving, then gives it n
 MODELS/.versions/NAME/<version>/, so `anogan-train rollback` can serve the parent again."""
 LEARN_DESCRIPTION = """Write a new version of a memory bundle that has learnt the confirmed GOOD
 frames: their features join the memory (reduced again by the coreset to its size), and
-the thresholds are calibrated again on the held-out normal frames and every 4th confirmed
+the thresholds are calibrated again on the held-out normal frames and every 2nd confirmed
 frame. The manifest's `lineage` names the parent and the sha256 of every frame. The parent
 is left as it is: serve it again to roll back. A frame the parent scores beyond twice its
 threshold is held unless --accept-far."""
