@@ -170,6 +170,11 @@ class Learning:
 
         try:
             learned = await asyncio.to_thread(run)
+        except ImportError as err:  # a server installed without the exporter
+            shutil.rmtree(work, ignore_errors=True)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"writing a version needs the exporter, installed with the "
+                                f"train extra (pip install '.[serve,train]'): {err}")
         except (LearnError, BundleError) as err:
             shutil.rmtree(work, ignore_errors=True)
             self._audit(who, context, "CommitLearning", name, model.bundle.version,
