@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(0: on CommitLearning only)")
     learning.add_argument("--recent-frames", type=COUNT, default=ServerConfig.recent_frames,
                           metavar="FRAMES",
-                          help="scored frames kept for a verdict to name by frame id")
+                          help="scored frames kept for a verdict to name by frame id (256 MiB "
+                               "of them at most)")
     learning.add_argument("--recall-floor", type=NON_NEGATIVE, metavar="SHARE",
                           help="write no version that fails fewer of the kept DEFECT frames "
                                "than this share (default: no floor)")

@@ -40,6 +40,9 @@ from anogan_inspect.server.frames import FrameError, decode_frame
 log = logging.getLogger(__name__)
 
 LABELS = {pb.OPERATOR_LABEL_GOOD: "GOOD", pb.OPERATOR_LABEL_DEFECT: "DEFECT"}
+# The recent frames hold at most this many bytes in all (their messages), whatever their
+# count: the oldest go first.
+RECENT_BYTES = 256 << 20
 
 
 def frame_bytes(frame: pb.Frame) -> bytes:
@@ -60,6 +63,7 @@ class Learning:
         self.recent_frames, self.recall_floor = recent_frames, recall_floor
         self.watch_timeout = watch_timeout
         self.recent: OrderedDict[tuple[str, str], tuple[pb.Frame, float]] = OrderedDict()
+        self.recent_bytes = 0
         self.collected: dict[str, list] = {}  # model → trainer.learn.Frame
         self.defects: dict[str, list] = {}  # model → pixels (C, H, W)
         self.held: dict[str, set[str]] = {}  # model → sha256 of frames held once
@@ -76,10 +80,15 @@ class Learning:
         if not frame.frame_id or result.HasField("error") or not self.learns(model):
             return
         key = (model.name, frame.frame_id)
+        if key in self.recent:
+            self.recent_bytes -= self.recent[key][0].ByteSize()
         self.recent[key] = (frame, result.score)
+        self.recent_bytes += frame.ByteSize()
         self.recent.move_to_end(key)
-        while len(self.recent) > self.recent_frames:
-            self.recent.popitem(last=False)
+        while self.recent and (len(self.recent) > self.recent_frames
+                               or self.recent_bytes > RECENT_BYTES):
+            old, _ = self.recent.popitem(last=False)[1]
+            self.recent_bytes -= old.ByteSize()
 
     # -- the calls ---------------------------------------------------------------------------
 

@@ -180,3 +180,33 @@ def test_the_bundle_keeps_its_held_out_frames_to_calibrate_new_versions(tiny_mem
     kept = bundle.heldout_frames()
     expected = np.stack(heldout_of(bundle, frames))
     assert kept.shape == expected.shape and np.abs(kept - expected).max() <= 0.5 / 255
+
+
+def test_the_recent_frames_are_bounded_by_count_and_bytes(monkeypatch):
+    from types import SimpleNamespace
+
+    from anogan.v1 import inspection_pb2 as pb
+    from anogan_inspect.server import learning as live
+
+    monkeypatch.setattr(live, "RECENT_BYTES", 3000)
+    recent = live.Learning(SimpleNamespace(), None, None, None, 0, 4, None)
+    memory = SimpleNamespace(name="m", fingerprint="abc", bundle=SimpleNamespace(memory={}))
+    whole = SimpleNamespace(name="w", fingerprint="abc", bundle=SimpleNamespace(memory=None))
+    scored, failed = pb.InspectionResult(score=1.0), pb.InspectionResult(error={"code": 3})
+
+    def frame(i: int, size: int) -> pb.Frame:
+        return pb.Frame(frame_id=f"f{i}", raw=pb.RawImage(data=bytes(size)))
+
+    for i in range(3):
+        recent.remember(memory, frame(i, 100), scored)
+    recent.remember(memory, frame(9, 100), failed)  # an error result: nothing to judge
+    recent.remember(whole, frame(8, 100), scored)  # a model that does not learn
+    recent.remember(memory, pb.Frame(raw=pb.RawImage(data=bytes(10))), scored)  # no id
+    assert [key for key in recent.recent] == [("m", "f0"), ("m", "f1"), ("m", "f2")]
+    for i in range(3, 6):  # by count: the last 4
+        recent.remember(memory, frame(i, 100), scored)
+    assert [key[1] for key in recent.recent] == ["f2", "f3", "f4", "f5"]
+    recent.remember(memory, frame(6, 1450), scored)  # by bytes: the newest stay
+    recent.remember(memory, frame(7, 1450), scored)
+    assert [key[1] for key in recent.recent] == ["f6", "f7"]
+    assert recent.recent_bytes == sum(f.ByteSize() for f, _ in recent.recent.values()) <= 3000
