@@ -27,7 +27,6 @@ from anogan_inspect.bundle import (
 from anogan_inspect.datasets import (
     DatasetError,
     ImageSet,
-    decode_image_file,
     heldout_split,
     load_dataset,
     normal_subset,
@@ -40,12 +39,16 @@ from anogan_inspect.search import ScoringModels, SearchConfig, fast_score
 from anogan_inspect.tiling import Tiling
 from anogan_inspect.trainer.cli import PRESET_TRAINING
 from anogan_inspect.trainer.distributed import Distributed
-from anogan_inspect.trainer.evaluate_memory import evaluate_memory, print_memory_report
+from anogan_inspect.trainer.evaluate_memory import (
+    evaluate_memory,
+    print_memory_report,
+    training_frames,
+)
 from anogan_inspect.trainer.evaluate_tiles import evaluate_tiled, print_tiled_report
 from anogan_inspect.trainer.export import ExportError, export_bundle
 from anogan_inspect.trainer.learn import Frame, learn
 from anogan_inspect.trainer.memory_bundle import build_memory, load_backbone
-from anogan_inspect.trainer.score import image_files, run_score
+from anogan_inspect.trainer.score import image_files, read_frame, run_score
 from anogan_inspect.trainer.scoring import (
     FIT_RATIO,
     calibrate,
@@ -531,22 +534,15 @@ def _threshold_steps(bundle: Bundle, cfg: SearchConfig, start: str) -> dict:
 def run_learn(args) -> int:
     """`anogan-train learn`: a new version of a memory bundle that has learnt the frames."""
     bundle = read_bundle(args.bundle)
-    good = [Frame.from_bytes(_chw(decode_image_file(path)), path.read_bytes())
+    good = [Frame.from_bytes(read_frame(path), path.read_bytes())
             for path in image_files(args.good)]
     if args.heldout_data:
-        heldout = [_chw(decode_image_file(path)) for path in image_files([args.heldout_data])]
+        heldout = [read_frame(path) for path in image_files([args.heldout_data])]
     elif bundle.heldout_frames() is not None:
         heldout = None  # the bundle's own
     else:
-        training = bundle.manifest.get("training") or {}
-        if "data" not in training or "holdout" not in training:
-            raise BundleError(f"{bundle.path}: no training record to find the held-out "
-                              "frames by: pass --heldout-data")
-        data = normal_subset(load_dataset(Path(training["data"]), split="train",
-                                          normal_labels=training.get("normal_labels")))
-        _, holdout_idx = heldout_split(len(data), training["holdout"], int(training["seed"]))
-        heldout = list(data.images[holdout_idx])
-    defects = [_chw(decode_image_file(path)) for path in image_files([args.defects])] \
+        heldout = list(training_frames(bundle, None)[1])
+    defects = [read_frame(path) for path in image_files([args.defects])] \
         if args.defects else None
     learned = learn(bundle, good, heldout, args.out, defects, args.recall_floor,
                     args.accept_far, args.seed)
@@ -562,8 +558,3 @@ def run_learn(args) -> int:
         print(f"held (score {score:.4f}, over twice the threshold: confirm again with "
               f"--accept-far): {sha}")
     return 0
-
-
-def _chw(pixels: np.ndarray) -> np.ndarray:
-    """(H, W, C) → (C, H, W)."""
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))

@@ -59,7 +59,7 @@ def training_frames(bundle: Bundle, train_data: Path | None) -> tuple[np.ndarray
     path = train_data or training.get("data")
     if not path:
         raise DatasetError(f"{bundle.path}: its manifest names no training data; pass "
-                           "--train-data for the pixels baseline")
+                           "the frames (evaluate: --train-data, learn: --heldout-data)")
     data = normal_subset(load_dataset(Path(path), split="train",
                                       normal_labels=training.get("normal_labels")))
     train_idx, holdout_idx = heldout_split(len(data), training.get("holdout", 0.15),

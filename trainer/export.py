@@ -115,8 +115,7 @@ def export_bundle(out_dir: Path, model: ModelConfig, networks: dict[str, nn.Modu
             "latent_dim": model.latent_dim,
             "networks": entries,
             "parity": {"tolerance": tolerance, "max_error": parity},
-            "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                      for p in sorted(tmp.iterdir())},
+            "files": file_entries(tmp),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_dir(tmp, out_dir)
@@ -186,6 +185,12 @@ class _Shape:
     def __init__(self, model: ModelConfig):
         self.latent_dim = model.latent_dim
         self.image_shape = (model.channels, model.image_size, model.image_size)
+
+
+def file_entries(folder: Path) -> dict:
+    """The manifest's `files`: every file of a bundle folder with its sha256 and size."""
+    return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(folder.iterdir())}
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:

@@ -47,7 +47,7 @@ from anogan_inspect.memory import (
     greedy_coreset,
 )
 from anogan_inspect.networks import Discriminator, ModelConfig
-from anogan_inspect.trainer.export import ExportError, export_memory_scorer
+from anogan_inspect.trainer.export import ExportError, export_memory_scorer, file_entries
 
 # A confirmed frame the parent scores beyond this many times its threshold is held for a
 # second confirmation (a mislabelled defect would teach the memory that defect).
@@ -258,8 +258,7 @@ def _write_version(parent: Bundle, out: Path, scorer: MemoryScorer, manifest: di
         except ExportError as err:
             raise LearnError(str(err)) from err
         manifest["parity"]["max_error"]["memory"] = manifest["memory"]["scorer"]["parity_error"]
-        manifest["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                             for p in sorted(tmp.iterdir())}
+        manifest["files"] = file_entries(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         tmp.rename(out)
     except BaseException:

@@ -25,6 +25,11 @@ from anogan_inspect.trainer.scoring import search_scores
 from anogan_inspect.trainer.tiles import score_frames
 
 
+def read_frame(file: Path) -> np.ndarray:
+    """One image file's pixels, (C, H, W) float32 in [0, 1]."""
+    return np.ascontiguousarray(decode_image_file(file).transpose(2, 0, 1))
+
+
 def image_files(paths: list[Path]) -> list[Path]:
     """The files named, and the images directly in the folders named, in order."""
     files = []
@@ -85,7 +90,7 @@ def run_score(args) -> int:
         raise ValueError(f"bundle {bundle.name} has no encoder: only --mode search")
     cfg = bundle.search_config
     files = image_files(args.images)
-    images = [decode_image_file(file).transpose(2, 0, 1) for file in files]
+    images = [read_frame(file) for file in files]
     records = score_images(bundle, models, cfg, images, args.mode, device)
     out = open(args.out, "w") if args.out else sys.stdout
     try:
