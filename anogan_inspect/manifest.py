@@ -175,15 +175,19 @@ class Parent(_Strict):
 
 
 class Lineage(_Strict):
-    """A version a memory bundle learnt from confirmed frames (trainer/learn.py): its
-    parent, and the sha256 of the frames it learnt, calibrated on and held."""
+    """A version learnt from confirmed frames: by a memory bundle's memory
+    (trainer/learn.py, method "memory") or by a whole-frame bundle's GAN trained further
+    (trainer/finetune.py, "finetune"): its parent, and the sha256 of the frames it learnt,
+    calibrated on and held."""
 
     generation: int = Field(gt=0)
+    method: Literal["memory", "finetune"] = "memory"
     parent: Parent
     learnt: list[str]
     calibrating: list[str]
     held: list[str]
-    rows_offered: int = Field(ge=0)
+    rows_offered: int | None = Field(default=None, ge=0)  # memory: feature rows offered
+    epochs: dict[str, int] | None = None  # finetune: GAN and encoder epochs trained
     parent_threshold: float = Field(gt=0)
     defect_recall: float | None = Field(default=None, ge=0, le=1)
     parent_defect_recall: float | None = Field(default=None, ge=0, le=1)

@@ -1,13 +1,14 @@
-"""Operators' verdicts teach a served memory model, live (Feedback, CommitLearning, Rollback).
+"""Operators' verdicts teach a served model, live (Feedback, CommitLearning, Rollback).
 
-Only for memory models served from `--models-dir` (their versions are written there) and
+Only for models served from `--models-dir` (their versions are written there) and
 only with a token of `--admin-token-file`; every accepted call is appended to the audit log
 (JSON lines: when, who (the peer and the token's sha256 prefix), what, the version serving
 and the version it made). The server keeps the last `--recent-frames` frames it scored,
 so a verdict can name a frame by its id.
 
 - GOOD: collected for the next version; a frame the model scored beyond FAR_FACTOR times
-  its threshold is held, and collected when it is confirmed GOOD again.
+  its threshold, or that fails where a kept DEFECT frame's regions lie (DefectGuard), is
+  held, and collected when it is confirmed GOOD again (the audit log says why it was held).
 - DEFECT: kept; every next version must fail at least `--recall-floor` of the kept ones.
 - Once `--learn-after` GOOD frames are collected (or on CommitLearning), the model learns
   them (trainer/learn.py: a new version calibrated again on its held-out frames and a share
@@ -15,6 +16,11 @@ so a verdict can name a frame by its id.
   the folder's watcher loads and verifies it beside the version serving, then new calls
   get it; open streams finish on theirs.
 - Rollback serves the current version's parent again, the same way.
+
+A whole-frame model learns offline, by training (trainer/finetune.py): its GOOD and DEFECT
+frames are written to MODELS/.collected/<name>/good/ and defect/ (the bytes received, or a
+PNG of raw pixels, named by their sha256) for `anogan-train finetune`, and CommitLearning
+says so. Tiled models without a memory do not learn.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ from anogan.v1 import inspection_pb2 as pb
 from anogan_inspect.bundle import BundleError, read_bundle
 from anogan_inspect.server.auth import TokenStore, bearer_token
 from anogan_inspect.server.frames import FrameError, decode_frame
+
+# MODELS/.collected/<name>/{good,defect}/: a whole-frame model's verdicts, for finetune
+COLLECTED = ".collected"
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +76,19 @@ class Learning:
         self.collected: dict[str, list] = {}  # model → trainer.learn.Frame
         self.defects: dict[str, list] = {}  # model → pixels (C, H, W)
         self.held: dict[str, set[str]] = {}  # model → sha256 of frames held once
+        self.guards: dict[str, tuple[str, object]] = {}  # model → (version, DefectGuard)
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- what the service tells us -----------------------------------------------------------
 
     def learns(self, model) -> bool:
-        """A memory model served from the models folder."""
-        return model.bundle.memory is not None and bool(model.fingerprint)
+        """A memory or whole-frame model served from the models folder."""
+        bundle = model.bundle
+        return bool(model.fingerprint) and (bundle.memory is not None or bundle.tiling is None)
+
+    def collected_folder(self, name: str) -> Path:
+        """Where a whole-frame model's verdicts are written for anogan-train finetune."""
+        return self.models_dir / COLLECTED / name
 
     def remember(self, model, frame: pb.Frame, result: pb.InspectionResult) -> None:
         """Keep a scored frame, by its id, for a verdict to name it later."""
@@ -103,29 +118,37 @@ class Learning:
             pixels = decode_frame(frame, self.service.limits)
         except FrameError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the frame: {err}")
-        from anogan_inspect.trainer.learn import FAR_FACTOR, Frame
+        from anogan_inspect.trainer.learn import Frame
 
         sha = hashlib.sha256(frame_bytes(frame)).hexdigest()
         name, version = model.name, model.bundle.version
         response = pb.FeedbackResponse(frame_sha256=sha, model_version=version)
         async with self._lock(name):
+            why = None
             if request.label == pb.OPERATOR_LABEL_DEFECT:
                 self.defects.setdefault(name, []).append(pixels)
+                self.guards.pop(name, None)  # built again with it when next needed
                 response.outcome = pb.FEEDBACK_OUTCOME_KEPT
-            elif score > FAR_FACTOR * model.bundle.threshold and \
-                    sha not in self.held.setdefault(name, set()):
-                self.held[name].add(sha)  # a second GOOD for it collects it
-                response.outcome = pb.FEEDBACK_OUTCOME_HELD
             else:
-                self.collected.setdefault(name, []).append(Frame(pixels, sha))
-                response.outcome = pb.FEEDBACK_OUTCOME_COLLECTED
-            response.good_collected = len(self.collected.get(name, []))
+                why = await self._held_because(model, sha, score, pixels)
+                if why:
+                    self.held[name].add(sha)  # a second GOOD for it collects it
+                    response.outcome = pb.FEEDBACK_OUTCOME_HELD
+                else:
+                    response.outcome = pb.FEEDBACK_OUTCOME_COLLECTED
+                    if model.bundle.memory is not None:
+                        self.collected.setdefault(name, []).append(Frame(pixels, sha))
+            if model.bundle.memory is None and response.outcome != pb.FEEDBACK_OUTCOME_HELD:
+                # a whole-frame model learns offline: the frame is kept on disk
+                await asyncio.to_thread(self._write_collected, name, request.label, frame,
+                                        pixels, sha)
+            response.good_collected = self._good_count(model)
             self._audit(who, context, "Feedback", name, version, frame_sha256=sha,
                         label=LABELS[request.label], note=request.note,
                         outcome=pb.FeedbackOutcome.Name(response.outcome),
-                        score=round(float(score), 6))
+                        score=round(float(score), 6), **({"held_because": why} if why else {}))
             if response.outcome == pb.FEEDBACK_OUTCOME_COLLECTED and self.learn_after and \
-                    response.good_collected >= self.learn_after:
+                    response.good_collected >= self.learn_after and model.bundle.memory:
                 committed = await self._commit(model, who, context)
                 response.outcome = pb.FEEDBACK_OUTCOME_LEARNT
                 response.new_version = committed.model_version
@@ -136,9 +159,17 @@ class Learning:
         who = await self._authorize(context)
         model = await self._model(request.model, context)
         async with self._lock(model.name):
-            if not self.collected.get(model.name):
+            if not self._good_count(model):
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                     f"no GOOD frames collected for {model.name!r}")
+            if model.bundle.memory is None:
+                folder = self.collected_folder(model.name)
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{model.name!r} is a whole-frame model: it learns by training, offline: "
+                    f"anogan-train finetune --from {self.models_dir / model.name} --out NEW "
+                    f"{folder / 'good'}, then anogan-train promote NEW --to "
+                    f"{self.models_dir / model.name}")
             return await self._commit(model, who, context)
 
     async def rollback(self, request: pb.RollbackRequest, context) -> pb.RollbackResponse:
@@ -228,8 +259,9 @@ class Learning:
             await context.abort(grpc.StatusCode.NOT_FOUND, self.service._unknown_model(name))
         if not self.learns(model):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"{name!r} cannot learn: only a memory model served from "
-                                "--models-dir learns (its versions are written there)")
+                                f"{name!r} cannot learn: only memory and whole-frame models "
+                                "served from --models-dir learn (their versions are written "
+                                "there)")
         return model
 
     async def _frame(self, request: pb.FeedbackRequest, model, context
@@ -249,6 +281,74 @@ class Learning:
                                 f"no recent frame {request.frame_id!r} of {model.name!r} (the "
                                 f"server keeps the last {self.recent_frames}): send the frame")
         return found
+
+    async def _held_because(self, model, sha: str, score: float, pixels) -> str | None:
+        """Why a frame confirmed GOOD is held for a second confirmation ("far": scored
+        beyond FAR_FACTOR times the threshold, "defect": failing where a kept DEFECT frame's
+        regions lie), or None: collect it (also when it was held once already)."""
+        from anogan_inspect.trainer.learn import FAR_FACTOR
+
+        if sha in self.held.setdefault(model.name, set()):
+            return None
+        threshold = model.bundle.threshold
+        if score > FAR_FACTOR * threshold:
+            return "far"
+        if score > threshold and self.defects.get(model.name) and \
+                await asyncio.to_thread(self._covers_defects, model, pixels):
+            return "defect"
+        return None
+
+    def _covers_defects(self, model, pixels) -> bool:
+        """Whether a memory model fails the frame where its kept DEFECT frames' regions lie
+        (trainer/learn.py's DefectGuard, built once per version)."""
+        if model.bundle.memory is None:
+            return False  # a whole-frame model has no regions
+        from anogan_inspect.trainer.learn import DefectGuard, rebuild_scorer
+
+        bundle = model.bundle
+        version, guard = self.guards.get(model.name, (None, None))
+        if version != bundle.version:
+            scorer, _ = rebuild_scorer(bundle)
+            guard = DefectGuard(scorer, bundle.threshold, bundle.memory["pixel_threshold"],
+                                bundle.tiling.scale, bundle.channels)
+            for defect in self.defects.get(model.name, []):
+                guard.add(defect)
+            self.guards[model.name] = (bundle.version, guard)
+        return guard.covers(pixels)
+
+    def _good_count(self, model) -> int:
+        """GOOD frames collected for the model's next version: in memory, or on disk for a
+        whole-frame model."""
+        if model.bundle.memory is not None:
+            return len(self.collected.get(model.name, []))
+        folder = self.collected_folder(model.name) / "good"
+        return sum(1 for p in folder.iterdir() if p.suffix != ".tmp") if folder.is_dir() else 0
+
+    def _write_collected(self, name: str, label: int, frame: pb.Frame, pixels, sha: str
+                         ) -> Path:
+        """The frame as a file under the model's collected folder: the encoded bytes as
+        received, or raw pixels as a PNG."""
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        folder = self.collected_folder(name) / LABELS[label].lower()
+        folder.mkdir(parents=True, exist_ok=True)
+        if frame.WhichOneof("image") == "encoded":
+            data = frame.encoded.data
+            suffix = ".jpg" if data[:3] == b"\xff\xd8\xff" else ".png"
+        else:
+            image = (np.asarray(pixels).transpose(1, 2, 0) * 255).round().astype(np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+                buffer, format="PNG")
+            data, suffix = buffer.getvalue(), ".png"
+        path = folder / f"{sha}{suffix}"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return path
 
     def _lock(self, name: str) -> asyncio.Lock:
         return self._locks.setdefault(name, asyncio.Lock())

@@ -20,6 +20,7 @@ from anogan_inspect.memory import frames_input
 from anogan_inspect.trainer.cli import main as train_main
 from anogan_inspect.trainer.learn import (
     FAR_FACTOR,
+    DefectGuard,
     Frame,
     LearnError,
     frame_scores,
@@ -114,7 +115,7 @@ def test_a_frame_far_beyond_the_threshold_is_held_until_confirmed_again(tiny_mem
     good = [Frame(f, f"{i:064x}") for i, f in enumerate(frames["train"][:5])]
     good.append(Frame(odd, "f" * 64))
     learned = learn(bundle, good, heldout_of(bundle, frames), tmp_path / "held")
-    assert [sha for sha, _ in learned.held] == ["f" * 64]
+    assert [(sha, why) for sha, _, why in learned.held] == [("f" * 64, "far")]
     assert "f" * 64 not in learned.learnt + learned.calibrating
     assert read_bundle(learned.path).manifest["lineage"]["held"] == ["f" * 64]
     confirmed = learn(bundle, good, heldout_of(bundle, frames), tmp_path / "confirmed",
@@ -123,6 +124,37 @@ def test_a_frame_far_beyond_the_threshold_is_held_until_confirmed_again(tiny_mem
     with pytest.raises(LearnError, match="nothing to learn: 1 frame"):
         learn(bundle, [Frame(odd, "f" * 64)], heldout_of(bundle, frames), tmp_path / "none")
     assert not (tmp_path / "none").exists()
+
+
+def failing_not_far(bundle, defects: np.ndarray) -> int:
+    """The defective frame that fails most, but not beyond FAR_FACTOR × the threshold
+    (only the defect guard holds it)."""
+    scores, _ = frame_scores(rebuild_scorer(bundle)[0], list(defects), 1.0, 1)
+    near = int(np.argmax(np.where(scores <= FAR_FACTOR * bundle.threshold, scores, -1)))
+    assert bundle.threshold < scores[near] <= FAR_FACTOR * bundle.threshold
+    return near
+
+
+def test_a_frame_in_the_regions_of_a_kept_defect_is_held(tiny_memory_bundle, frames,
+                                                        tmp_path):
+    """One operator keeps a frame as DEFECT, another confirms it GOOD: it is held, as any
+    frame failing where a kept defect lies; passing frames are not."""
+    bundle = read_bundle(tiny_memory_bundle)
+    scorer, _ = rebuild_scorer(bundle)
+    defects = frames["defects"]
+    near = failing_not_far(bundle, defects)
+    guard = DefectGuard(scorer, bundle.threshold, bundle.manifest["memory"]["pixel_threshold"],
+                        1.0, 1)
+    assert not guard.covers(defects[near])  # no DEFECT kept yet
+    assert 0 < guard.add(defects[near]) < DefectGuard.GRID ** 2 // 4  # its regions only
+    assert guard.covers(defects[near])
+    assert not guard.covers(np.rot90(defects[near], 2, axes=(1, 2)).copy())  # elsewhere
+    good = [Frame(f, f"{i:064x}") for i, f in enumerate(frames["train"][:6])]
+    good.append(Frame(defects[near], "d" * 64))
+    learned = learn(bundle, good, heldout_of(bundle, frames), tmp_path / "v2",
+                    defects=[defects[near]])
+    assert [(sha, why) for sha, _, why in learned.held] == [("d" * 64, "defect")]
+    assert len(learned.learnt) + len(learned.calibrating) == 6
 
 
 def test_a_version_under_the_recall_floor_is_not_written(tiny_memory_bundle, frames,
@@ -190,8 +222,10 @@ def test_the_recent_frames_are_bounded_by_count_and_bytes(monkeypatch):
 
     monkeypatch.setattr(live, "RECENT_BYTES", 3000)
     recent = live.Learning(SimpleNamespace(), None, None, None, 0, 4, None)
-    memory = SimpleNamespace(name="m", fingerprint="abc", bundle=SimpleNamespace(memory={}))
-    whole = SimpleNamespace(name="w", fingerprint="abc", bundle=SimpleNamespace(memory=None))
+    memory = SimpleNamespace(name="m", fingerprint="abc",
+                             bundle=SimpleNamespace(memory={}, tiling={}))
+    tiled = SimpleNamespace(name="w", fingerprint="abc",
+                            bundle=SimpleNamespace(memory=None, tiling={}))
     scored, failed = pb.InspectionResult(score=1.0), pb.InspectionResult(error={"code": 3})
 
     def frame(i: int, size: int) -> pb.Frame:
@@ -200,7 +234,7 @@ def test_the_recent_frames_are_bounded_by_count_and_bytes(monkeypatch):
     for i in range(3):
         recent.remember(memory, frame(i, 100), scored)
     recent.remember(memory, frame(9, 100), failed)  # an error result: nothing to judge
-    recent.remember(whole, frame(8, 100), scored)  # a model that does not learn
+    recent.remember(tiled, frame(8, 100), scored)  # a model that does not learn
     recent.remember(memory, pb.Frame(raw=pb.RawImage(data=bytes(10))), scored)  # no id
     assert [key for key in recent.recent] == [("m", "f0"), ("m", "f1"), ("m", "f2")]
     for i in range(3, 6):  # by count: the last 4

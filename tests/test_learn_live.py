@@ -11,6 +11,7 @@ import shutil
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
 
 from anogan.v1 import inspection_pb2 as pb
 from anogan.v1 import inspection_pb2_grpc as pb_grpc
@@ -19,7 +20,7 @@ from anogan_inspect.server.models import EngineOptions
 from anogan_inspect.trainer.cli import main as train_main
 from anogan_inspect.trainer.learn import Frame, learn
 from tests.conftest import InProcessServer
-from tests.test_learn import brighter, texture_frames
+from tests.test_learn import brighter, failing_not_far, texture_frames
 from tests.test_server import OpenStream, stream, wait_for
 from tests.test_tiles import raw_frame
 
@@ -83,13 +84,15 @@ def test_a_learnt_version_is_served_under_a_running_stream_and_rolled_back_exact
 
 
 @pytest.mark.slow
-def test_operators_verdicts_teach_the_served_model_live(tiny_memory_bundle, frames,
-                                                        tmp_path):
+def test_operators_verdicts_teach_the_served_model_live(tiny_memory_bundle, tiny_bundle,
+                                                        frames, tmp_path):
     """Feedback (admin token only, audited) collects GOOD frames named by id or sent whole,
-    holds a far one until confirmed twice, keeps DEFECT ones; CommitLearning serves the
-    learnt version; Rollback the parent again, with its exact scores."""
+    holds a far one until confirmed twice, and one where a kept DEFECT lies; keeps DEFECT
+    ones; CommitLearning serves the learnt version; Rollback the parent again, with its
+    exact scores. A whole-frame model's verdicts are written for anogan-train finetune."""
     models = tmp_path / "models"
     shutil.copytree(tiny_memory_bundle, models / "mem")
+    shutil.copytree(tiny_bundle, models / "digits")
     parent = read_bundle(models / "mem")
     (tmp_path / "line").write_text("line-token\n")
     (tmp_path / "admin").write_text("boss-token\n")
@@ -136,10 +139,14 @@ def test_operators_verdicts_teach_the_served_model_live(tiny_memory_bundle, fram
             again = stub.Feedback(good(frame=white), metadata=boss)
             assert again.outcome == pb.FEEDBACK_OUTCOME_COLLECTED
             assert again.good_collected == len(confirmed) + 1
+            near = frames["defects"][failing_not_far(parent, frames["defects"])]
             defect = stub.Feedback(pb.FeedbackRequest(
-                model="mem", frame=raw_frame(frames["defects"][0], 500),
+                model="mem", frame=raw_frame(near, 500),
                 label=pb.OPERATOR_LABEL_DEFECT), metadata=boss)
             assert defect.outcome == pb.FEEDBACK_OUTCOME_KEPT
+            # another operator calls it GOOD: it fails where the kept DEFECT lies
+            assert stub.Feedback(good(frame=raw_frame(near, 501)), metadata=boss).outcome \
+                == pb.FEEDBACK_OUTCOME_HELD
 
             committed = stub.CommitLearning(pb.CommitLearningRequest(model="mem"),
                                             metadata=boss, timeout=300)
@@ -158,11 +165,36 @@ def test_operators_verdicts_teach_the_served_model_live(tiny_memory_bundle, fram
             assert (rolled.model_version, rolled.replaced_version) == \
                 (parent.version, committed.model_version)
             assert [r.score for r in inspect(probe)] == [r.score for r in before]
+
+            # A whole-frame model learns offline: its verdicts are written as files
+            digit = (tmp_path / "digit.png")
+            Image.fromarray((frames["train"][0][0] * 255).astype(np.uint8)).save(digit)
+            kept = stub.Feedback(pb.FeedbackRequest(
+                model="digits", label=pb.OPERATOR_LABEL_GOOD,
+                frame=pb.Frame(encoded=pb.EncodedImage(data=digit.read_bytes()))),
+                metadata=boss, timeout=120)
+            assert kept.outcome in (pb.FEEDBACK_OUTCOME_COLLECTED, pb.FEEDBACK_OUTCOME_HELD)
+            if kept.outcome == pb.FEEDBACK_OUTCOME_HELD:  # confirmed twice
+                kept = stub.Feedback(pb.FeedbackRequest(
+                    model="digits", label=pb.OPERATOR_LABEL_GOOD,
+                    frame=pb.Frame(encoded=pb.EncodedImage(data=digit.read_bytes()))),
+                    metadata=boss, timeout=120)
+            assert (kept.outcome, kept.good_collected) == (pb.FEEDBACK_OUTCOME_COLLECTED, 1)
+            written = models / ".collected" / "digits" / "good" / f"{kept.frame_sha256}.png"
+            assert written.read_bytes() == digit.read_bytes()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.CommitLearning(pb.CommitLearningRequest(model="digits"), metadata=boss,
+                                    timeout=120)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"anogan-train finetune --from {models / 'digits'}" in err.value.details()
     finally:
         server.stop()
     entries = [json.loads(line_) for line_ in audit.read_text().splitlines()]
-    assert [e["call"] for e in entries] == ["Feedback"] * (len(confirmed) + 3) + [
+    entries = [e for e in entries if e["model"] == "mem"]
+    assert [e["call"] for e in entries] == ["Feedback"] * (len(confirmed) + 4) + [
         "CommitLearning", "Rollback"]
+    assert [e["held_because"] for e in entries
+            if e.get("outcome") == "FEEDBACK_OUTCOME_HELD"] == ["far", "defect"]
     assert {e["who"] for e in entries} == {"token:" + hashlib.sha256(b"boss-token")
                                            .hexdigest()[:12]}
     assert entries[0]["note"] == "lamp replaced" and entries[0]["label"] == "GOOD"

@@ -49,7 +49,15 @@ frames: their features join the memory (reduced again by the coreset to its size
 the thresholds are calibrated again on the held-out normal frames and every 2nd confirmed
 frame. The manifest's `lineage` names the parent and the sha256 of every frame. The parent
 is left as it is: serve it again to roll back. A frame the parent scores beyond twice its
-threshold is held unless --accept-far."""
+threshold, or that lands in the regions of the --defects examples, is held unless
+--accept-held."""
+FINETUNE_DESCRIPTION = """Write a new version of a whole-frame bundle trained further on the
+confirmed GOOD frames (memory bundles: `learn`): its run's checkpoint resumes for --epochs
+more GAN epochs and --encoder-epochs more encoder epochs on its training split and the
+confirmed frames, and the thresholds are calibrated again on the held-out split and every
+2nd confirmed frame (which it does not train on). The manifest's `lineage` names the parent
+and the sha256 of every frame; the new checkpoint goes into a new run folder, which the
+manifest names for the next finetune. The parent is left as it is."""
 
 
 def parse_labels(text: str | None) -> list[int] | None:
@@ -272,10 +280,35 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--recall-floor", type=float,
                        help="with --defects: write no version that fails fewer of them "
                             "than this share")
-    learn.add_argument("--accept-far", action="store_true",
-                       help="learn frames the parent scores beyond twice its threshold too "
-                            "(their second confirmation)")
+    learn.add_argument("--accept-held", "--accept-far", dest="accept_far",
+                       action="store_true",
+                       help="learn the frames otherwise held too (their second "
+                            "confirmation): those the parent scores beyond twice its "
+                            "threshold, or in the regions of the --defects examples")
     learn.add_argument("--seed", type=int, default=0, help="the coreset's random seed")
+
+    finetune = sub.add_parser(
+        "finetune", formatter_class=HelpFormatter,
+        help="a whole-frame bundle trains further on frames operators confirmed GOOD, as a "
+             "new version", description=FINETUNE_DESCRIPTION)
+    finetune.add_argument("good", nargs="+", type=Path, metavar="FILE_OR_FOLDER",
+                          help="the confirmed GOOD frames: PNG/JPEG files, or folders of them")
+    finetune.add_argument("--from", dest="bundle", required=True, type=Path, metavar="BUNDLE",
+                          help="the whole-frame bundle")
+    finetune.add_argument("--out", required=True, type=Path,
+                          help="folder of the new version (must not exist)")
+    finetune.add_argument("--run-dir", type=Path,
+                          help="the run the bundle was trained in (its checkpoint.pt; "
+                               "default: the one its manifest names)")
+    finetune.add_argument("--new-run-dir", type=Path,
+                          help="where the new version's checkpoint goes (default: the run "
+                               "folder's name with -gN)")
+    finetune.add_argument("--train-data", type=Path,
+                          help="the bundle's training data (default: the path its manifest "
+                               "names), split as at training")
+    finetune.add_argument("--epochs", type=int, default=2, help="more GAN epochs")
+    finetune.add_argument("--encoder-epochs", type=int, default=1, help="more encoder epochs")
+    finetune.add_argument("--device", default="cpu", help=DEVICE_HELP)
 
     promote = sub.add_parser(
         "promote", formatter_class=HelpFormatter,

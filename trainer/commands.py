@@ -46,11 +46,13 @@ from anogan_inspect.trainer.evaluate_memory import (
 )
 from anogan_inspect.trainer.evaluate_tiles import evaluate_tiled, print_tiled_report
 from anogan_inspect.trainer.export import ExportError, export_bundle
+from anogan_inspect.trainer.finetune import finetune
 from anogan_inspect.trainer.learn import Frame, learn
 from anogan_inspect.trainer.memory_bundle import build_memory, load_backbone
 from anogan_inspect.trainer.score import image_files, read_frame, run_score
 from anogan_inspect.trainer.scoring import (
     FIT_RATIO,
+    budget_thresholds,
     calibrate,
     fit_report,
     metrics,
@@ -80,6 +82,8 @@ def run(args) -> int:
             return run_calibrate(args)
         if args.command == "learn":
             return run_learn(args)
+        if args.command == "finetune":
+            return run_finetune(args)
         if args.command in ("promote", "rollback"):
             replaced, now = promote(args.version, args.to) if args.command == "promote" \
                 else rollback(args.to)
@@ -270,7 +274,8 @@ def run_train(args) -> int:
         "fast_threshold": _fast_threshold(models, heldout_x.to(device), search_cfg,
                                           quantile, tiling, len(holdout_idx)),
         "training": {**_training_metadata(args, data, train_idx, holdout_idx, cfg, trainer,
-                                          train_seconds), "fit": fit},
+                                          train_seconds), "fit": fit,
+                     "run": str(run_dir.resolve())},  # its checkpoint: what finetune resumes
         **extra,
     }
     export_bundle(args.out, model, networks, fields,
@@ -320,18 +325,6 @@ def _fast_threshold(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig,
     if tiling:
         scores = np.array([tiling.aggregate_scores(t) for t in scores.reshape(frames, -1)])
     return calibrate(scores, quantile)
-
-
-def budget_thresholds(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig, start: str,
-                      quantile: float, budgets, device, batch_size: int, seed: int) -> dict:
-    """A threshold for each search budget (steps → the same quantile of the held-out
-    normal images' scores after that many steps), the bundle's own budget included."""
-    thresholds = {}
-    for steps in sorted(set(budgets or []) | {cfg.steps}):
-        scores = search_scores(models, x, dataclasses.replace(cfg, steps=steps), start, device,
-                               batch_size, seed, desc=f"calibration, {steps} steps").score
-        thresholds[str(steps)] = {**calibrate(scores, quantile), "steps": steps, "start": start}
-    return thresholds
 
 
 def _say_fit(fit: dict, require: bool) -> None:
@@ -554,7 +547,24 @@ def run_learn(args) -> int:
           f"{learned.heldout_fail_share:.3f}"
           + (f"; DEFECT recall {learned.parent_defect_recall:.3f} → "
              f"{learned.defect_recall:.3f}" if learned.defect_recall is not None else ""))
-    for sha, score in learned.held:
-        print(f"held (score {score:.4f}, over twice the threshold: confirm again with "
-              f"--accept-far): {sha}")
+    for sha, score, why in learned.held:
+        reason = "over twice the threshold" if why == "far" else \
+            "in the regions of a DEFECT example"
+        print(f"held (score {score:.4f}, {reason}: confirm again with --accept-far): {sha}")
+    return 0
+
+
+def run_finetune(args) -> int:
+    """`anogan-train finetune`: a new version of a whole-frame bundle, trained further."""
+    bundle = read_bundle(args.bundle)
+    good = [Frame.from_bytes(read_frame(path), path.read_bytes())
+            for path in image_files(args.good)]
+    done = finetune(bundle, good, args.out, args.run_dir, args.new_run_dir, args.epochs,
+                    args.encoder_epochs, args.train_data, args.device)
+    print(f"{bundle.name}: version {done.version} in {done.path} (parent {bundle.version}): "
+          f"trained on {len(done.trained)} confirmed frame(s) and the training split, "
+          f"calibrated on the held-out split and {len(done.calibrating)} confirmed; "
+          f"threshold {done.parent_threshold:.4f} → {done.threshold:.4f}, held-out normal "
+          f"FAIL share {done.heldout_fail_share:.3f}; {done.seconds:.0f} s; checkpoint in "
+          f"{done.run_dir}")
     return 0

@@ -11,9 +11,11 @@ generator, discriminator and encoder files, a new memory scorer (torch and ONNX,
 as at training), and a manifest whose `lineage` names the parent version (and its
 manifest's sha256) and the sha256 of every frame learnt, held out or refused.
 
-Guards: a frame that the parent scores beyond FAR_FACTOR times its threshold is not
-learnt (HELD) unless it is confirmed again (`accept_far`); with DEFECT examples and a
-recall floor, a version that fails fewer of them than the floor is not written.
+Guards: a frame is not learnt (HELD) unless it is confirmed again (`accept_far`) when the
+parent scores it beyond FAR_FACTOR times its threshold, or when it lands in the regions of
+the DEFECT examples kept (DefectGuard: it fails where a DEFECT example's regions lie, as
+a recurring defect would); with DEFECT examples and a recall floor, a version that fails
+fewer of them than the floor is not written.
 """
 
 from __future__ import annotations
@@ -83,7 +85,9 @@ class Learned:
     version: str
     learnt: list[str]  # sha256 of the frames whose features joined the memory
     calibrating: list[str]  # ... of the confirmed frames the threshold was calibrated on
-    held: list[tuple[str, float]]  # ... and parent score of the frames held (FAR_FACTOR)
+    # ... with the parent's score and why, of the frames held: "far" (beyond FAR_FACTOR
+    # times the threshold) or "defect" (in the regions of a DEFECT example)
+    held: list[tuple[str, float, str]]
     threshold: float
     parent_threshold: float
     heldout_frames: int  # held-out normal frames calibrated on
@@ -97,7 +101,7 @@ def rebuild_scorer(bundle: Bundle) -> tuple[MemoryScorer, MemoryConfig]:
     memory in the classes that made it), checked to score as the program does."""
     if bundle.memory is None:
         raise BundleError(f"{bundle.path}: not a memory bundle: only a memory learns "
-                          "frames without retraining (whole-frame bundles: retrain)")
+                          "frames without retraining (whole-frame bundles: anogan-train finetune)")
     cfg = MemoryConfig.from_dict(bundle.manifest["memory"])
     if cfg.extractor == "backbone":
         raise BundleError(f"{bundle.path}: a backbone memory cannot learn here: the bundle "
@@ -136,6 +140,41 @@ def frame_scores(scorer: MemoryScorer, frames: list[np.ndarray], scale: float,
     return np.array(scores), maps
 
 
+class DefectGuard:
+    """Where on the frame the kept DEFECT examples' regions lie (a line's parts are
+    registered: a defect recurs in its place). A frame confirmed GOOD lands in them when
+    it fails there: its map beyond the image threshold overlaps a DEFECT example's map
+    beyond the pixel threshold (the served regions), on a GRID×GRID grid of frame
+    coordinates, so frames of any size compare."""
+
+    GRID = 64
+
+    def __init__(self, scorer: MemoryScorer, image_threshold: float, pixel_threshold: float,
+                 scale: float, channels: int):
+        self.scorer, self.scale, self.channels = scorer, scale, channels
+        self.image_threshold, self.pixel_threshold = image_threshold, pixel_threshold
+        self.regions = torch.zeros(self.GRID, self.GRID, dtype=torch.bool)
+
+    def map(self, pixels: np.ndarray) -> torch.Tensor:
+        """The frame's map on the grid (the largest value in each cell)."""
+        with torch.no_grad():
+            anomaly_map, _ = self.scorer(frames_input(pixels[None], self.scale,
+                                                      self.channels))
+        return torch.nn.functional.adaptive_max_pool2d(anomaly_map[None], self.GRID)[0, 0]
+
+    def add(self, pixels: np.ndarray) -> int:
+        """Keep a DEFECT example's regions; how many grid cells they cover."""
+        cells = self.map(pixels) > self.pixel_threshold
+        self.regions |= cells
+        return int(cells.sum())
+
+    def covers(self, pixels: np.ndarray) -> bool:
+        """Whether a frame fails in the regions of the DEFECT examples."""
+        if not self.regions.any():
+            return False
+        return bool(((self.map(pixels) > self.image_threshold) & self.regions).any())
+
+
 def merge_memory(memory: torch.Tensor, new_rows: torch.Tensor, cfg: MemoryConfig,
                  seed: int) -> torch.Tensor:
     """The memory and the new rows reduced to cfg.size rows by the greedy coreset; every
@@ -168,16 +207,24 @@ def learn(bundle: Bundle, good: list[Frame], heldout: list[np.ndarray] | None, o
     tiling, channels = bundle.tiling, bundle.channels
     parent_threshold = float(bundle.manifest["memory"]["image_threshold"])
     parent_scores, _ = frame_scores(scorer, [f.pixels for f in good], tiling.scale, channels)
-    far = parent_scores > FAR_FACTOR * parent_threshold
-    held = [(f.sha256, float(s)) for f, s, is_far in zip(good, parent_scores, far, strict=True)
-            if is_far and not accept_far]
-    usable = [f for f, is_far in zip(good, far, strict=True) if accept_far or not is_far]
+    guard = DefectGuard(scorer, parent_threshold, bundle.manifest["memory"]["pixel_threshold"],
+                        tiling.scale, channels)
+    for pixels in defects or []:
+        guard.add(pixels)
+    held, usable = [], []
+    for frame, score in zip(good, parent_scores, strict=True):
+        why = "far" if score > FAR_FACTOR * parent_threshold else \
+            "defect" if score > parent_threshold and guard.covers(frame.pixels) else None
+        if why and not accept_far:
+            held.append((frame.sha256, float(score), why))
+        else:
+            usable.append(frame)
     calibrating = usable[CALIBRATION_EVERY - 1::CALIBRATION_EVERY]
     learnt = [f for i, f in enumerate(usable) if (i + 1) % CALIBRATION_EVERY]
     if not learnt:
         raise LearnError(f"nothing to learn: {len(good)} frame(s) confirmed, {len(held)} "
-                         f"held (scored beyond {FAR_FACTOR:g}× the threshold: confirm them "
-                         "again to learn them)")
+                         f"held (scored beyond {FAR_FACTOR:g}× the threshold, or in the "
+                         "regions of a DEFECT example: confirm them again to learn them)")
     started = time.time()
     rows = torch.cat([extract(scorer.features, frames_input(f.pixels[None], tiling.scale,
                                                             channels)) for f in learnt])
@@ -229,7 +276,7 @@ def learn(bundle: Bundle, good: list[Frame], heldout: list[np.ndarray] | None, o
                    "manifest_sha256": sha256_file(bundle.path / MANIFEST)},
         "learnt": [f.sha256 for f in learnt],
         "calibrating": [f.sha256 for f in calibrating],
-        "held": [sha for sha, _ in held],
+        "held": [sha for sha, _, _ in held],
         "rows_offered": int(rows.shape[0]),
         "parent_threshold": parent_threshold,
         "defect_recall": recall, "parent_defect_recall": parent_recall,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -159,3 +160,15 @@ def write_json(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def budget_thresholds(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig, start: str,
+                      quantile: float, budgets, device, batch_size: int, seed: int) -> dict:
+    """A threshold for each search budget (steps → the same quantile of the held-out
+    normal images' scores after that many steps), the bundle's own budget included."""
+    thresholds = {}
+    for steps in sorted(set(budgets or []) | {cfg.steps}):
+        scores = search_scores(models, x, dataclasses.replace(cfg, steps=steps), start, device,
+                               batch_size, seed, desc=f"calibration, {steps} steps").score
+        thresholds[str(steps)] = {**calibrate(scores, quantile), "steps": steps, "start": start}
+    return thresholds
