@@ -274,6 +274,32 @@ def load_folder(path: PathLike, split: str = "train") -> ImageSet:
     Class folders: ``good`` is normal (label 0), any other folder anomalous (label 1).
     Flat folder: labels -1 and ``is_anomaly`` None.
     """
+    listing = list_folder(path, split)
+    images = _decode_all(listing.folder, listing.files)
+    labels = np.array(listing.labels, dtype=np.int64)
+    return ImageSet(images, labels, None if listing.flat else labels == ANOMALOUS,
+                    str(listing.root), listing.names)
+
+
+@dataclass
+class FolderListing:
+    """An image folder's files, in order, without decoding any (load_folder decodes them
+    all; the streaming client reads one at a time)."""
+
+    root: Path
+    folder: Path  # the split folder, or root
+    files: list[Path]
+    labels: list[int]  # NORMAL/ANOMALOUS by class folder, UNKNOWN in a flat folder
+    flat: bool
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Each file's path relative to the split folder ("scratch/003.png")."""
+        return tuple(str(f.relative_to(self.folder)) for f in self.files)
+
+
+def list_folder(path: PathLike, split: str = "train") -> FolderListing:
+    """The layout rules of load_folder, applied to file names only."""
     root = Path(path)
     if not root.is_dir():
         what = "not a directory" if root.exists() else "directory not found"
@@ -284,14 +310,12 @@ def load_folder(path: PathLike, split: str = "train") -> ImageSet:
         split_dir = root / split
         if not split_dir.is_dir():
             raise DatasetError(f"{split_dir}: split folder not found")
-        return _load_class_folders(split_dir, source=str(root))
+        return _list_class_folders(root, split_dir)
     entries = _visible_entries(root)
     if entries and all(entry.is_dir() for entry in entries):
-        return _load_class_folders(root, source=str(root))
+        return _list_class_folders(root, root)
     files = _image_files(root)
-    images = _decode_all(root, files)
-    labels = np.full(len(files), UNKNOWN, dtype=np.int64)
-    return ImageSet(images, labels, None, str(root), tuple(f.name for f in files))
+    return FolderListing(root, root, files, [UNKNOWN] * len(files), flat=True)
 
 
 def _visible_entries(folder: Path) -> list[Path]:
@@ -317,8 +341,8 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def _load_class_folders(folder: Path, source: str) -> ImageSet:
-    """Load ``folder/<class>/*``: class ``good`` is normal, every other class anomalous."""
+def _list_class_folders(root: Path, folder: Path) -> FolderListing:
+    """``folder/<class>/*``: class ``good`` is normal, every other class anomalous."""
     files: list[Path] = []
     labels: list[int] = []
     for entry in _visible_entries(folder):
@@ -327,10 +351,7 @@ def _load_class_folders(folder: Path, source: str) -> ImageSet:
         class_files = _image_files(entry)
         files += class_files
         labels += [NORMAL if entry.name == GOOD_CLASS else ANOMALOUS] * len(class_files)
-    images = _decode_all(folder, files)
-    label_array = np.array(labels, dtype=np.int64)
-    return ImageSet(images, label_array, label_array == ANOMALOUS, source,
-                    tuple(str(f.relative_to(folder)) for f in files))
+    return FolderListing(root, folder, files, labels, flat=False)
 
 
 def _decode_all(folder: Path, files: list[Path]) -> np.ndarray:
