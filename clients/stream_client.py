@@ -687,7 +687,8 @@ ONLY_WITH = {
     "normal_labels": ("csv",), "anomaly_labels": ("csv",), "split": ("folder",),
     "size": ("generate",), "seed": ("generate",),
     "idle_exit": ("watch",), "state_file": ("watch",), "move_by_verdict": ("watch",),
-    "archive_pass_every": ("archive",), "web_linger": ("web",),
+    "archive_pass_every": ("archive",), "web_linger": ("web",), "admin_token_file": ("web",),
+    "metrics_url": ("web",),
 }
 
 
@@ -837,6 +838,12 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--tls-cert", type=Path, metavar="PEM",
                           help="client certificate, for a server with --tls-client-ca")
     security.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    security.add_argument("--admin-token-file", type=Path, metavar="FILE",
+                          help="--web: a token of the server's --admin-token-file, so that "
+                               "results can be marked GOOD or DEFECT from the page")
+    security.add_argument("--metrics-url", metavar="URL",
+                          help="--web: the server's metrics (anogan-serve --metrics-port), "
+                               "e.g. http://host:9100/metrics: the page shows its drift")
     security.add_argument("--token-file", type=Path, metavar="FILE",
                           help="send its first token as `authorization: Bearer` metadata, for "
                                f"a server with --auth-token-file (default: ${TOKEN_VARIABLE}, "

@@ -10,20 +10,29 @@ polling a JSON endpoint once a second:
 - the server's model, its version (of the last result) and whether it answers;
 - the reject archive (with --archive): its newest frames, each opening to the original,
   the overlay and the result.
+
+With an admin token (`--admin-token-file`), a result can be marked GOOD or DEFECT from the
+page: the server's Feedback call, which teaches a model served from a models folder
+(docs/textures.md, "Live, from the operators' verdicts"). With the server's metrics URL
+(`--metrics-url`), the page shows the model's score drift: the population stability index
+of its recent scores against its held-out normal ones, and their FAIL shares.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
 import grpc
-from aiohttp import web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from anogan.v1 import inspection_pb2 as pb
+from anogan_inspect.tokens import read_tokens
 
 LAST_RESULTS = 48  # the results shown, with their thumbnails
 SCORES = 300  # the scores plotted
@@ -40,6 +49,8 @@ class LivePage:
     def __init__(self, stub, metadata, model: pb.Model, archive, args):
         self.stub, self.metadata, self.model, self.archive = stub, metadata, model, archive
         self.target = args.target
+        admin = getattr(args, "admin_token_file", None)
+        self.admin = (("authorization", f"Bearer {read_tokens(admin)[0]}"),) if admin else None
         self._lock = threading.Lock()
         self.results: deque[dict] = deque(maxlen=LAST_RESULTS)
         self.thumbs: dict[int, bytes] = {}
@@ -49,6 +60,8 @@ class LivePage:
         self.version = model.version
         self.health = {"ok": True, "checked": time.time(), "detail": "serving"}
         self.started = time.time()
+        self.metrics_url = getattr(args, "metrics_url", None)
+        self.drift: dict[str, dict[str, float]] = {}  # score kind → figure → value
         self.runner: web.AppRunner | None = None
         self.url = ""
         self._health_task: asyncio.Task | None = None
@@ -86,6 +99,7 @@ class LivePage:
                           "threshold": self.model.threshold,
                           "kind": _kind(self.model)},
                 "health": self.health,
+                "drift": self.drift,
                 "counts": dict(self.counts),
                 "reject_rate": (self.counts["FAIL"] / total) if total else None,
                 "buckets": [list(b) for b in self.buckets],
@@ -93,6 +107,7 @@ class LivePage:
                 "scores": [list(s) for s in self.scores],
                 "results": list(reversed(self.results)),
                 "archive": self.archive is not None,
+                "feedback": self.admin is not None,
                 "since": self.started,
             }
 
@@ -106,6 +121,7 @@ class LivePage:
         app.router.add_get("/api/archive", self._archive_list)
         app.router.add_get("/api/archive/{id}", self._archive_row)
         app.router.add_get("/archive/{id}/{which}", self._archive_file)
+        app.router.add_post("/api/feedback", self._feedback)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port)
@@ -123,16 +139,25 @@ class LivePage:
 
     async def _watch_health(self) -> None:
         """Ask the server for its model every HEALTH_SECONDS: its version, and whether it
-        answers at all."""
-        while True:
-            await asyncio.sleep(HEALTH_SECONDS)
-            try:
-                model = (await self.stub.GetModel(pb.GetModelRequest(name=self.model.name),
-                                                  metadata=self.metadata, timeout=5)).model
-                self.model, detail, ok = model, "serving", True
-            except grpc.aio.AioRpcError as err:
-                detail, ok = f"{err.code().name}: {err.details()}", False
-            self.health = {"ok": ok, "checked": time.time(), "detail": detail}
+        answers at all; and its drift figures, from its metrics."""
+        async with ClientSession(timeout=ClientTimeout(total=5)) as session:
+            while True:
+                try:
+                    model = (await self.stub.GetModel(
+                        pb.GetModelRequest(name=self.model.name), metadata=self.metadata,
+                        timeout=5)).model
+                    self.model, detail, ok = model, "serving", True
+                except grpc.aio.AioRpcError as err:
+                    detail, ok = f"{err.code().name}: {err.details()}", False
+                self.health = {"ok": ok, "checked": time.time(), "detail": detail}
+                if self.metrics_url:
+                    try:
+                        async with session.get(self.metrics_url) as response:
+                            text = await response.text()
+                        self.drift = drift_figures(text, self.model.name, self.model.version)
+                    except (ClientError, asyncio.TimeoutError) as err:
+                        self.drift = {"error": {"detail": f"{self.metrics_url}: {err}"}}
+                await asyncio.sleep(HEALTH_SECONDS)
 
     async def _page(self, _request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html")
@@ -176,6 +201,47 @@ class LivePage:
             raise web.HTTPNotFound(text=f"no frame {row_id} in the archive (the oldest go "
                                         "first when it is full)")
         return row
+
+    async def _feedback(self, request) -> web.Response:
+        """An operator's verdict on a result: the server's Feedback call, by frame id."""
+        if self.admin is None:
+            raise web.HTTPForbidden(text="start the client with --admin-token-file to mark "
+                                         "results from the page")
+        body = await request.json()
+        label = {"GOOD": pb.OPERATOR_LABEL_GOOD, "DEFECT": pb.OPERATOR_LABEL_DEFECT}.get(
+            body.get("label"))
+        if label is None or not body.get("frame_id"):
+            raise web.HTTPBadRequest(text="expected {frame_id, label: GOOD|DEFECT}")
+        try:
+            answer = await self.stub.Feedback(pb.FeedbackRequest(
+                model=self.model.name, frame_id=body["frame_id"], label=label,
+                note=str(body.get("note", "from the operator's page"))),
+                metadata=self.admin, timeout=300)
+        except grpc.aio.AioRpcError as err:
+            return web.json_response({"ok": False, "error": f"{err.code().name}: "
+                                                            f"{err.details()}"}, status=409)
+        return web.json_response({
+            "ok": True, "outcome": pb.FeedbackOutcome.Name(answer.outcome)
+            .removeprefix("FEEDBACK_OUTCOME_"), "good_collected": answer.good_collected,
+            "new_version": answer.new_version})
+
+
+# A sample line of the server's Prometheus text: name{labels} value.
+_SAMPLE = re.compile(r'^anogan_drift_(\w+)\{([^}]*)\}\s+(\S+)$', re.M)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def drift_figures(metrics: str, model: str, version: str) -> dict[str, dict[str, float]]:
+    """The drift gauges of one model version (server/monitoring.py: psi, fail_share,
+    heldout_fail_share, window_frames), per score kind ("fast", "search_100") that has
+    scores in its window."""
+    figures: dict[str, dict[str, float]] = {}
+    for name, labels, value in _SAMPLE.findall(metrics):
+        found = dict(_LABEL.findall(labels))
+        if found.get("model") == model and found.get("version") == version and \
+                math.isfinite(float(value)):  # (NaN: no scores of that kind yet; not JSON)
+            figures.setdefault(found.get("score", ""), {})[name] = float(value)
+    return {kind: f for kind, f in figures.items() if f.get("window_frames")}
 
 
 def _kind(model: pb.Model) -> str:
