@@ -43,7 +43,8 @@ def test_finetune_resumes_the_run_and_writes_a_version_beside_the_parent(tiny_bu
     out = tmp_path / "v2"
     assert train_main(["finetune", str(tmp_path / "confirmed"), "--from", str(tiny_bundle),
                        "--out", str(out), "--new-run-dir", str(tmp_path / "run-v2"),
-                       "--epochs", "1", "--encoder-epochs", "0"]) == 0
+                       "--epochs", "1", "--encoder-epochs", "0",
+                       "--calibrate-steps", "25"]) == 0
     printed = capsys.readouterr().out
     new = read_bundle(out)
     verify_checksums(new)
@@ -66,7 +67,8 @@ def test_finetune_resumes_the_run_and_writes_a_version_beside_the_parent(tiny_bu
     assert (generated(out) - generated(tiny_bundle)).abs().max() > 1e-3
     heldout = parent.manifest["training"]["images"]["heldout"]
     assert new.manifest["threshold"]["scores"]["n"] == heldout + 4
-    assert set(new.manifest["thresholds"]) == set(parent.manifest["thresholds"])
+    steps = str(parent.search_config.steps)
+    assert set(new.manifest["thresholds"]) == {"25", steps}  # --calibrate-steps, its own
     # The parent is untouched
     assert sha256_file(tiny_bundle / "manifest.json") == parent_sha
     verify_checksums(read_bundle(tiny_bundle))

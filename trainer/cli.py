@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the bundle's training data (default: the path its manifest "
                                "names), split as at training")
     finetune.add_argument("--epochs", type=int, default=2, help="more GAN epochs")
+    finetune.add_argument("--calibrate-steps", type=parse_labels,
+                          help="search budgets to calibrate a threshold for, besides the "
+                               "bundle's own (default: the parent's)")
     finetune.add_argument("--encoder-epochs", type=int, default=1, help="more encoder epochs")
     finetune.add_argument("--device", default="cpu", help=DEVICE_HELP)
 

@@ -560,7 +560,7 @@ def run_finetune(args) -> int:
     good = [Frame.from_bytes(read_frame(path), path.read_bytes())
             for path in image_files(args.good)]
     done = finetune(bundle, good, args.out, args.run_dir, args.new_run_dir, args.epochs,
-                    args.encoder_epochs, args.train_data, args.device)
+                    args.encoder_epochs, args.train_data, args.device, args.calibrate_steps)
     print(f"{bundle.name}: version {done.version} in {done.path} (parent {bundle.version}): "
           f"trained on {len(done.trained)} confirmed frame(s) and the training split, "
           f"calibrated on the held-out split and {len(done.calibrating)} confirmed; "

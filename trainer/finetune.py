@@ -91,10 +91,12 @@ def _check_same_run(trainer: Trainer, models: ScoringModels, bundle: Bundle,
 
 def finetune(bundle: Bundle, good: list[Frame], out: Path, run_dir: Path | None = None,
              new_run_dir: Path | None = None, epochs: int = 2, encoder_epochs: int = 1,
-             train_data: Path | None = None, device: str = "cpu") -> Finetuned:
+             train_data: Path | None = None, device: str = "cpu",
+             budgets: list[int] | None = None) -> Finetuned:
     """Write `out`, a new version of the whole-frame bundle trained further on the GOOD
     frames (pixels (C, H, W) in [0, 1], any size); LearnError (nothing written) when it
-    cannot."""
+    cannot. budgets: the search budgets to calibrate besides the bundle's own (None: the
+    parent's)."""
     out = Path(out)
     if out.exists():
         raise LearnError(f"{out} exists: a version is written once, into a new folder")
@@ -170,7 +172,8 @@ def finetune(bundle: Bundle, good: list[Frame], out: Path, run_dir: Path | None 
     heldout_share = float(np.mean(scored.score[:len(heldout_x)] > threshold["value"]))
     fields = _manifest_fields(bundle, models, calibration_x, scored, threshold, quantile,
                               start, seed, device, train_x, trainer, started, good, trained,
-                              calibrating, new_run_dir, generation, epochs, encoder_epochs)
+                              calibrating, new_run_dir, generation, epochs, encoder_epochs,
+                              budgets)
     export_bundle(out, model, networks, fields)
     return Finetuned(out, fields["version"], new_run_dir, [f.sha256 for f in trained],
                      [f.sha256 for f in calibrating], threshold["value"],
@@ -180,7 +183,7 @@ def finetune(bundle: Bundle, good: list[Frame], out: Path, run_dir: Path | None 
 
 def _manifest_fields(bundle, models, calibration_x, scored, threshold, quantile, start, seed,
                      device, train_x, trainer, started, good, trained, calibrating,
-                     new_run_dir, generation, epochs, encoder_epochs) -> dict:
+                     new_run_dir, generation, epochs, encoder_epochs, budgets) -> dict:
     """The parent's manifest fields with the new thresholds, training record and lineage."""
     parent = bundle.manifest
     search_cfg = bundle.search_config
@@ -190,8 +193,9 @@ def _manifest_fields(bundle, models, calibration_x, scored, threshold, quantile,
                              "networks", "files", "geometry", "latent_dim")}
     fields.update(version=f"{created:%Y%m%dT%H%M%SZ}-g{generation}",
                   created=created.isoformat(), threshold=threshold)
-    if "thresholds" in parent:
-        budgets = [int(steps) for steps in parent["thresholds"]]
+    if "thresholds" in parent or budgets:
+        if budgets is None:
+            budgets = [int(steps) for steps in parent["thresholds"]]
         fields["thresholds"] = budget_thresholds(models, calibration_x, search_cfg, start,
                                                  quantile, budgets, device, 64, seed)
     if models.encoder is not None:
