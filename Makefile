@@ -39,7 +39,8 @@ BUF ?= npx --yes @bufbuild/buf@1.75.0
 .PHONY: install train evaluate demo demo-texture texture-data texture-bundle texture-evaluate \
 	test test-fast clean proto proto-tools proto-check proto-lint proto-baseline serve smoke \
 	bench bench-quick \
-	bench-quality bench-ablation bench-memory bench-learn bench-line gpu-check gpu-wheels lint
+	bench-quality bench-ablation bench-memory bench-learn bench-client bench-line gpu-check \
+	gpu-wheels lint
 
 install: $(VENV)/.installed
 
@@ -162,6 +163,12 @@ bench-memory: install
 # (anogan-train learn): false rejects and recall before and after, per shift and K.
 bench-learn: install $(TEXTURE_BUNDLE)/manifest.json
 	$(PY) -m bench.learn_bench --bundle $(TEXTURE_BUNDLE) --data $(TEXTURE_DATA)
+
+# The streaming client on a line: its memory over 10,000 frames from a folder, and a hot
+# folder filling at 20 files/s for a minute (docs/line.md).
+bench-client: install $(BUNDLE)/manifest.json
+	$(PY) -m bench.client_memory --bundle $(BUNDLE)
+	$(PY) -m bench.hot_folder --bundle $(BUNDLE)
 
 # On a CUDA machine (see bench/gpu_check.sh); PYTHON may name a Python that has torch.
 gpu-check:
