@@ -162,7 +162,7 @@ bench-memory: install
 # A memory bundle learning operators' confirmed-good frames of a shifted line
 # (anogan-train learn): false rejects and recall before and after, per shift and K.
 bench-learn: install $(TEXTURE_BUNDLE)/manifest.json
-	$(PY) -m bench.learn_bench --bundle $(TEXTURE_BUNDLE) --data $(TEXTURE_DATA)
+	$(PY) -m bench.learn_bench --bundle $(TEXTURE_BUNDLE) --data $(TEXTURE_DATA) --live
 
 # The streaming client on a line: its memory over 10,000 frames from a folder, and a hot
 # folder filling at 20 files/s for a minute (docs/line.md).

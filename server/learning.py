@@ -190,6 +190,8 @@ class Learning:
 
     async def _commit(self, model, who: str, context) -> pb.CommitLearningResponse:
         """Learn the collected frames as a new version and serve it (the lock held)."""
+        from anogan_inspect.datasets import DatasetError
+        from anogan_inspect.trainer.evaluate_memory import training_frames
         from anogan_inspect.trainer.learn import LearnError, learn
         from anogan_inspect.trainer.versions import archive_of, keep, promote
 
@@ -200,7 +202,12 @@ class Learning:
         frames = list(self.collected.get(name, []))
 
         def run():
-            learned = learn(read_bundle(served), frames, None, work,
+            bundle = read_bundle(served)
+            # Calibrated on the bundle's own held-out frames; a bundle written before
+            # bundles kept them: the held-out split of the training data its manifest names.
+            heldout = None if bundle.heldout_frames() is not None else \
+                list(training_frames(bundle, None)[1])
+            learned = learn(bundle, frames, heldout, work,
                             self.defects.get(name) or None, self.recall_floor,
                             accept_far=True)  # held frames were confirmed twice to get here
             kept = keep(learned.path, archive)
@@ -215,7 +222,7 @@ class Learning:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"writing a version needs the exporter, installed with the "
                                 f"train extra (pip install '.[serve,train]'): {err}")
-        except (LearnError, BundleError) as err:
+        except (LearnError, BundleError, DatasetError) as err:
             shutil.rmtree(work, ignore_errors=True)
             self._audit(who, context, "CommitLearning", name, model.bundle.version,
                         outcome="REFUSED", reason=str(err))

@@ -7,10 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import signal
-import subprocess
-import time
-import urllib.request
 
 import grpc
 import numpy as np
@@ -23,9 +19,8 @@ from anogan_inspect.bundle import read_bundle
 from anogan_inspect.server.models import EngineOptions
 from anogan_inspect.trainer.cli import main as train_main
 from anogan_inspect.trainer.learn import Frame, learn
-from tests.conftest import ROOT, TEST_CSV, InProcessServer
+from tests.conftest import InProcessServer
 from tests.test_learn import brighter, failing_not_far, texture_frames
-from tests.test_line import CLIENT, dump_dom
 from tests.test_server import OpenStream, stream, wait_for
 from tests.test_tiles import raw_frame
 
@@ -205,50 +200,3 @@ def test_operators_verdicts_teach_the_served_model_live(tiny_memory_bundle, tiny
     assert entries[0]["note"] == "lamp replaced" and entries[0]["label"] == "GOOD"
     assert entries[-2]["new_version"] == committed.model_version
     assert entries[-1]["version"] == committed.model_version
-
-
-def test_the_operators_page_marks_a_result_and_shows_the_drift(tiny_bundle, tmp_path):
-    """The page of a client with an admin token and the server's metrics: GOOD and DEFECT
-    buttons on each result, which send Feedback (audited), and the model's drift."""
-    models = tmp_path / "models"
-    shutil.copytree(tiny_bundle, models / "digits")
-    (tmp_path / "admin").write_text("boss-token\n")
-    audit = tmp_path / "audit.jsonl"
-    server = InProcessServer([], EngineOptions(device="cpu"), models_dir=models,
-                             models_poll=0.1, admin_tokens=tmp_path / "admin",
-                             audit_log=audit, learn_after=0, metrics_port=0)
-    client = None
-    try:
-        metrics = f"http://localhost:{server.server.metrics_port}/metrics"
-        client = subprocess.Popen([
-            *CLIENT, "--target", server.target, "--csv", str(TEST_CSV), "--normal-labels",
-            "7,8", "--anomaly-labels", "2", "--limit", "30", "--mode", "fast", "--quiet",
-            "--web", "0", "--web-linger", "120", "--admin-token-file", str(tmp_path / "admin"),
-            "--metrics-url", metrics], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        url = client.stdout.readline().split("operator's page: ")[-1].split()[0]
-        state: dict = {}
-        deadline = time.monotonic() + 60
-        window = lambda: state.get("drift", {}).get("fast", {}).get("window_frames")  # noqa: E731
-        while window() != 30 and time.monotonic() < deadline:  # (asked every 5 s)
-            time.sleep(0.2)
-            state = json.load(urllib.request.urlopen(url + "api/state"))
-        assert window() == 30 and sum(state["counts"].values()) == 30
-        page = dump_dom(url)
-        assert "drift (fast): PSI" in page
-        normal = next(r for r in state["results"] if r["is_anomaly"] is False)
-        assert f'data-id="{normal["frame_id"]}" data-label="GOOD"' in page
-        request = urllib.request.Request(url + "api/feedback", method="POST", data=json.dumps(
-            {"frame_id": normal["frame_id"], "label": "GOOD"}).encode(),
-            headers={"content-type": "application/json"})
-        answer = json.load(urllib.request.urlopen(request))
-        assert answer["ok"] and answer["outcome"] in ("COLLECTED", "HELD")
-        client.send_signal(signal.SIGINT)
-        assert client.wait(timeout=30) == 0
-    finally:
-        if client is not None:
-            client.kill()
-            client.wait()
-        server.stop()
-    entry = json.loads(audit.read_text().splitlines()[-1])
-    assert (entry["call"], entry["model"], entry["label"]) == ("Feedback", "digits", "GOOD")
-    assert entry["note"] == "from the operator's page"
