@@ -113,7 +113,7 @@ END;
 """
 
 
-class ArchiveError(Exception):
+class ArchiveError(ValueError):
     """The folder holds no archive, or one this code cannot read."""
 
 

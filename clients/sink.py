@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import shutil
+import sqlite3
 from dataclasses import asdict
 from pathlib import Path
 
@@ -60,15 +61,20 @@ class ResultSink:
         self.problems: list[str] = []
 
     async def __call__(self, record, result: pb.InspectionResult, frame: SourceFrame) -> None:
-        fields = record_fields(record)
-        if self.jsonl:
-            self.jsonl.write(json.dumps(fields) + "\n")
-            self.jsonl.flush()
-        keep = self.archive is not None and self.archive.should_keep(record.verdict)
-        if self.overlays or keep or self.page:
-            await asyncio.to_thread(self._pictures, record, fields, result, frame, keep)
-        if frame.key is not None:
-            await asyncio.to_thread(self._file_done, record, frame)
+        """Everything for one result; a failure (a full disk, a locked archive) is a
+        problem reported at the end, and the stream goes on."""
+        try:
+            fields = record_fields(record)
+            if self.jsonl:
+                self.jsonl.write(json.dumps(fields) + "\n")
+                self.jsonl.flush()
+            keep = self.archive is not None and self.archive.should_keep(record.verdict)
+            if self.overlays or keep or self.page:
+                await asyncio.to_thread(self._pictures, record, fields, result, frame, keep)
+            if frame.key is not None:
+                await asyncio.to_thread(self._file_done, record, frame)
+        except (OSError, sqlite3.Error, ValueError) as err:
+            self.problems.append(f"{record.frame_id}: {type(err).__name__}: {err}")
 
     def _pictures(self, record, fields: dict, result: pb.InspectionResult,
                   frame: SourceFrame, keep: bool) -> None:
@@ -108,9 +114,10 @@ class ResultSink:
         if self.move_by_verdict is not None and frame.path is not None:
             target = self.move_by_verdict / ("done" if verdict == "PASS" else "failed")
             target.mkdir(parents=True, exist_ok=True)
-            destination = target / frame.path.name
-            if destination.exists():  # a file of that name answered before
-                destination = target / f"{frame.path.stem}-{record.sequence}{frame.path.suffix}"
+            destination, n = target / frame.path.name, 1
+            while destination.exists():  # a file of that name answered before
+                destination = target / f"{frame.path.stem}-{n}{frame.path.suffix}"
+                n += 1
             try:
                 shutil.move(frame.path, destination)
             except OSError as err:

@@ -60,11 +60,14 @@ def resized(frame: SourceFrame, size: tuple[int, int] | None) -> SourceFrame:
     """The frame as raw pixels of (width, height) `size`, or as it is when None."""
     if size is None:
         return frame
-    pixels = frame.image()
+    try:
+        pixels = frame.image()
+    except ValueError:  # a file cut short: sent as it is, for the server's per-frame error
+        return frame
     image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     array = np.asarray(image.resize(size, Image.Resampling.BILINEAR))
     return SourceFrame(frame.frame_id, array[..., None] if array.ndim == 2 else array,
-                       frame.is_anomaly, None, frame.path)
+                       frame.is_anomaly, None, frame.path, frame.key)
 
 
 def from_image_set(images: ImageSet, prefix: str) -> Iterator[SourceFrame]:
@@ -178,6 +181,9 @@ def watch_frames(folder: Path, sent: SentLog | None, settle: float = 1.0,
                 if (stat.st_size and looks_complete(path)) or now - since >= settle:
                     ready.append((stat.st_mtime_ns, name, path, key))
         given &= present  # files moved away (by verdict) are forgotten: memory stays flat
+        names = {key[0] for key in present}
+        for gone in [name for name in seen if name not in names]:  # renamed or deleted
+            del seen[gone]
         for _, name, path, key in sorted(ready):
             try:
                 data = path.read_bytes()

@@ -20,10 +20,11 @@ import itertools
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,9 @@ async def run_stream(stub, index: int, frames, config: pb.InspectionConfig,
     answered the same."""
     report = StreamReport()
     queue = frames if isinstance(frames, asyncio.Queue) else frame_queue(frames)
-    pending: deque[tuple[int, SourceFrame]] = deque()  # sent, unanswered, in order
+    # Sent and unanswered, in the order sent; results are paired with their frames by
+    # sequence, and must come in this order.
+    pending: OrderedDict[int, SourceFrame] = OrderedDict()
     sent: dict[int, float] = {}
     provisional: set[int] = set()
     slots = asyncio.Semaphore(window) if window else None
@@ -141,22 +144,28 @@ async def run_stream(stub, index: int, frames, config: pb.InspectionConfig,
     start = time.perf_counter()
 
     async def next_group() -> list[tuple[int, SourceFrame]]:
+        """Up to `batch` frames: the first waited for, the rest as they are there (and as
+        the window has room: a batch never waits on its own frames' slots)."""
         nonlocal exhausted
         group: list[tuple[int, SourceFrame]] = []
         while not exhausted and len(group) < batch:
-            if slots:
-                await slots.acquire()
             if group:
+                if slots and slots.locked():
+                    break
                 try:
                     item = queue.get_nowait()
                 except asyncio.QueueEmpty:  # send what is here
-                    slots and slots.release()
                     break
+                if slots:
+                    await slots.acquire()  # free: checked above
             else:
+                if slots:
+                    await slots.acquire()
                 item = await queue.get()
             if item is END:
                 exhausted = True
-                slots and slots.release()
+                if slots:
+                    slots.release()
                 queue.put_nowait(END)  # for the other streams on this queue
                 break
             group.append(item)
@@ -168,23 +177,34 @@ async def run_stream(stub, index: int, frames, config: pb.InspectionConfig,
             return pb.StreamInspectRequest(frame=messages[0])
         return pb.StreamInspectRequest(batch=pb.FrameBatch(frames=messages))
 
-    async def requests(again: list[tuple[int, SourceFrame]]):
+    async def requests(this_attempt: set[int]):
+        """The stream's messages: first every pending frame this stream has not sent yet
+        (after a resend: those its last stream left unanswered, and any that stream's
+        request generator, which gRPC does not stop, took from the queue since), then the
+        queue's frames."""
         nonlocal count
         yield pb.StreamInspectRequest(config=config)
-        for k in range(0, len(again), batch):  # frames sent before and not answered: at once
-            yield message(again[k:k + batch])
-        while group := await next_group():
-            if rate:  # the camera's schedule
-                await asyncio.sleep(max(0.0, start + count / rate - time.perf_counter()))
-            count += len(group)
-            now = time.perf_counter()
-            for sequence, frame in group:
-                sent[sequence] = now
-                pending.append((sequence, frame))
+        while True:
+            group = [(s, f) for s, f in pending.items() if s not in this_attempt][:batch]
+            if not group:
+                group = await next_group()
+                if not group:
+                    if any(s not in this_attempt for s in pending):
+                        continue
+                    return
+                if rate:  # the camera's schedule
+                    await asyncio.sleep(max(0.0, start + count / rate - time.perf_counter()))
+                count += len(group)
+                now = time.perf_counter()
+                for sequence, frame in group:
+                    sent[sequence] = now
+                    pending[sequence] = frame
+            this_attempt.update(sequence for sequence, _ in group)
             yield message(group)
 
     async def take(result: pb.InspectionResult) -> None:
-        want, frame = pending.popleft() if pending else (None, None)
+        want = next(iter(pending), None)
+        frame = pending.pop(result.sequence, None)
         if result.sequence != want:
             report.problems.append(f"stream {index}: got sequence {result.sequence}, "
                                    f"expected {want}")
@@ -192,7 +212,7 @@ async def run_stream(stub, index: int, frames, config: pb.InspectionConfig,
                            frame.is_anomaly if frame else None,
                            result.sequence in provisional)
         provisional.discard(result.sequence)
-        if slots:
+        if slots and frame is not None:
             slots.release()
         report.answered += 1
         if keep_records:
@@ -203,10 +223,9 @@ async def run_stream(stub, index: int, frames, config: pb.InspectionConfig,
 
     attempts = 0
     while True:
-        again = list(pending)
         answered_before = report.answered
         try:
-            async for response in stub.StreamInspect(requests(again), metadata=metadata):
+            async for response in stub.StreamInspect(requests(set()), metadata=metadata):
                 if response.HasField("result") and response.result.provisional:
                     provisional.add(response.result.sequence)
                     continue
@@ -430,6 +449,7 @@ class Producer:
         self.error: Exception | None = None
         self.count = 0  # frames put on the queue
         self.exhausted = False  # the source ended by itself (not stopped)
+        self.streams_done = threading.Event()  # no stream takes frames any more
 
     def first(self) -> SourceFrame | None:
         """The first frame (the source's errors come here, before any stream opens)."""
@@ -450,18 +470,20 @@ class Producer:
         except (DatasetError, OSError, ValueError) as err:  # a source that fails midway
             self.error = err
         finally:
-            self._put(END)
+            self._put(END, give_up=self.streams_done)  # the streams wait for it
 
-    def _put(self, item) -> bool:
+    def _put(self, item, give_up: threading.Event | None = None) -> bool:
+        """Put on the queue, waiting for room; False when `give_up` (a frame: stop) is set
+        first."""
+        give_up = give_up or self.stop
         future = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
         while True:
             try:
                 future.result(timeout=0.2)
                 return True
             except concurrent.futures.TimeoutError:
-                if self.stop.is_set():  # no stream takes frames any more
-                    future.cancel()
-                    return False
+                if give_up.is_set():
+                    return not future.cancel()  # (put just now, if too late to cancel)
 
 
 async def run(args, stop: threading.Event | None = None) -> tuple[dict, Tally, list[str]]:
@@ -470,7 +492,17 @@ async def run(args, stop: threading.Event | None = None) -> tuple[dict, Tally, l
     source = open_source(args, sent_log, stop)
     queue: asyncio.Queue = asyncio.Queue(maxsize=2 * args.streams * args.batch)
     producer = Producer(source, queue, stop, args.rate)
-    first = await asyncio.to_thread(producer.first)
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM) \
+        if threading.current_thread() is threading.main_thread() else ()
+    for signal_number in signals:  # stop reading, finish what is sent
+        loop.add_signal_handler(signal_number, _stopper(loop, stop, signal_number))
+    try:
+        first = await asyncio.to_thread(producer.first)  # (a hot folder: until a file comes)
+    except BaseException:
+        for signal_number in signals:
+            loop.remove_signal_handler(signal_number)
+        raise
     maps = bool(args.overlays or args.archive or args.web is not None)
     config = pb.InspectionConfig(model=args.model or "", mode=MODES[args.mode],
                                  search_steps=args.steps or 0,
@@ -479,11 +511,6 @@ async def run(args, stop: threading.Event | None = None) -> tuple[dict, Tally, l
     page = archive = None
     sink = ResultSink(args.jsonl, args.overlays, None, None, sent_log,
                       args.watch if args.move_by_verdict else None)
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM) \
-        if threading.current_thread() is threading.main_thread() else ()
-    for signal_number in signals:  # stop reading, finish what is sent
-        loop.add_signal_handler(signal_number, _stopper(loop, stop, signal_number))
     try:
         async with open_channel(args) as channel:
             await connect(channel, args)
@@ -517,6 +544,7 @@ async def run(args, stop: threading.Event | None = None) -> tuple[dict, Tally, l
                     for i in range(args.streams)))
             finally:
                 stop.set()  # the streams are done: so is the source
+                producer.streams_done.set()
                 await reading
             seconds = time.perf_counter() - started
             if page is not None and args.web_linger:
@@ -538,7 +566,7 @@ async def run(args, stop: threading.Event | None = None) -> tuple[dict, Tally, l
     if producer.error is not None:
         problems.append(f"the source failed after {producer.count} frames: {producer.error}")
     unanswered = producer.count - tally.frames
-    if problems and (unanswered or not producer.exhausted):  # the streams ended early
+    if unanswered or (problems and not producer.exhausted):  # the streams ended early
         problems.append(f"no result for {unanswered} frame(s) read from the source"
                         + ("" if producer.exhausted else "; the rest was not read"))
     summary = tally.summary(seconds, args.rate)
@@ -875,8 +903,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"anogan-client: cannot stream to {args.target}: {err.details()}{hint}",
               file=sys.stderr)
         return 2
-    except (DatasetError, OSError, ValueError, Refused, NoServer) as err:  # a bad source,
-        # TLS file, request or target
+    except (DatasetError, OSError, ValueError, Refused, NoServer, sqlite3.Error) as err:
+        # a bad source, TLS file, archive, request or target
         print(f"anogan-client: error: {err}", file=sys.stderr)
         return 2
     if args.summary_json:
