@@ -282,3 +282,28 @@ def test_the_operators_page_shows_results_opens_a_reject_and_sends_verdicts(tiny
     entry = json.loads(audit.read_text().splitlines()[-1])
     assert (entry["call"], entry["model"], entry["label"]) == ("Feedback", "digits", "GOOD")
     assert entry["note"] == "from the operator's page"
+
+
+def test_ctrl_c_stops_reading_and_the_frames_sent_are_answered(server, tmp_path):
+    """A source far from its end (the queue to the streams full): the first SIGINT stops
+    reading it, every frame sent is answered and summarised, and the client exits 0."""
+    jsonl = tmp_path / "results.jsonl"
+    client = subprocess.Popen([*CLIENT, "--target", server.target, "--generate", "1000000",
+                               "--mode", "fast", "--quiet", "--streams", "2", "--batch", "8",
+                               "--window", "4", "--jsonl", str(jsonl)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 50) and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=60)
+    finally:
+        client.kill()
+    assert client.returncode == 0, err
+    answered = results(jsonl)
+    assert len(answered) >= 50 and f"frames {len(answered)}  errors 0" in out
+    assert sorted(r["sequence"] for r in answered) == list(range(len(answered)))
+    assert "stopping: no more frames are read" in err
