@@ -39,6 +39,8 @@ SCORES = 300  # the scores plotted
 BUCKET_SECONDS = 10  # the reject rate's resolution
 BUCKETS = 360  # an hour of buckets
 HEALTH_SECONDS = 5.0  # how often the server is asked for its model
+PAGE_HEADER = "X-Anogan-Page"  # what the page's own verdict requests carry
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "[::1]"}
 PAGE = (Path(__file__).parent / "page.html").read_text()  # package data
 
 
@@ -63,6 +65,7 @@ class LivePage:
         self.metrics_url = getattr(args, "metrics_url", None)
         self.drift: dict[str, dict[str, float]] = {}  # score kind → figure → value
         self.runner: web.AppRunner | None = None
+        self.loopback = True
         self.url = ""
         self._health_task: asyncio.Task | None = None
 
@@ -114,6 +117,7 @@ class LivePage:
     # -- the web server ----------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> None:
+        self.loopback = host in ("127.0.0.1", "localhost", "::1")
         app = web.Application()
         app.router.add_get("/", self._page)
         app.router.add_get("/api/state", lambda _: web.json_response(self.state()))
@@ -207,6 +211,14 @@ class LivePage:
         if self.admin is None:
             raise web.HTTPForbidden(text="start the client with --admin-token-file to mark "
                                          "results from the page")
+        # Only the page itself: another site's page in the operator's browser cannot send
+        # this header or this content type without a CORS preflight, which is never
+        # granted; and a page that a rebound DNS name brings to a loopback address names
+        # another host.
+        if request.headers.get(PAGE_HEADER) != "1" or request.content_type != \
+                "application/json" or (self.loopback and request.host.rsplit(":", 1)[0]
+                                       not in LOOPBACK_NAMES):
+            raise web.HTTPForbidden(text="verdicts come from the operator's page only")
         body = await request.json()
         label = {"GOOD": pb.OPERATOR_LABEL_GOOD, "DEFECT": pb.OPERATOR_LABEL_DEFECT}.get(
             body.get("label"))

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -267,9 +268,14 @@ def test_the_operators_page_shows_results_opens_a_reject_and_sends_verdicts(tiny
 
         normal = next(r for r in state["results"] if r["is_anomaly"] is False)
         assert f'data-id="{normal["frame_id"]}" data-label="GOOD"' in page
-        request = urllib.request.Request(url + "api/feedback", method="POST", data=json.dumps(
-            {"frame_id": normal["frame_id"], "label": "GOOD"}).encode(),
-            headers={"content-type": "application/json"})  # what the GOOD button sends
+        verdict = json.dumps({"frame_id": normal["frame_id"], "label": "GOOD"}).encode()
+        forged = urllib.request.Request(url + "api/feedback", method="POST", data=verdict,
+                                        headers={"content-type": "text/plain"})
+        with pytest.raises(urllib.error.HTTPError, match="403"):  # another site's form
+            urllib.request.urlopen(forged)
+        request = urllib.request.Request(url + "api/feedback", method="POST", data=verdict,
+                                         headers={"content-type": "application/json",
+                                                  "x-anogan-page": "1"})  # the GOOD button's
         answer = json.load(urllib.request.urlopen(request))
         assert answer["ok"] and answer["outcome"] in ("COLLECTED", "HELD")
         client.send_signal(signal.SIGINT)  # ends the lingering page
