@@ -118,18 +118,34 @@ def looks_complete(path: Path) -> bool:
 class SentLog:
     """The hot folder's files already answered, so that a restarted client sends none of
     them again: one JSON line per answered file (name, size, mtime), appended and flushed
-    as its result arrives. A file replaced under the same name is a new file."""
+    as its result arrives. A file replaced under the same name is a new file. At start the
+    log is compacted to the files still in the folder (those moved away by verdict, or
+    deleted, cannot come again), so it does not grow over days of a line."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, folder: Path | None = None):
         self.path = path
         self.done: set[tuple[str, int, int]] = set()
+        entries = {}
         if path.exists():
             for line in path.read_text().splitlines():
                 try:
                     entry = json.loads(line)
-                    self.done.add((entry["name"], entry["size"], entry["mtime_ns"]))
+                    key = (entry["name"], entry["size"], entry["mtime_ns"])
                 except (ValueError, KeyError, TypeError):
                     continue  # a line cut by a kill: that file is sent again
+                entries[key] = line
+        if folder is not None and entries:
+            present = set()
+            for key in entries:
+                try:
+                    present.add(SentLog.key(Path(key[0]), (folder / key[0]).stat()))
+                except OSError:
+                    continue
+            entries = {key: line for key, line in entries.items() if key in present}
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in entries.values()))
+            os.replace(tmp, path)
+        self.done = set(entries)
         self._lock = threading.Lock()
 
     @staticmethod

@@ -488,7 +488,8 @@ class Producer:
 
 async def run(args, stop: threading.Event | None = None) -> tuple[dict, Tally, list[str]]:
     stop = stop or threading.Event()
-    sent_log = SentLog(args.state_file or args.watch / STATE_FILE) if args.watch else None
+    sent_log = SentLog(args.state_file or args.watch / STATE_FILE, args.watch) \
+        if args.watch else None
     source = open_source(args, sent_log, stop)
     queue: asyncio.Queue = asyncio.Queue(maxsize=2 * args.streams * args.batch)
     producer = Producer(source, queue, stop, args.rate)

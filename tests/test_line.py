@@ -107,6 +107,12 @@ def test_a_hot_folder_filling_at_20_files_a_second_is_answered_once_per_file(ser
     log = [json.loads(line) for line in (hot / stream_client.STATE_FILE).read_text()
            .splitlines()]
     assert len(log) == len(first) + 1
+    # The log is compacted at start to the files still there: late.png was moved away
+    assert stream_client.main(["--target", server.target, "--watch", str(hot), "--mode",
+                               "fast", "--idle-exit", "0.5", "--quiet"]) == 0
+    log = [json.loads(line)["name"] for line in (hot / stream_client.STATE_FILE).read_text()
+           .splitlines()]
+    assert sorted(log) == sorted(names)
 
 
 def test_a_video_file_streams_frame_by_frame(server, tmp_path):
