@@ -317,8 +317,11 @@ class Tally:
 
     def __call__(self, record: Record) -> None:
         self.frames += 1
-        self.first = record.received if self.first is None else self.first
-        self.last = record.received
+        # (min and max: the records of several streams, summarised afterwards, come in
+        # no particular order)
+        self.first = record.received if self.first is None else min(self.first,
+                                                                    record.received)
+        self.last = record.received if self.last is None else max(self.last, record.received)
         if record.error is not None:
             self.errors += 1
             return
