@@ -26,9 +26,9 @@ def write_report(out: Path, summary: dict, archive: Path | None, roc: Path | Non
     rows = []
     if archive is not None and (archive / "index.sqlite3").exists():
         with Archive(archive, read_only=True) as kept:
-            rows = [kept.get(r["id"]) for r in kept.list(limit=None)]
-        rows = sorted((r for r in rows if r["score"] is not None),
-                      key=lambda r: -r["score"])[:WORST]
+            worst = sorted((r for r in kept.list(limit=None) if r["score"] is not None),
+                           key=lambda r: -r["score"])[:WORST]
+            rows = [kept.get(r["id"]) for r in worst]  # their files' paths
     link = lambda path: html.escape(os.path.relpath(path, out.parent))  # noqa: E731
     confusion = summary.get("confusion")
     cells = "".join(

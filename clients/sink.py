@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from anogan.v1 import inspection_pb2 as pb
+from anogan_inspect.clients.archive import encode_png
 from anogan_inspect.clients.overlay import overlay, safe_name
 from anogan_inspect.clients.sources import SentLog, SourceFrame
 
@@ -40,10 +41,7 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def original_bytes(frame: SourceFrame) -> bytes:
     """The frame as a file: the bytes it came as, or its raw pixels as a PNG."""
-    if frame.data is not None:
-        return frame.data
-    pixels = frame.pixels
-    return png_bytes(Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels))
+    return frame.data if frame.data is not None else encode_png(frame.pixels)
 
 
 class ResultSink:
@@ -98,8 +96,7 @@ class ResultSink:
                     self.problems.append(f"{record.frame_id}: not archived: neither PNG nor "
                                          "JPEG, and it cannot be decoded")
                 else:
-                    archived = self.archive.add(row, original_bytes(
-                        SourceFrame(frame.frame_id, pixels, None)), overlay_png)
+                    archived = self.archive.add(row, encode_png(pixels), overlay_png)
         if self.page is not None:
             thumb = None
             if picture is not None:
