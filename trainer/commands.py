@@ -54,6 +54,7 @@ from anogan_inspect.trainer.scoring import (
     FIT_RATIO,
     budget_thresholds,
     calibrate,
+    fast_threshold,
     fit_report,
     metrics,
     save_reconstruction_grid,
@@ -271,7 +272,7 @@ def run_train(args) -> int:
         "lambda": search_cfg.lam,
         "search": search_cfg.to_dict(),
         "threshold": threshold,
-        "fast_threshold": _fast_threshold(models, heldout_x.to(device), search_cfg,
+        "fast_threshold": fast_threshold(models, heldout_x.to(device), search_cfg,
                                           quantile, tiling, len(holdout_idx)),
         "training": {**_training_metadata(args, data, train_idx, holdout_idx, cfg, trainer,
                                           train_seconds), "fit": fit,
@@ -311,20 +312,6 @@ def _training_images(args, model: ModelConfig, tiling: Tiling | None
     heldout_x, _, _ = frame_tiles(data.images[holdout_idx], tiling, model.channels)
     log.info("tiles: %d for training, %d held out (%s)", len(train_x), len(heldout_x), tiling)
     return data, train_idx, holdout_idx, train_x, heldout_x
-
-
-def _fast_threshold(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig,
-                    quantile: float, tiling: Tiling | None, frames: int) -> dict | None:
-    """MODE_FAST's own threshold: the same quantile of the held-out fast scores s0 (which
-    lie above the search scores, so the search's threshold would fail too many normal
-    frames). The cascade still decides with the search's threshold, where s0 ≤ T is exact.
-    Tiled, x holds every tile of the held-out frames, and a frame's s0 aggregates them."""
-    if models.encoder is None:
-        return None
-    scores, _ = fast_score(models, x, cfg.lam)
-    if tiling:
-        scores = np.array([tiling.aggregate_scores(t) for t in scores.reshape(frames, -1)])
-    return calibrate(scores, quantile)
 
 
 def _say_fit(fit: dict, require: bool) -> None:
@@ -466,7 +453,7 @@ def run_calibrate(args) -> int:
         heldout_x = to_model_input(data.images[holdout_idx], bundle.image_size,
                                    bundle.channels)
     quantile = args.quantile or bundle.manifest["threshold"].get("quantile", 0.95)
-    fast = _fast_threshold(models, heldout_x.to(device), bundle.search_config, quantile,
+    fast = fast_threshold(models, heldout_x.to(device), bundle.search_config, quantile,
                            tiling, len(holdout_idx))
     manifest = dict(bundle.manifest, fast_threshold=fast)
     if not tiling:

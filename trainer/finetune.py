@@ -35,13 +35,14 @@ from anogan_inspect.bundle import (
 )
 from anogan_inspect.networks import FeatureExtractor, ModelConfig
 from anogan_inspect.preprocess import to_model_input
-from anogan_inspect.search import ScoringModels, fast_score
+from anogan_inspect.search import ScoringModels
 from anogan_inspect.trainer.evaluate_memory import training_frames
 from anogan_inspect.trainer.export import export_bundle
 from anogan_inspect.trainer.learn import CALIBRATION_EVERY, Frame, LearnError
 from anogan_inspect.trainer.scoring import (
     budget_thresholds,
     calibrate,
+    fast_threshold,
     fit_report,
     search_scores,
 )
@@ -198,9 +199,8 @@ def _manifest_fields(bundle, models, calibration_x, scored, threshold, quantile,
             budgets = [int(steps) for steps in parent["thresholds"]]
         fields["thresholds"] = budget_thresholds(models, calibration_x, search_cfg, start,
                                                  quantile, budgets, device, 64, seed)
-    if models.encoder is not None:
-        fast, _ = fast_score(models, calibration_x.to(device), search_cfg.lam)
-        fields["fast_threshold"] = calibrate(fast, quantile)
+    fields["fast_threshold"] = fast_threshold(models, calibration_x.to(device), search_cfg,
+                                              quantile, None, len(calibration_x))
     seconds = time.time() - started
     training = dict(parent.get("training", {}))
     training.update(

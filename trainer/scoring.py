@@ -22,6 +22,7 @@ from anogan_inspect.search import (
     random_start,
     search,
 )
+from anogan_inspect.tiling import Tiling
 
 log = logging.getLogger(__name__)
 STARTS = ("encoder", "random")
@@ -172,3 +173,17 @@ def budget_thresholds(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig,
                                batch_size, seed, desc=f"calibration, {steps} steps").score
         thresholds[str(steps)] = {**calibrate(scores, quantile), "steps": steps, "start": start}
     return thresholds
+
+
+def fast_threshold(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig,
+                    quantile: float, tiling: Tiling | None, frames: int) -> dict | None:
+    """MODE_FAST's own threshold: the same quantile of the held-out fast scores s0 (which
+    lie above the search scores, so the search's threshold would fail too many normal
+    frames). The cascade still decides with the search's threshold, where s0 ≤ T is exact.
+    Tiled, x holds every tile of the held-out frames, and a frame's s0 aggregates them."""
+    if models.encoder is None:
+        return None
+    scores, _ = fast_score(models, x, cfg.lam)
+    if tiling:
+        scores = np.array([tiling.aggregate_scores(t) for t in scores.reshape(frames, -1)])
+    return calibrate(scores, quantile)
