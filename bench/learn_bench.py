@@ -103,6 +103,8 @@ def live_rows(bundle_path: Path, data: Path, ks: list[int]) -> list[dict]:
     from anogan.v1 import inspection_pb2 as pb
     from anogan.v1 import inspection_pb2_grpc as pb_grpc
     from anogan_inspect.clients.launcher import ServerProcess
+    from anogan_inspect.clients.sources import SourceFrame
+    from anogan_inspect.clients.stream_client import frame_message
 
     test = load_dataset(data, split="test")
     train = normal_subset(load_dataset(data, split="train"))
@@ -126,11 +128,8 @@ def live_rows(bundle_path: Path, data: Path, ks: list[int]) -> list[dict]:
                         yield pb.StreamInspectRequest(config=pb.InspectionConfig(model="line"))
                         for i, frame in enumerate(frames):
                             pixels = (frame.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
-                            yield pb.StreamInspectRequest(frame=pb.Frame(
-                                frame_id=f"{prefix}-{i}", sequence=i, raw=pb.RawImage(
-                                    data=pixels.tobytes(), data_type=pb.DATA_TYPE_UINT8,
-                                    height=pixels.shape[0], width=pixels.shape[1],
-                                    channels=pixels.shape[2])))
+                            yield pb.StreamInspectRequest(frame=frame_message(
+                                SourceFrame(f"{prefix}-{i}", pixels, None), i))
                     return [r.result for r in stub.StreamInspect(requests(), timeout=600)]
 
                 def fail_share(results) -> float:
