@@ -23,9 +23,11 @@ DEMO_PORT := $(if $(filter command line environment,$(origin PORT)),--port $(POR
 STEPS ?=
 PYTEST_ARGS ?=
 # The texture benchmarks (full-resolution frames), generated from data/textures/grass.png:
-# clean frames, and frames with a line's normal variation (bench/texture_data.py).
+# clean frames, and frames with a line's normal variation; and clean frames of a generated
+# woven fabric (bench/texture_data.py).
 TEXTURE_DATA ?= data/texture
 TEXTURE_VARIED_DATA ?= data/texture-varied
+TEXTURE_WEAVE_DATA ?= data/texture-weave
 TEXTURE_BUNDLE ?= bundles/texture
 # A memory bundle (docs/textures.md): a 16×16-tile GAN on sampled tiles, then a memory of
 # its discriminator's features; bench/memory_bench.py's RECIPE is the same.
@@ -74,7 +76,10 @@ $(TEXTURE_DATA)/train: | $(VENV)/.installed
 $(TEXTURE_VARIED_DATA)/train: | $(VENV)/.installed
 	$(PY) -m bench.texture_data --out $(TEXTURE_VARIED_DATA) --variation
 
-texture-data: install $(TEXTURE_DATA)/train $(TEXTURE_VARIED_DATA)/train
+$(TEXTURE_WEAVE_DATA)/train: | $(VENV)/.installed
+	$(PY) -m bench.texture_data --out $(TEXTURE_WEAVE_DATA) --texture weave
+
+texture-data: install $(TEXTURE_DATA)/train $(TEXTURE_VARIED_DATA)/train $(TEXTURE_WEAVE_DATA)/train
 
 $(TEXTURE_BUNDLE)/manifest.json: | $(TEXTURE_DATA)/train
 	$(VENV)/bin/anogan-train train --data $(TEXTURE_DATA) $(TEXTURE_TRAIN_ARGS) --out $(TEXTURE_BUNDLE)

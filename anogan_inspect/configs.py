@@ -135,6 +135,9 @@ class MemoryConfig:
     candidates: int = 100_000  # coreset: at most this many rows, drawn at random, compete
     smoothing: float = 4.0  # Gaussian σ of the map, frame pixels
     augment: bool = False  # photometric augmentation of the frames the memory is built from
+    # Map values within this many pixels of a frame's edges are calibrated per distance to
+    # them (memory.py, MemoryScorer); 0: none, as in bundles written before it.
+    edge_margin: int = 16
     layer_scales: tuple[float, ...] = field(default=())  # set when the memory is built
 
     def __post_init__(self) -> None:
@@ -152,6 +155,8 @@ class MemoryConfig:
             raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
         if not self.layers or min(self.layers) < 0:
             raise ValueError(f"layers must be block indices ≥ 0, got {self.layers}")
+        if self.edge_margin < 0:
+            raise ValueError(f"edge margin must be ≥ 0 pixels, got {self.edge_margin}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -162,6 +167,7 @@ class MemoryConfig:
     def from_dict(cls, data: dict) -> MemoryConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("edge_margin", 0)  # a memory built before edges were calibrated
         for key in ("layers", "layer_scales"):
             if key in values:
                 values[key] = tuple(values[key])

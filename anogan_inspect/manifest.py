@@ -162,6 +162,7 @@ class MemoryEntry(_Strict):
     projection: int | None = Field(default=None, ge=0)
     candidates: int | None = Field(default=None, gt=0)
     augment: bool | None = None
+    edge_margin: int | None = Field(default=None, ge=0)  # 0 or absent: edges not calibrated
     layer_scales: list[float] | None = None
     candidates_seen: int | None = Field(default=None, ge=0)
     heldout: str | None = None  # the held-out normal frames' file (uint8 .npy), checksummed

@@ -15,7 +15,16 @@ memory exported as an initializer) compute the same thing:
       ─► squared distance to the nearest memory row, in GEMM form ‖f‖² − 2 f·mᵀ + ‖m‖², in
          chunks of the memory (the running minimum)
       ─► distance map, upsampled to H×W (bilinear), smoothed (Gaussian σ in frame pixels)
+      ─► near the frame's edges, each value calibrated for its distance to them (below)
       ─► outputs: the map (N, H, W) and the frame score (N,) = its maximum
+
+Edges. A location near a frame's edge is scored from padded features and smoothed over
+fewer distinct values, so on normal frames its values spread wider than in the middle;
+the frame maximum then lands on an edge or a corner of nearly every normal frame and
+hides the defects. So the scorer keeps, for each place within ``edge_margin`` pixels of the
+edges (its distances to the nearer horizontal and vertical edge), the mean and spread of
+the held-out normal frames' map values there, and maps each value onto the middle's:
+``m_mid + (value − m_place) · s_mid / s_place``. Values in the middle are unchanged.
 
 Extractors (:data:`EXTRACTORS`): ``disc`` (the bundle's discriminator trunk, chosen blocks),
 ``pixels`` (raw p×p patches every `step` pixels: the baseline) and ``backbone`` (a
@@ -163,12 +172,49 @@ def nearest_squared(features: torch.Tensor, memory: torch.Tensor, memory_sq: tor
     return (best + features.pow(2).sum(1)).clamp_min(0.0)
 
 
+def edge_places(height: int, width: int, margin: int,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """(height, width) indices into an edge table of (margin + 1)² entries: the pixel's
+    distances to the nearer horizontal and to the nearer vertical edge, each capped at
+    `margin`, the smaller one first (the four corners and edges share their entries); the
+    last entry, (margin, margin), is the middle of the frame."""
+    ys = torch.arange(height, device=device)
+    xs = torch.arange(width, device=device)
+    dy = torch.minimum(ys, height - 1 - ys).clamp(max=margin)[:, None]
+    dx = torch.minimum(xs, width - 1 - xs).clamp(max=margin)[None, :]
+    return torch.minimum(dy, dx) * (margin + 1) + torch.maximum(dy, dx)
+
+
+def edge_table(maps: list[np.ndarray], margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and standard deviation of the map values at each edge place (edge_places)
+    over maps of any sizes; a place no map reaches (a frame narrower than 2·margin) takes
+    the middle's."""
+    entries = (margin + 1) ** 2
+    count, total, square = np.zeros(entries), np.zeros(entries), np.zeros(entries)
+    for anomaly_map in maps:
+        places = edge_places(*anomaly_map.shape, margin).numpy().ravel()
+        values = np.asarray(anomaly_map, dtype=np.float64).ravel()
+        count += np.bincount(places, minlength=entries)
+        total += np.bincount(places, values, minlength=entries)
+        square += np.bincount(places, values * values, minlength=entries)
+    seen = count > 0
+    if not seen[-1]:
+        raise ValueError(f"no map reaches {margin} pixels from its edges: frames must be "
+                         f"larger than {2 * margin + 1} pixels to calibrate the edges")
+    mean = np.where(seen, total / np.maximum(count, 1), 0.0)
+    spread = np.sqrt(np.maximum(np.where(seen, square / np.maximum(count, 1), 0.0) - mean ** 2,
+                                0.0))
+    mean = np.where(seen, mean, mean[-1])
+    spread = np.where(seen & (spread > 0), spread, spread[-1] or 1.0)
+    return mean.astype(np.float32), np.maximum(spread, 1e-12).astype(np.float32)
+
+
 class MemoryScorer(nn.Module):
     """image (N, C, H, W) in [-1, 1] → (map (N, H, W), score (N,)): the module exported to
-    torch and ONNX, memory and extractor inside."""
+    torch and ONNX, memory, extractor and edge calibration inside."""
 
     def __init__(self, features: Features, memory: torch.Tensor, smoothing: float,
-                 chunk: int = CHUNK):
+                 chunk: int = CHUNK, edge_margin: int = 0):
         super().__init__()
         self.features, self.chunk = features, chunk
         self.register_buffer("memory", memory.float().contiguous())
@@ -176,6 +222,21 @@ class MemoryScorer(nn.Module):
         self.smoothing = smoothing
         self.register_buffer("kernel", gaussian_kernel(smoothing) if smoothing > 0
                              else torch.ones(1))
+        self.edge_margin = edge_margin
+        if edge_margin:  # the identity until calibrate_edges sets them
+            self.register_buffer("edge_mean", torch.zeros((edge_margin + 1) ** 2))
+            self.register_buffer("edge_std", torch.ones((edge_margin + 1) ** 2))
+
+    def calibrate_edges(self, maps: list[np.ndarray]) -> None:
+        """Set the edge table from normal frames' maps scored with the identity table."""
+        mean, spread = edge_table(maps, self.edge_margin)
+        self.edge_mean.copy_(torch.from_numpy(mean))
+        self.edge_std.copy_(torch.from_numpy(spread))
+
+    def reset_edges(self) -> None:
+        """The identity table: maps as the memory alone gives them."""
+        self.edge_mean.zero_()
+        self.edge_std.fill_(1.0)
 
     def distances(self, image: torch.Tensor) -> torch.Tensor:
         """Nearest-memory distance per feature location, (N, 1, h, w)."""
@@ -194,6 +255,11 @@ class MemoryScorer(nn.Module):
             up = F.conv2d(up, self.kernel.view(1, 1, 1, -1))
             up = F.conv2d(up, self.kernel.view(1, 1, -1, 1))
         anomaly_map = up[:, 0]
+        if self.edge_margin:
+            places = edge_places(anomaly_map.shape[-2], anomaly_map.shape[-1],
+                                 self.edge_margin, anomaly_map.device)
+            mean, spread = self.edge_mean[places], self.edge_std[places]
+            anomaly_map = self.edge_mean[-1] + (anomaly_map - mean) * (self.edge_std[-1] / spread)
         return anomaly_map, anomaly_map.amax((1, 2))
 
 

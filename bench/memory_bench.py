@@ -1,10 +1,11 @@
-"""Texture-grade detection: memory bundles on the two grass benchmarks, beside the pixels
+"""Texture-grade detection: memory bundles on three texture benchmarks, beside the pixels
 baseline and the tiled AnoGAN, an ablation, and the memory's speed.
 
     python -m bench --sections memory [--quick]
 
 For each benchmark (``grass``: clean frames; ``grass-varied``: normal frames that vary as a
-line's do, subtler defects; both from bench/texture_data.py), the data is generated and a
+line's do, subtler defects; ``weave``: clean frames of a generated woven fabric, a regular
+texture; all from bench/texture_data.py), the data is generated and a
 memory bundle trained with the Makefile's recipe (TEXTURE_TRAIN_ARGS, here RECIPE) when
 missing, then:
 
@@ -12,8 +13,8 @@ missing, then:
   8×8 patches every 2 px, the same frames and calibration) and the AnoGAN on the same tiles
   (``latent-fast``: z = E(tile)), overall and per defect type;
 - **ablation**: the memory rebuilt from the bundle's own discriminator (its run's checkpoint)
-  with one choice changed at a time: layers, neighbourhood, augmentation, patch
-  standardisation, coreset against random, memory size;
+  with one choice changed at a time: edge calibration, layers, neighbourhood, augmentation,
+  patch standardisation, coreset against random, memory size;
 - **speed**: 512×512 frames through a real `anogan-serve` (gRPC on loopback, CASCADE, map
   and regions asked for), the memory's build seconds and bytes, and the kNN stage's FLOP
   rate against this machine's matmul rate, measured in the same run.
@@ -60,13 +61,16 @@ from bench.texture_data import write_benchmark
 RECIPE = ("--patch-size 16 --stride 8 --latent-dim 32 --epochs 4 --encoder-epochs 2 "
           "--samples-per-epoch 20000 --steps 30 --memory disc --layers 0,1 "
           "--memory-grid coarse --memory-size 2000 --holdout 0.15")
-BENCHMARKS = {"grass": (ROOT / "data" / "texture", False),
-              "grass-varied": (ROOT / "data" / "texture-varied", True)}
+# name: (folder, normal variation, texture); weave is a regular texture beside the grass
+BENCHMARKS = {"grass": (ROOT / "data" / "texture", False, "grass"),
+              "grass-varied": (ROOT / "data" / "texture-varied", True, "grass"),
+              "weave": (ROOT / "data" / "texture-weave", False, "weave")}
 BUNDLES = ROOT / "bundles"
 FRAME = 512
 # One change at a time from the bundle's own configuration (None: the bundle as built).
 ABLATION = [
     ("as built", {}),
+    ("edges not calibrated", {"edge_margin": 0}),
     ("layers 0 (first block only)", {"layers": (0,)}),
     ("layers 1 (second block only)", {"layers": (1,)}),
     ("no neighbourhood average", {"aggregate": 1}),
@@ -80,12 +84,13 @@ ABLATION = [
     ("pixels, standardised patches", {"extractor": "pixels", "aggregate": 1,
                                       "standardize": True}),
 ]
-QUICK_ABLATION = ABLATION[:2] + ABLATION[7:8] + ABLATION[10:11]
+QUICK_ABLATION = [entry for entry in ABLATION if entry[0] in (
+    "as built", "edges not calibrated", "random subsample, not coreset", "pixels")]
 
 
-def ensure_benchmark(path: Path, variation: bool) -> Path:
+def ensure_benchmark(path: Path, variation: bool, texture: str = "grass") -> Path:
     if not (path / "train").is_dir():
-        write_benchmark(path, variation=variation)
+        write_benchmark(path, variation=variation, texture=texture)
     return path
 
 
@@ -219,8 +224,8 @@ def serving_rate(bundle_path: Path, count: int, log_dir: Path) -> list[dict]:
 def run(ctx: Context) -> dict:
     method_rows, per_defect_rows, ablation_rows, build_rows = [], [], [], []
     speed, knn = [], None
-    for name, (data_path, variation) in BENCHMARKS.items():
-        data_path = ensure_benchmark(data_path, variation)
+    for name, (data_path, variation, texture) in BENCHMARKS.items():
+        data_path = ensure_benchmark(data_path, variation, texture)
         bundle_path = ensure_bundle(data_path, BUNDLES / f"memory-{name}")
         bundle = read_bundle(bundle_path)
         models = load_checked_models(bundle)

@@ -2,6 +2,7 @@
 
     python -m bench.texture_data --out data/texture [--size 192] [--train 200] [--test 50]
     python -m bench.texture_data --out data/texture-varied --variation
+    python -m bench.texture_data --out data/texture-weave --texture weave
 
 Writes an MVTec AD layout: ``train/good``, ``test/good``, ``test/<defect>`` and
 ``ground_truth/<defect>/<name>_mask.png`` for four defect kinds a line camera meets:
@@ -11,9 +12,13 @@ Writes an MVTec AD layout: ``train/good``, ``test/good``, ``test/<defect>`` and
 - ``stain``: a soft-edged blob 10–20 px across, darker or lighter by 35–50 %;
 - ``patch``: a 12–20 px foreign patch (smooth, with fine noise).
 
-The texture is scikit-image's ``grass.png`` (CC0, ``data/textures/grass.png``). Training
-frames come from its left 320 columns, test frames from the rest, each crop flipped and
-rotated at random, so no test pixel was seen in training. Deterministic for a seed.
+The texture is scikit-image's ``grass.png`` (CC0, ``data/textures/grass.png``), or with
+``--texture weave`` a plain-woven fabric generated here (:func:`weave`: yarns over and under
+in turn, each with its own width, brightness and waviness, fibres and sensor noise), a
+regular texture of the kind a line inspects, where grass is an irregular one. Training
+frames come from the texture's left 320 columns, test frames from the rest, each crop
+flipped and rotated at random, so no test pixel was seen in training. Deterministic for a
+seed.
 
 ``--variation`` makes the second benchmark: normal frames vary as a line's do, training and
 test frames alike (gain 0.8–1.2 and offset ±0.08, a lighting gradient of up to ±25 % across
@@ -35,6 +40,7 @@ from PIL import Image
 from bench.common import ROOT
 
 TEXTURE = ROOT / "data" / "textures" / "grass.png"
+TEXTURES = ("grass", "weave")
 TRAIN_COLUMNS = 320  # training crops from columns [0, 320), test crops from the rest
 VARIED_TRAIN_COLUMNS = 290  # the varied benchmark's split: rotation needs a wider source
 DEFECTS = ("scratch", "hole", "stain", "patch")
@@ -43,6 +49,54 @@ DEFECTS = ("scratch", "hole", "stain", "patch")
 def load_texture(path: Path = TEXTURE) -> np.ndarray:
     """The texture as float32 (H, W) in [0, 1]."""
     return np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+
+
+def weave(shape: tuple[int, int] = (512, 512), period: float = 10.0, seed: int = 0
+          ) -> np.ndarray:
+    """A plain-woven fabric seen from above, float32 (H, W) in [0, 1]: warp (vertical) and
+    weft (horizontal) yarns `period` pixels apart cross over and under in turn; each yarn
+    has its own width and brightness and drifts slowly sideways along its length, is
+    brightest along its middle and shaded where it dives under its neighbour, and carries
+    fibres (noise stretched along it); dark gaps show between yarns; sensor noise on top."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    count = int(max(shape) / period) + 2
+
+    def yarns(across: np.ndarray, along: np.ndarray, axis: int):
+        # a smooth sideways drift: slow along the yarns, about a yarn wide across them
+        sigma = (12.0, period) if axis == 0 else (period, 12.0)
+        drift = ndimage.gaussian_filter(rng.normal(0, 1, shape), sigma, mode="wrap")
+        position = (across - 1.5 * drift / drift.std()) / period
+        index = np.floor(position).astype(int)
+        offset = position - index - 0.5  # −0.5..0.5 across the yarn
+        width = 0.42 + 0.04 * rng.standard_normal(count + 2)
+        brightness = 0.62 + 0.05 * rng.standard_normal(count + 2)
+        index = np.clip(index + 1, 0, count + 1)
+        profile = np.sqrt(np.clip(1 - (offset / width[index]) ** 2, 0, 1))
+        return index, brightness[index] * (0.35 + 0.65 * profile), profile
+
+    warp_index, warp, warp_profile = yarns(xx, yy, axis=0)
+    weft_index, weft, weft_profile = yarns(yy, xx, axis=1)
+    warp_on_top = (warp_index + weft_index) % 2 == 0
+    dive_warp = 0.75 + 0.25 * np.sin(np.pi * ((yy / period) % 1.0))
+    dive_weft = 0.75 + 0.25 * np.sin(np.pi * ((xx / period) % 1.0))
+    image = np.where(warp_on_top, warp * dive_warp, weft * dive_weft)
+    image = np.where(np.where(warp_on_top, warp_profile, weft_profile) < 0.05, 0.15, image)
+    fibres = np.where(warp_on_top, ndimage.gaussian_filter(rng.normal(0, 1, shape), (4, 0.6)),
+                      ndimage.gaussian_filter(rng.normal(0, 1, shape), (0.6, 4)))
+    image = image * (1 + 0.2 * fibres / fibres.std()) + rng.normal(0, 0.02, shape)
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
+def source_texture(name: str) -> np.ndarray:
+    """A benchmark's source texture by name (:data:`TEXTURES`)."""
+    if name == "grass":
+        return load_texture()
+    if name == "weave":
+        return weave()
+    raise ValueError(f"unknown texture {name!r}: choose from {', '.join(TEXTURES)}")
 
 
 def crop(texture: np.ndarray, size: int, columns: tuple[int, int], rng) -> np.ndarray:
@@ -149,9 +203,10 @@ def save(path: Path, image: np.ndarray) -> None:
 
 
 def write_benchmark(out: Path, size: int = 192, n_train: int = 200, n_test_good: int = 50,
-                    n_per_defect: int = 25, seed: int = 0, variation: bool = False) -> Path:
+                    n_per_defect: int = 25, seed: int = 0, variation: bool = False,
+                    texture: str = "grass") -> Path:
     """Write the benchmark under `out` (MVTec layout); returns `out`."""
-    texture = load_texture()
+    texture = source_texture(texture)
     split = VARIED_TRAIN_COLUMNS if variation else TRAIN_COLUMNS
     if size > min(split, texture.shape[1] - split, texture.shape[0]):
         raise ValueError(f"frames of {size} px do not fit the texture's halves")
@@ -185,12 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--variation", action="store_true",
                         help="normal frames vary as a line's do; subtler defects")
+    parser.add_argument("--texture", choices=TEXTURES, default="grass",
+                        help="grass (the photograph) or weave (a generated fabric); "
+                             "default: grass")
     args = parser.parse_args(argv)
     write_benchmark(args.out, args.size, args.train, args.test, args.per_defect, args.seed,
-                    args.variation)
+                    args.variation, args.texture)
     kind = "with normal variation" if args.variation else "clean"
-    print(f"texture benchmark ({kind}): {args.out} ({args.train} train, {args.test} normal and "
-          f"{args.per_defect * len(DEFECTS)} defective test frames of {args.size}×{args.size})")
+    print(f"{args.texture} benchmark ({kind}): {args.out} ({args.train} train, {args.test} "
+          f"normal and {args.per_defect * len(DEFECTS)} defective test frames of "
+          f"{args.size}×{args.size})")
     return 0
 
 

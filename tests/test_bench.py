@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -312,3 +313,22 @@ def test_line_bench_runs_the_servers_named_in_the_order_named():
         ("bf16-graphs-w8", "CASCADE", True), ("echo", "FAST", False),
         ("fp32", "FAST", False), ("fp32", "FAST", True)]
     assert chosen_servers(None) == SERVERS and chosen_servers("nope:FAST") == []
+
+
+def test_the_weave_benchmark_is_a_regular_fabric_in_the_mvtec_layout(tmp_path):
+    from bench.texture_data import DEFECTS, weave, write_benchmark
+
+    fabric = weave((128, 128), period=10.0, seed=1)
+    assert fabric.dtype == np.float32 and 0 <= fabric.min() and fabric.max() <= 1
+    np.testing.assert_array_equal(fabric, weave((128, 128), period=10.0, seed=1))
+    # Yarns every 10 px: the rows' profile correlates with itself a weave repeat (two
+    # yarns, over and under) away far more than half a yarn away.
+    profile = fabric.mean(0) - fabric.mean()
+    def correlation(shift):
+        return float(np.corrcoef(profile[:-shift], profile[shift:])[0, 1])
+    assert correlation(20) > correlation(5) + 0.3
+    out = write_benchmark(tmp_path / "weave", size=48, n_train=3, n_test_good=2,
+                          n_per_defect=1, texture="weave")
+    assert len(list((out / "train" / "good").glob("*.png"))) == 3
+    for defect in DEFECTS:
+        assert (out / "ground_truth" / defect / "000_mask.png").is_file()

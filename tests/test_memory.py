@@ -21,6 +21,7 @@ from anogan_inspect.memory import (
     MemoryConfig,
     MemoryScorer,
     build_features,
+    edge_places,
     extract,
     frames_input,
     greedy_coreset,
@@ -119,6 +120,52 @@ def test_a_planted_defect_is_the_peak_of_the_map(top, left):
     assert abs(peak[0] - (top + 1)) <= 2 and abs(peak[1] - (left + 1)) <= 2
     _, normal_score = scorer(frames[20:])
     assert score[0] > 1.3 * normal_score[0]
+
+
+def test_edge_places_pair_the_distances_to_the_nearer_edges():
+    places = edge_places(7, 5, margin=2)
+    assert places.shape == (7, 5)
+    # corners share (0, 0); a place is (smaller distance, larger distance) capped at 2
+    assert {int(places[0, 0]), int(places[6, 4]), int(places[0, 4])} == {0}
+    assert int(places[3, 2]) == 2 * 3 + 2  # the middle: the table's last entry
+    assert int(places[0, 2]) == 0 * 3 + 2 and int(places[2, 0]) == 0 * 3 + 2
+    assert int(places[1, 1]) == 1 * 3 + 1 and int(places[1, 3]) == int(places[5, 1])
+
+
+def test_calibrated_edges_put_normal_frames_maxima_off_the_edges_and_keep_the_middle():
+    frames = stripes(60, size=96, seed=4)
+    cfg = MemoryConfig(extractor="pixels", size=500, aggregate=3, edge_margin=8)
+    features = build_features(cfg, 1)
+    scorer = MemoryScorer(features, select_memory(extract(features, frames[:20]), cfg), 2.0,
+                          edge_margin=8)
+    raw, _ = scorer(frames[40:])
+    maps, _ = scorer(frames[20:40])
+    scorer.calibrate_edges(list(maps.numpy()))
+    calibrated, score = scorer(frames[40:])
+    places = edge_places(96, 96, 8)
+    middle = places == places.max()
+    # The middle is as the memory scores it; the edges are brought to the middle's spread.
+    torch.testing.assert_close(calibrated[:, middle], raw[:, middle])
+    edge = places < places.max()
+    assert raw[:, edge].std() > 1.5 * raw[:, middle].std()
+    assert calibrated[:, edge].std() < 1.25 * calibrated[:, middle].std()
+    # Uncalibrated, the frame maximum sits on the edge band (under 35 % of the frame) in
+    # most normal frames; calibrated, less often than its area would have it.
+    def on_edges(m):
+        return float(edge.ravel()[m.flatten(1).argmax(1)].float().mean())
+    assert float(edge.float().mean()) < 0.35
+    assert on_edges(raw) > 0.8 and on_edges(calibrated) < 0.5
+    torch.testing.assert_close(score, calibrated.flatten(1).amax(1))
+
+
+def test_a_manifest_from_before_edge_calibration_rebuilds_without_it():
+    cfg = MemoryConfig(extractor="pixels")
+    assert cfg.edge_margin == 16
+    old = {k: v for k, v in cfg.to_dict().items() if k != "edge_margin"}
+    assert MemoryConfig.from_dict(old).edge_margin == 0
+    assert MemoryConfig.from_dict(cfg.to_dict()).edge_margin == 16
+    with pytest.raises(ValueError, match="edge margin"):
+        MemoryConfig(extractor="pixels", edge_margin=-1)
 
 
 def test_onnx_runtime_and_torch_memory_scores_agree_within_the_cascade_margin(

@@ -156,7 +156,8 @@ def memory_config(args) -> MemoryConfig | None:
                         patch=args.pixel_patch,
                         step=args.pixel_step, standardize=args.standardize_patches,
                         size=args.memory_size, sampler=args.memory_sampler,
-                        smoothing=args.map_smoothing, augment=args.augment)
+                        smoothing=args.map_smoothing, augment=args.augment,
+                        edge_margin=args.edge_margin)
 
 
 def run_train(args) -> int:

@@ -111,7 +111,7 @@ def rebuild_scorer(bundle: Bundle) -> tuple[MemoryScorer, MemoryConfig]:
     trunk = Discriminator(model).features if cfg.extractor == "disc" else None
     state = program.state_dict()
     scorer = MemoryScorer(build_features(cfg, model.channels, trunk=trunk),
-                          state["memory"], cfg.smoothing)
+                          state["memory"], cfg.smoothing, edge_margin=cfg.edge_margin)
     try:
         scorer.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -229,15 +229,19 @@ def learn(bundle: Bundle, good: list[Frame], heldout: list[np.ndarray] | None, o
     rows = torch.cat([extract(scorer.features, frames_input(f.pixels[None], tiling.scale,
                                                             channels)) for f in learnt])
     memory = merge_memory(scorer.memory, rows, cfg, seed)
-    new = MemoryScorer(scorer.features, memory, cfg.smoothing).eval()
+    new = MemoryScorer(scorer.features, memory, cfg.smoothing,
+                       edge_margin=cfg.edge_margin).eval()
 
-    # The thresholds, as at training: the same quantiles, of the held-out normal frames
-    # and the confirmed frames kept for calibration.
+    # The edges and thresholds, as at training: the same quantiles, of the held-out normal
+    # frames and the confirmed frames kept for calibration.
     memory_entry = bundle.manifest["memory"]
     calibration = memory_entry["calibration"]
     quantile, pixel_quantile = calibration["quantile"], calibration["pixel_quantile"]
-    scores, maps = frame_scores(new, [*heldout, *(f.pixels for f in calibrating)],
-                                tiling.scale, channels)
+    normal = [*heldout, *(f.pixels for f in calibrating)]
+    scores, maps = frame_scores(new, normal, tiling.scale, channels)
+    if cfg.edge_margin:
+        new.calibrate_edges(maps)
+        scores, maps = frame_scores(new, normal, tiling.scale, channels)
     threshold = float(np.quantile(scores, quantile))
     pixel_threshold = min(float(np.quantile(np.concatenate([m.ravel() for m in maps]),
                                             pixel_quantile)), threshold)
