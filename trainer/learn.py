@@ -231,17 +231,17 @@ def learn(bundle: Bundle, good: list[Frame], heldout: list[np.ndarray] | None, o
     memory = merge_memory(scorer.memory, rows, cfg, seed)
     new = MemoryScorer(scorer.features, memory, cfg.smoothing,
                        edge_margin=cfg.edge_margin).eval()
+    if cfg.edge_margin:  # the parent's edge table (calibrated on its training frames)
+        new.edge_mean.copy_(scorer.edge_mean)
+        new.edge_std.copy_(scorer.edge_std)
 
-    # The edges and thresholds, as at training: the same quantiles, of the held-out normal
-    # frames and the confirmed frames kept for calibration.
+    # The thresholds, as at training: the same quantiles, of the held-out normal frames
+    # and the confirmed frames kept for calibration.
     memory_entry = bundle.manifest["memory"]
     calibration = memory_entry["calibration"]
     quantile, pixel_quantile = calibration["quantile"], calibration["pixel_quantile"]
-    normal = [*heldout, *(f.pixels for f in calibrating)]
-    scores, maps = frame_scores(new, normal, tiling.scale, channels)
-    if cfg.edge_margin:
-        new.calibrate_edges(maps)
-        scores, maps = frame_scores(new, normal, tiling.scale, channels)
+    scores, maps = frame_scores(new, [*heldout, *(f.pixels for f in calibrating)],
+                                tiling.scale, channels)
     threshold = float(np.quantile(scores, quantile))
     pixel_threshold = min(float(np.quantile(np.concatenate([m.ravel() for m in maps]),
                                             pixel_quantile)), threshold)

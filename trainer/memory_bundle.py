@@ -4,8 +4,8 @@ the parts of `anogan-train train --memory` that are not the GAN.
 The GAN (and its encoder) train on tiles as for any tiled bundle; then every training
 frame's features (whole frames, through the extractor) are pooled, reduced to
 ``--memory-size`` rows by the greedy coreset, and the scorer (extractor + memory) is
-calibrated on the held-out normal frames: first the edges (the spread of map values
-near a frame's edges, MemoryScorer), then the image threshold at the quantile
+calibrated: the edges (the spread of map values near a frame's edges, MemoryScorer) on
+training frames, then on the held-out normal frames the image threshold at the quantile
 1 − ``--target-fpr`` of their frame scores, the pixel threshold at ``--pixel-quantile`` of
 their map values (never above the image threshold: a failing frame always has a region).
 """
@@ -33,6 +33,8 @@ from anogan_inspect.memory import (
     select_memory,
 )
 from anogan_inspect.tiling import Tiling
+
+EDGE_FRAMES = 100  # training frames (evenly spaced) the edge table is calibrated on
 
 
 def load_backbone(path: Path) -> nn.Module:
@@ -93,10 +95,11 @@ def build_memory(cfg: MemoryConfig, train_frames: np.ndarray, heldout_frames: np
     memory = select_memory(rows, cfg, seed)
     selected = time.time()
     scorer = MemoryScorer(features, memory, cfg.smoothing, edge_margin=cfg.edge_margin).eval()
+    if cfg.edge_margin:  # on training frames: the held-out ones stay unseen for the thresholds
+        chosen = np.linspace(0, len(train) - 1, min(len(train), EDGE_FRAMES)).round()
+        edge_maps, _ = score_frames(scorer, train[torch.as_tensor(chosen, dtype=torch.long)])
+        scorer.calibrate_edges(list(edge_maps))
     maps, scores = score_frames(scorer, heldout)
-    if cfg.edge_margin:
-        scorer.calibrate_edges(list(maps))
-        maps, scores = score_frames(scorer, heldout)
     quantile = 1.0 - target_fpr
     image_threshold = float(np.quantile(scores, quantile))
     pixel_threshold = min(float(np.quantile(maps, pixel_quantile)), image_threshold)
