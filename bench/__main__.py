@@ -12,8 +12,9 @@ the machine, the command and the date. Sections, in order:
   quality      AUROC against frames/s: seed's method, fast path, search budgets, cascade
   scaling      frames/s against image size and network width
   tiles        512×512 frames: tiled against whole-frame scoring (--tiled-bundle)
-  memory       memory bundles on both grass benchmarks: beside the pixels baseline and the
-               tiled AnoGAN, per defect, an ablation, 512×512 serving and kNN speed
+  memory       memory bundles on the grass and weave benchmarks: beside the pixels
+               baseline and the tiled AnoGAN, per defect, an ablation, 512×512 serving
+               and kNN speed
 
 The seed's networks come from `--seed-run` (a trainer run directory with checkpoint.pt);
 when it has none, from bench/seed_networks.pt (committed), else the seed preset is trained.
