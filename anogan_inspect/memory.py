@@ -23,7 +23,7 @@ fewer distinct values, so on normal frames its values spread wider than in the m
 the frame maximum then lands on an edge or a corner of nearly every normal frame and
 hides the defects. So the scorer keeps, for each place within ``edge_margin`` pixels of the
 edges (its distances to the nearer horizontal and vertical edge), the mean and spread of
-the held-out normal frames' map values there, and maps each value onto the middle's:
+normal training frames' map values there, and maps each value onto the middle's:
 ``m_mid + (value − m_place) · s_mid / s_place``. Values in the middle are unchanged.
 
 Extractors (:data:`EXTRACTORS`): ``disc`` (the bundle's discriminator trunk, chosen blocks),
@@ -232,11 +232,6 @@ class MemoryScorer(nn.Module):
         mean, spread = edge_table(maps, self.edge_margin)
         self.edge_mean.copy_(torch.from_numpy(mean))
         self.edge_std.copy_(torch.from_numpy(spread))
-
-    def reset_edges(self) -> None:
-        """The identity table: maps as the memory alone gives them."""
-        self.edge_mean.zero_()
-        self.edge_std.fill_(1.0)
 
     def distances(self, image: torch.Tensor) -> torch.Tensor:
         """Nearest-memory distance per feature location, (N, 1, h, w)."""

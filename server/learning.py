@@ -191,7 +191,6 @@ class Learning:
     async def _commit(self, model, who: str, context) -> pb.CommitLearningResponse:
         """Learn the collected frames as a new version and serve it (the lock held)."""
         from anogan_inspect.datasets import DatasetError
-        from anogan_inspect.trainer.evaluate_memory import training_frames
         from anogan_inspect.trainer.learn import LearnError, learn
         from anogan_inspect.trainer.versions import archive_of, keep, promote
 
@@ -202,12 +201,7 @@ class Learning:
         frames = list(self.collected.get(name, []))
 
         def run():
-            bundle = read_bundle(served)
-            # Calibrated on the bundle's own held-out frames; a bundle written before
-            # bundles kept them: the held-out split of the training data its manifest names.
-            heldout = None if bundle.heldout_frames() is not None else \
-                list(training_frames(bundle, None)[1])
-            learned = learn(bundle, frames, heldout, work,
+            learned = learn(read_bundle(served), frames, None, work,
                             self.defects.get(name) or None, self.recall_floor,
                             accept_far=True)  # held frames were confirmed twice to get here
             kept = keep(learned.path, archive)

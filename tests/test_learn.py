@@ -214,6 +214,21 @@ def test_the_bundle_keeps_its_held_out_frames_to_calibrate_new_versions(tiny_mem
     assert kept.shape == expected.shape and np.abs(kept - expected).max() <= 0.5 / 255
 
 
+def test_a_bundle_that_keeps_no_held_out_frames_calibrates_on_its_training_split(
+        tiny_memory_bundle, frames, tmp_path, monkeypatch):
+    """Bundles written before they kept heldout.npy: learn (for the CLI and the server)
+    calibrates on the held-out split of the training data the manifest names."""
+    from anogan_inspect.bundle import Bundle
+
+    bundle = read_bundle(tiny_memory_bundle)
+    good = [Frame(f, f"{i:064x}") for i, f in enumerate(brighter(frames["train"][:6]))]
+    given = learn(bundle, good, heldout_of(bundle, frames), tmp_path / "given")
+    monkeypatch.setattr(Bundle, "heldout_frames", lambda self: None)
+    found = learn(bundle, good, None, tmp_path / "found")
+    assert found.heldout_frames == given.heldout_frames == len(heldout_of(bundle, frames))
+    assert found.threshold == pytest.approx(given.threshold, rel=1e-6)
+
+
 def test_the_recent_frames_are_bounded_by_count_and_bytes(monkeypatch):
     from types import SimpleNamespace
 

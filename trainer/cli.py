@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Gaussian σ of the memory's anomaly map, frame pixels")
     memory.add_argument("--edge-margin", type=int, default=MemoryConfig.edge_margin,
                         help="calibrate map values this close to a frame's edges, pixels, "
-                             "per distance to them, on the held-out frames (0: none)")
+                             "per distance to them, on training frames (0: none)")
     memory.add_argument("--pixel-patch", type=int, default=MemoryConfig.patch,
                         help="pixels: patch side")
     memory.add_argument("--pixel-step", type=int, default=MemoryConfig.step,

@@ -42,7 +42,6 @@ from anogan_inspect.trainer.distributed import Distributed
 from anogan_inspect.trainer.evaluate_memory import (
     evaluate_memory,
     print_memory_report,
-    training_frames,
 )
 from anogan_inspect.trainer.evaluate_tiles import evaluate_tiled, print_tiled_report
 from anogan_inspect.trainer.export import ExportError, export_bundle
@@ -274,7 +273,7 @@ def run_train(args) -> int:
         "search": search_cfg.to_dict(),
         "threshold": threshold,
         "fast_threshold": fast_threshold(models, heldout_x.to(device), search_cfg,
-                                          quantile, tiling, len(holdout_idx)),
+                                         quantile, tiling, len(holdout_idx)),
         "training": {**_training_metadata(args, data, train_idx, holdout_idx, cfg, trainer,
                                           train_seconds), "fit": fit,
                      "run": str(run_dir.resolve())},  # its checkpoint: what finetune resumes
@@ -455,7 +454,7 @@ def run_calibrate(args) -> int:
                                    bundle.channels)
     quantile = args.quantile or bundle.manifest["threshold"].get("quantile", 0.95)
     fast = fast_threshold(models, heldout_x.to(device), bundle.search_config, quantile,
-                           tiling, len(holdout_idx))
+                          tiling, len(holdout_idx))
     manifest = dict(bundle.manifest, fast_threshold=fast)
     if not tiling:
         start = bundle.manifest["threshold"].get("start", "encoder")
@@ -517,12 +516,8 @@ def run_learn(args) -> int:
     bundle = read_bundle(args.bundle)
     good = [Frame.from_bytes(read_frame(path), path.read_bytes())
             for path in image_files(args.good)]
-    if args.heldout_data:
-        heldout = [read_frame(path) for path in image_files([args.heldout_data])]
-    elif bundle.heldout_frames() is not None:
-        heldout = None  # the bundle's own
-    else:
-        heldout = list(training_frames(bundle, None)[1])
+    heldout = [read_frame(path) for path in image_files([args.heldout_data])] \
+        if args.heldout_data else None  # None: the bundle's own (learn)
     defects = [read_frame(path) for path in image_files([args.defects])] \
         if args.defects else None
     learned = learn(bundle, good, heldout, args.out, defects, args.recall_floor,

@@ -49,6 +49,7 @@ from anogan_inspect.memory import (
     greedy_coreset,
 )
 from anogan_inspect.networks import Discriminator, ModelConfig
+from anogan_inspect.trainer.evaluate_memory import training_frames
 from anogan_inspect.trainer.export import ExportError, export_memory_scorer, file_entries
 
 # A confirmed frame the parent scores beyond this many times its threshold is held for a
@@ -193,17 +194,17 @@ def learn(bundle: Bundle, good: list[Frame], heldout: list[np.ndarray] | None, o
     """Write `out`, a new version of the memory bundle that has learnt the GOOD frames
     (pixels (C, H, W) in [0, 1]); LearnError when none can be learnt or the version
     misses the recall floor on the DEFECT examples (nothing written then). `heldout`: the
-    normal frames to calibrate on (None: the bundle's own held-out frames)."""
+    normal frames to calibrate on (None: the bundle's own held-out frames, or the held-out
+    split of its training data when it keeps none)."""
     out = Path(out)
     if out.exists():
         raise LearnError(f"{out} exists: a version is written once, into a new folder")
     scorer, cfg = rebuild_scorer(bundle)
     if heldout is None:
         frames = bundle.heldout_frames()
-        if frames is None:
-            raise LearnError(f"{bundle.path} holds no held-out frames to calibrate a new "
-                             "version on (written before bundles kept them): pass them")
-        heldout = list(frames)
+        # A bundle written before bundles kept them: the held-out split of the training
+        # data its manifest names (DatasetError when it names none or it is gone).
+        heldout = list(frames if frames is not None else training_frames(bundle, None)[1])
     tiling, channels = bundle.tiling, bundle.channels
     parent_threshold = float(bundle.manifest["memory"]["image_threshold"])
     parent_scores, _ = frame_scores(scorer, [f.pixels for f in good], tiling.scale, channels)

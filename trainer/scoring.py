@@ -176,7 +176,7 @@ def budget_thresholds(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig,
 
 
 def fast_threshold(models: ScoringModels, x: torch.Tensor, cfg: SearchConfig,
-                    quantile: float, tiling: Tiling | None, frames: int) -> dict | None:
+                   quantile: float, tiling: Tiling | None, frames: int) -> dict | None:
     """MODE_FAST's own threshold: the same quantile of the held-out fast scores s0 (which
     lie above the search scores, so the search's threshold would fail too many normal
     frames). The cascade still decides with the search's threshold, where s0 ≤ T is exact.
